@@ -1,0 +1,444 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-stream helper channel: /dev/dm-stream.
+ *
+ * The ABI is described in uapi/dm-stream.h.  One helper file attaches to one
+ * target; requests it has read but not answered go back to the queue when
+ * it closes.  Replies are validated against the outstanding request (tag,
+ * block, owner, length) before anything touches the data device.
+ *
+ * Lifetimes: a target and a file point at each other while attached.  The
+ * link is made and broken only under stream_chan_lock, with the target's
+ * fetch_lock and the file's sem held for write, so a file operation that
+ * holds the file's sem for read sees a target that stays alive.
+ */
+#include <linux/fs.h>
+#include <linux/highmem.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/poll.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#include "dm-stream-core.h"
+#include "uapi/dm-stream.h"
+
+#define DM_MSG_PREFIX "stream chan"
+#define MAX_BATCH 256
+
+/* Guards stream_targets, every sc->active, and attach/detach. */
+DEFINE_MUTEX(stream_chan_lock);
+static LIST_HEAD(stream_targets);
+
+void stream_chan_register(struct stream_c *sc)
+{
+	mutex_lock(&stream_chan_lock);
+	list_add_tail(&sc->node, &stream_targets);
+	mutex_unlock(&stream_chan_lock);
+}
+
+/* Caller holds sc->fetch_lock: wake the attached helper, if any. */
+void __stream_chan_kick(struct stream_c *sc)
+{
+	lockdep_assert_held(&sc->fetch_lock);
+	if (sc->helper)
+		wake_up_interruptible(&sc->helper->wait);
+}
+
+/*
+ * Break the link between @sc and its helper.  Requests the helper had read
+ * go back to the front of the queue.  Caller holds stream_chan_lock.
+ */
+static void __detach(struct stream_c *sc)
+{
+	struct stream_file *hf = sc->helper;
+	struct stream_fetch *f;
+
+	lockdep_assert_held(&stream_chan_lock);
+	if (!hf)
+		return;
+	sc->dying = true;
+	wake_up_interruptible(&hf->wait);
+	down_write(&hf->sem);
+	mutex_lock(&sc->fetch_lock);
+	list_for_each_entry(f, &sc->sent, list) {
+		f->state = FETCH_QUEUED;
+		f->owner = NULL;
+	}
+	list_splice_init(&sc->sent, &sc->pending);
+	sc->helper = NULL;
+	sc->dying = false;
+	mutex_unlock(&sc->fetch_lock);
+	hf->sc = NULL;
+	up_write(&hf->sem);
+}
+
+void stream_chan_unregister(struct stream_c *sc)
+{
+	mutex_lock(&stream_chan_lock);
+	list_del_init(&sc->node);
+	if (sc->helper) {
+		struct stream_file *hf = sc->helper;
+
+		__detach(sc);
+		/* Tell the helper its target is gone: POLLHUP, -ENODEV. */
+		wake_up_interruptible(&hf->wait);
+	}
+	mutex_unlock(&stream_chan_lock);
+}
+
+static int chan_open(struct inode *inode, struct file *file)
+{
+	struct stream_file *hf;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	hf = kzalloc(sizeof(*hf), GFP_KERNEL);
+	if (!hf)
+		return -ENOMEM;
+	init_rwsem(&hf->sem);
+	init_waitqueue_head(&hf->wait);
+	file->private_data = hf;
+	return stream_open(inode, file);
+}
+
+static int chan_release(struct inode *inode, struct file *file)
+{
+	struct stream_file *hf = file->private_data;
+
+	mutex_lock(&stream_chan_lock);
+	if (hf->sc) {
+		struct stream_c *sc = hf->sc;
+
+		__detach(sc);
+		DMINFO("%s: helper detached",
+		       dm_device_name(dm_table_get_md(sc->ti->table)));
+	}
+	mutex_unlock(&stream_chan_lock);
+	kfree(hf);
+	return 0;
+}
+
+static bool target_matches(struct stream_c *sc, const char *id, bool by_uuid)
+{
+	char name[DM_STREAM_NAME_LEN], uuid[DM_STREAM_UUID_LEN];
+
+	if (dm_copy_name_and_uuid(dm_table_get_md(sc->ti->table), name, uuid))
+		return false;
+	return !strcmp(by_uuid ? uuid : name, id);
+}
+
+static long chan_attach(struct stream_file *hf, void __user *argp)
+{
+	struct dm_stream_attach a;
+	struct stream_c *sc, *found = NULL;
+	bool by_uuid;
+	long r = 0;
+
+	if (copy_from_user(&a, argp, sizeof(a)))
+		return -EFAULT;
+	if (a.magic != DM_STREAM_MAGIC || a.version != DM_STREAM_VERSION ||
+	    a.size != sizeof(a))
+		return -EPROTO;
+	if (a.flags & ~DM_STREAM_ATTACH_BY_UUID)
+		return -EINVAL;
+	if (strnlen(a.id, sizeof(a.id)) == sizeof(a.id) || !a.id[0])
+		return -EINVAL;
+	by_uuid = a.flags & DM_STREAM_ATTACH_BY_UUID;
+
+	mutex_lock(&stream_chan_lock);
+	if (hf->sc) {
+		r = -EISCONN;
+		goto out;
+	}
+	/* A reload briefly has two instances: prefer the live one. */
+	list_for_each_entry(sc, &stream_targets, node) {
+		if (!target_matches(sc, a.id, by_uuid))
+			continue;
+		if (!found || (sc->active && !found->active))
+			found = sc;
+	}
+	if (!found) {
+		r = -ENOENT;
+		goto out;
+	}
+	if (found->helper) {
+		r = -EBUSY;
+		goto out;
+	}
+	down_write(&hf->sem);
+	mutex_lock(&found->fetch_lock);
+	found->helper = hf;
+	hf->sc = found;
+	mutex_unlock(&found->fetch_lock);
+	up_write(&hf->sem);
+
+	a.block_size = found->block_sectors << SECTOR_SHIFT;
+	a.nr_blocks = found->nr_blocks;
+	a.nr_present = dsm_nr_present(found->md);
+	DMINFO("%s: helper attached",
+	       dm_device_name(dm_table_get_md(found->ti->table)));
+	if (copy_to_user(argp, &a, sizeof(a)))
+		r = -EFAULT;
+	/* A failed copy leaves the helper attached; its close detaches. */
+out:
+	mutex_unlock(&stream_chan_lock);
+	return r;
+}
+
+static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct stream_file *hf = file->private_data;
+
+	switch (cmd) {
+	case DM_STREAM_IOC_ATTACH:
+		return chan_attach(hf, (void __user *)arg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static bool has_requests(struct stream_c *sc)
+{
+	return !list_empty_careful(&sc->pending) || READ_ONCE(sc->dying);
+}
+
+static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
+			 loff_t *ppos)
+{
+	struct stream_file *hf = file->private_data;
+	struct dm_stream_request *reqs;
+	struct stream_fetch *f, *tmp;
+	struct stream_c *sc;
+	size_t max = min_t(size_t, count / sizeof(*reqs), MAX_BATCH);
+	size_t n = 0;
+	ssize_t r;
+
+	if (!max)
+		return -EINVAL;
+	reqs = kcalloc(max, sizeof(*reqs), GFP_KERNEL);
+	if (!reqs)
+		return -ENOMEM;
+
+	down_read(&hf->sem);
+	sc = hf->sc;
+	if (!sc) {
+		r = -ENODEV;
+		goto out;
+	}
+	for (;;) {
+		mutex_lock(&sc->fetch_lock);
+		list_for_each_entry_safe(f, tmp, &sc->pending, list) {
+			if (n == max)
+				break;
+			f->state = FETCH_SENT;
+			f->owner = hf;
+			f->tag = ++sc->next_tag;
+			list_move_tail(&f->list, &sc->sent);
+			reqs[n].magic = DM_STREAM_MAGIC;
+			reqs[n].version = DM_STREAM_VERSION;
+			reqs[n].size = sizeof(*reqs);
+			reqs[n].type = DM_STREAM_REQ_FETCH;
+			reqs[n].tag = f->tag;
+			reqs[n].block = f->block;
+			n++;
+		}
+		mutex_unlock(&sc->fetch_lock);
+		if (n)
+			break;
+		if (file->f_flags & O_NONBLOCK) {
+			r = -EAGAIN;
+			goto out;
+		}
+		/* sem stays held: __detach sets dying before down_write. */
+		r = wait_event_interruptible(hf->wait, has_requests(sc));
+		if (r)
+			goto out;
+		if (READ_ONCE(sc->dying)) {
+			r = -ENODEV;
+			goto out;
+		}
+	}
+	r = n * sizeof(*reqs);
+	if (copy_to_user(buf, reqs, r))
+		r = -EFAULT;	/* requests stay sent: close requeues them */
+out:
+	up_read(&hf->sem);
+	kfree(reqs);
+	return r;
+}
+
+static void fetch_write_endio(struct bio *bio)
+{
+	struct stream_fetch *f = bio->bi_private;
+
+	f->status = bio->bi_status;
+	bio_put(bio);
+	stream_fetch_io_done(f->sc, f);
+}
+
+static int fill_pages(struct stream_fetch *f, const char __user *src,
+		      size_t len, bool zero)
+{
+	unsigned int i;
+
+	f->nr_pages = DIV_ROUND_UP(len, PAGE_SIZE);
+	f->pages = kcalloc(f->nr_pages, sizeof(*f->pages), GFP_KERNEL);
+	if (!f->pages)
+		return -ENOMEM;
+	for (i = 0; i < f->nr_pages; i++) {
+		f->pages[i] = alloc_page(GFP_KERNEL | (zero ? __GFP_ZERO : 0));
+		if (!f->pages[i])
+			return -ENOMEM;
+		if (!zero && copy_from_user(page_address(f->pages[i]),
+					    src + i * PAGE_SIZE, PAGE_SIZE))
+			return -EFAULT;
+	}
+	return 0;
+}
+
+static void free_pages_of(struct stream_fetch *f)
+{
+	unsigned int i;
+
+	for (i = 0; i < f->nr_pages; i++)
+		if (f->pages[i])
+			__free_page(f->pages[i]);
+	kfree(f->pages);
+	f->pages = NULL;
+	f->nr_pages = 0;
+}
+
+static ssize_t chan_write(struct file *file, const char __user *buf,
+			  size_t count, loff_t *ppos)
+{
+	struct stream_file *hf = file->private_data;
+	struct dm_stream_reply rep;
+	struct stream_fetch *f;
+	struct stream_c *sc;
+	size_t bsize;
+	struct bio *bio;
+	bool zero;
+	unsigned int i;
+	ssize_t r;
+
+	if (count < sizeof(rep))
+		return -EINVAL;
+	if (copy_from_user(&rep, buf, sizeof(rep)))
+		return -EFAULT;
+	if (rep.magic != DM_STREAM_MAGIC || rep.version != DM_STREAM_VERSION ||
+	    rep.size != sizeof(rep))
+		return -EPROTO;
+	if (rep.flags & ~DM_STREAM_REPLY_ZERO)
+		return -EINVAL;
+	zero = rep.flags & DM_STREAM_REPLY_ZERO;
+
+	down_read(&hf->sem);
+	sc = hf->sc;
+	if (!sc) {
+		r = -ENODEV;
+		goto out;
+	}
+	bsize = (size_t)sc->block_sectors << SECTOR_SHIFT;
+	if (rep.error > 0 || rep.error < -MAX_ERRNO ||
+	    rep.len != ((rep.error || zero) ? 0 : bsize) ||
+	    count != sizeof(rep) + rep.len) {
+		r = -EINVAL;
+		goto out;
+	}
+
+	mutex_lock(&sc->fetch_lock);
+	f = rep.block < sc->nr_blocks ? xa_load(&sc->fetches, rep.block) :
+		NULL;
+	if (!f || f->state != FETCH_SENT || f->owner != hf ||
+	    f->tag != rep.tag) {
+		mutex_unlock(&sc->fetch_lock);
+		r = -ENOENT;
+		goto out;
+	}
+	/* Ours now: no timeout or detach can touch a FETCH_WRITING entry. */
+	f->state = FETCH_WRITING;
+	list_del_init(&f->list);
+	mutex_unlock(&sc->fetch_lock);
+
+	if (rep.error) {
+		DMERR_LIMIT("%s: helper could not fetch block %llu: %d",
+			    dm_device_name(dm_table_get_md(sc->ti->table)),
+			    rep.block, rep.error);
+		f->status = BLK_STS_IOERR;
+		stream_fetch_io_done(sc, f);
+		r = count;
+		goto out;
+	}
+
+	r = fill_pages(f, buf + sizeof(rep), bsize, zero);
+	if (r)
+		goto out_requeue;
+	bio = bio_alloc(sc->data_dev->bdev, f->nr_pages, REQ_OP_WRITE,
+			GFP_NOIO);
+	bio->bi_iter.bi_sector = f->block << sc->block_shift;
+	for (i = 0; i < f->nr_pages; i++)
+		__bio_add_page(bio, f->pages[i], PAGE_SIZE, 0);
+	bio->bi_private = f;
+	bio->bi_end_io = fetch_write_endio;
+	f->owner = NULL;
+	atomic64_inc(&sc->nr_fetched);
+	if (zero)
+		atomic64_inc(&sc->nr_zero);
+	submit_bio(bio);
+	r = count;
+	goto out;
+
+out_requeue:
+	free_pages_of(f);
+	mutex_lock(&sc->fetch_lock);
+	f->state = FETCH_SENT;
+	list_add_tail(&f->list, &sc->sent);
+	mutex_unlock(&sc->fetch_lock);
+out:
+	up_read(&hf->sem);
+	return r;
+}
+
+static __poll_t chan_poll(struct file *file, poll_table *wait)
+{
+	struct stream_file *hf = file->private_data;
+	__poll_t mask = 0;
+
+	poll_wait(file, &hf->wait, wait);
+	down_read(&hf->sem);
+	if (!hf->sc)
+		mask = EPOLLHUP | EPOLLERR;
+	else if (!list_empty_careful(&hf->sc->pending))
+		mask = EPOLLIN | EPOLLRDNORM;
+	up_read(&hf->sem);
+	return mask;
+}
+
+static const struct file_operations chan_fops = {
+	.owner = THIS_MODULE,
+	.open = chan_open,
+	.release = chan_release,
+	.read = chan_read,
+	.write = chan_write,
+	.poll = chan_poll,
+	.unlocked_ioctl = chan_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice chan_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = DM_STREAM_DEVNAME,
+	.fops = &chan_fops,
+	.mode = 0600,
+};
+
+int stream_chan_init(void)
+{
+	return misc_register(&chan_misc);
+}
+
+void stream_chan_exit(void)
+{
+	misc_deregister(&chan_misc);
+}

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-stream on-disk metadata: present/dirty bitmaps behind an opaque API.
+ */
+#ifndef DM_STREAM_METADATA_H
+#define DM_STREAM_METADATA_H
+
+#include <linux/types.h>
+#include <linux/blkdev.h>
+
+#define DSM_BLOCK_SIZE		4096U	/* metadata block, bytes */
+#define DSM_BLOCK_SECTORS	(DSM_BLOCK_SIZE >> SECTOR_SHIFT)
+#define DSM_MAX_CONSUMERS	4	/* dirty-map slots reserved on disk */
+#define DSM_FIRST_BITMAP	16	/* blocks 1..15 reserved for later use */
+#define DSM_BITMAP_WORDS	510	/* __le64 bit words per bitmap block */
+#define DSM_BITS_PER_BLOCK	(DSM_BITMAP_WORDS * 64)
+/* present map, then per consumer a dirty map and a snapshot map */
+#define DSM_NR_BITMAPS		(1 + 2 * DSM_MAX_CONSUMERS)
+#define DSM_FORMAT_VERSION	1
+
+struct dm_stream_metadata;
+
+/* Decoded superblock (what the checks compare against the table). */
+struct dsm_sb_info {
+	u8 uuid[16];
+	u32 flags;
+	u32 block_sectors;
+	u64 nr_blocks;
+	u64 generation;
+	u32 nr_consumers;
+	u32 bitmap_blocks;
+};
+
+/* Geometry: metadata blocks per bitmap and in total, for @nr_blocks. */
+u32 dsm_bitmap_blocks(u64 nr_blocks);
+u64 dsm_total_blocks(u64 nr_blocks);
+
+/* Pure encoders/decoders, used by the metadata code and by KUnit. */
+void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf);
+int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
+		  const char **why);
+void dsm_bitmap_pack(const unsigned long *bits, u64 nr_bits, u32 slice,
+		     u32 index, u64 blocknr, void *buf);
+int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
+		      unsigned long *bits, u64 nr_bits, u32 slice,
+		      const char **why);
+bool dsm_buf_is_zero(const void *buf, size_t len);
+
+/*
+ * Open the metadata on @bdev, formatting it when it is all zeroes.  Returns
+ * an ERR_PTR and sets *@error to a sentence for ti->error on failure.
+ * Process context, may sleep.
+ */
+struct dm_stream_metadata *dsm_open(struct block_device *bdev,
+				    u32 block_sectors, u64 nr_blocks,
+				    const char **error);
+void dsm_close(struct dm_stream_metadata *md);
+
+/* Lockless, any context. */
+static inline bool dsm_test(const unsigned long *map, u64 block)
+{
+	return test_bit(block, map);
+}
+
+const unsigned long *dsm_present_map(struct dm_stream_metadata *md);
+const unsigned long *dsm_dirty_map(struct dm_stream_metadata *md);
+u64 dsm_nr_present(struct dm_stream_metadata *md);
+u64 dsm_nr_dirty(struct dm_stream_metadata *md);
+u64 dsm_generation(struct dm_stream_metadata *md);
+bool dsm_changed(struct dm_stream_metadata *md);
+
+/* Mark @block dirty; atomic, any context.  Returns true if newly dirty. */
+bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block);
+
+/*
+ * Mark @block present once its data write has completed.  Process context
+ * (the worker).  The bit is usable for I/O at once and reaches the disk at
+ * the next commit, after a flush of the data device.
+ */
+int dsm_set_present(struct dm_stream_metadata *md, u64 block);
+
+/* Commit (see the protocol in dm-stream-metadata.c).  Process context. */
+int dsm_commit(struct dm_stream_metadata *md, struct block_device *data);
+
+#endif

@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * dm-stream: kernel <-> helper (streamd) channel ABI.
+ *
+ * This header is shared, unmodified, by the dm-stream module and by the
+ * userspace helper.  All fields are fixed width and native endian (the
+ * channel never leaves the machine); every structure carries a magic, the
+ * ABI version and its own size so that either side can reject a peer built
+ * against another revision.
+ *
+ * Flow:
+ *   1. The helper opens /dev/dm-stream (CAP_SYS_ADMIN required) and issues
+ *      DM_STREAM_IOC_ATTACH naming a dm device by name or uuid.  Exactly
+ *      one helper may be attached to a target at a time (-EBUSY).
+ *   2. read(2) returns a batch of struct dm_stream_request, at most
+ *      count / sizeof(struct dm_stream_request) of them.  It blocks until at
+ *      least one request is pending unless O_NONBLOCK is set (-EAGAIN);
+ *      poll(2) reports POLLIN when requests are pending and POLLHUP once the
+ *      target is gone (read then fails with -ENODEV: re-attach).
+ *   3. For each request, in any order, the helper write(2)s exactly one
+ *      struct dm_stream_reply followed by its payload, in a single write
+ *      call.  The kernel validates magic, version, size, tag, block and
+ *      payload length; a reply that does not match an outstanding request
+ *      of this file is refused (-EINVAL, -ENOENT) and changes nothing.
+ *   4. close(2) (or the helper's death) hands every request it had read but
+ *      not answered back to the queue for the next helper.
+ *
+ * Changelog:
+ *   1: initial version.
+ */
+#ifndef _UAPI_DM_STREAM_H
+#define _UAPI_DM_STREAM_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+#define DM_STREAM_MAGIC		0x4d525453	/* "STRM" */
+#define DM_STREAM_VERSION	1
+#define DM_STREAM_DEVNAME	"dm-stream"
+
+#define DM_STREAM_NAME_LEN	128	/* DM_NAME_LEN */
+#define DM_STREAM_UUID_LEN	129	/* DM_UUID_LEN */
+
+/* dm_stream_attach.flags */
+#define DM_STREAM_ATTACH_BY_UUID	(1U << 0)
+
+/*
+ * DM_STREAM_IOC_ATTACH
+ * in:  magic, version, size, flags, id (dm name, or uuid with BY_UUID).
+ * out: block_size (bytes), nr_blocks, nr_present.
+ */
+struct dm_stream_attach {
+	__u32 magic;
+	__u32 version;
+	__u32 size;		/* sizeof(struct dm_stream_attach) */
+	__u32 flags;
+	char id[DM_STREAM_UUID_LEN];
+	__u8 pad[7];
+	__u64 nr_blocks;
+	__u64 nr_present;
+	__u32 block_size;
+	__u32 reserved[5];
+};
+
+#define DM_STREAM_IOC_ATTACH	_IOWR('S', 0x01, struct dm_stream_attach)
+
+/* dm_stream_request.type */
+#define DM_STREAM_REQ_FETCH	1	/* fetch one whole block */
+
+/*
+ * Kernel -> helper.  FETCH: send block @block (byte offset
+ * block * block_size, block_size bytes) back with tag @tag.
+ */
+struct dm_stream_request {
+	__u32 magic;
+	__u16 version;
+	__u16 size;		/* sizeof(struct dm_stream_request) */
+	__u32 type;
+	__u32 flags;		/* none defined, 0 */
+	__u64 tag;
+	__u64 block;
+};
+
+/* dm_stream_reply.flags */
+#define DM_STREAM_REPLY_ZERO	(1U << 0)	/* block reads as zeroes, no payload */
+
+/*
+ * Helper -> kernel.  Followed in the same write by @len payload bytes:
+ * block_size bytes when error == 0 and ZERO is clear, otherwise none.
+ * error is 0 or a negative errno; an error fails the I/O waiting for this
+ * block with -EIO (the helper retries transient failures itself and only
+ * reports what it cannot recover from).
+ */
+struct dm_stream_reply {
+	__u32 magic;
+	__u16 version;
+	__u16 size;		/* sizeof(struct dm_stream_reply) */
+	__u32 flags;
+	__s32 error;
+	__u64 tag;
+	__u64 block;
+	__u64 len;
+};
+
+#endif /* _UAPI_DM_STREAM_H */
