@@ -143,6 +143,16 @@ static u32 block_csum(const void *buf, u32 xor)
 		      DSM_BLOCK_SIZE - sizeof(__le32)) ^ xor;
 }
 
+void dsm_sb_reseal(void *buf)
+{
+	*(__le32 *)buf = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
+}
+
+void dsm_bitmap_reseal(void *buf)
+{
+	*(__le32 *)buf = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
+}
+
 bool dsm_buf_is_zero(const void *buf, size_t len)
 {
 	return !memchr_inv(buf, 0, len);

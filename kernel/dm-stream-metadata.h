@@ -45,6 +45,9 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		      unsigned long *bits, u64 nr_bits, u32 slice,
 		      const char **why);
 bool dsm_buf_is_zero(const void *buf, size_t len);
+/* Recompute the checksum of a packed superblock/bitmap block (tests). */
+void dsm_sb_reseal(void *buf);
+void dsm_bitmap_reseal(void *buf);
 
 /*
  * Open the metadata on @bdev, formatting it when it is all zeroes.  Returns

@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KUnit tests for the dm-stream on-disk format: superblock pack/unpack and
+ * every kind of damage the loader must refuse, bitmap block encoding over
+ * range edges, bitmap damage, and metadata geometry.  Built into
+ * dm-stream.ko when the kernel has CONFIG_KUNIT; the suites run when the
+ * module loads.
+ */
+#include <kunit/test.h>
+#include <linux/slab.h>
+
+#include "dm-stream-metadata.h"
+
+/* Byte offsets in struct stream_sb_disk (the format is the contract). */
+#define SB_OFF_FLAGS		4
+#define SB_OFF_BLOCKNR		8
+#define SB_OFF_MAGIC		32
+#define SB_OFF_VERSION		40
+#define SB_OFF_BLOCK_SECTORS	44
+#define SB_OFF_NR_BLOCKS	48
+#define SB_OFF_META_BS		64
+#define SB_OFF_CONSUMERS	68
+#define SB_OFF_BITMAP_BLOCKS	72
+
+struct sb_case {
+	const char *desc;
+	unsigned int off;	/* byte to change, or ~0 for none */
+	u32 value;		/* 32-bit value stored at off */
+	bool reseal;		/* recompute the checksum after the change */
+	u64 blocknr;		/* location the loader expects */
+	int expected;
+};
+
+static const struct sb_case sb_cases[] = {
+	{ "valid", ~0U, 0, true, 0, 0 },
+	{ "bit flip, checksum stale", SB_OFF_NR_BLOCKS, 7, false, 0, -EILSEQ },
+	{ "flags changed, checksum stale", SB_OFF_FLAGS, 1, false, 0, -EILSEQ },
+	{ "bad magic", SB_OFF_MAGIC, 0x12345678, true, 0, -EBADMSG },
+	{ "future version", SB_OFF_VERSION, 2, true, 0, -EPROTONOSUPPORT },
+	{ "version zero", SB_OFF_VERSION, 0, true, 0, -EPROTONOSUPPORT },
+	{ "wrong location", ~0U, 0, true, 5, -ENXIO },
+	{ "blocknr field", SB_OFF_BLOCKNR, 3, true, 0, -ENXIO },
+	{ "meta block size", SB_OFF_META_BS, 512, true, 0, -EUCLEAN },
+	{ "consumer slots", SB_OFF_CONSUMERS, 2, true, 0, -EUCLEAN },
+	{ "bitmap blocks", SB_OFF_BITMAP_BLOCKS, 99, true, 0, -EUCLEAN },
+};
+
+static void sb_case_desc(const struct sb_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(sb, sb_cases, sb_case_desc);
+
+static void sb_info(struct dsm_sb_info *sb)
+{
+	memset(sb, 0, sizeof(*sb));
+	memset(sb->uuid, 0xab, sizeof(sb->uuid));
+	sb->block_sectors = 128;
+	sb->nr_blocks = 100000;
+	sb->generation = 42;
+	sb->nr_consumers = DSM_MAX_CONSUMERS;
+	sb->bitmap_blocks = dsm_bitmap_blocks(sb->nr_blocks);
+}
+
+static void stream_sb_test(struct kunit *test)
+{
+	const struct sb_case *c = test->param_value;
+	struct dsm_sb_info in, out;
+	const char *why = NULL;
+	u8 *buf;
+	int r;
+
+	buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	sb_info(&in);
+	dsm_sb_pack(&in, 0, buf);
+	if (c->off != ~0U) {
+		__le32 v = cpu_to_le32(c->value);
+
+		memcpy(buf + c->off, &v, sizeof(v));
+		if (c->reseal)
+			dsm_sb_reseal(buf);
+	}
+	r = dsm_sb_unpack(buf, c->blocknr, &out, &why);
+	KUNIT_EXPECT_EQ(test, r, c->expected);
+	if (r) {
+		KUNIT_EXPECT_NOT_NULL(test, why);
+		return;
+	}
+	KUNIT_EXPECT_EQ(test, out.block_sectors, in.block_sectors);
+	KUNIT_EXPECT_EQ(test, out.nr_blocks, in.nr_blocks);
+	KUNIT_EXPECT_EQ(test, out.generation, in.generation);
+	KUNIT_EXPECT_EQ(test, out.bitmap_blocks, in.bitmap_blocks);
+	KUNIT_EXPECT_EQ(test, memcmp(out.uuid, in.uuid, sizeof(in.uuid)), 0);
+}
+
+static void stream_sb_zero_test(struct kunit *test)
+{
+	u8 *buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
+	struct dsm_sb_info out;
+	const char *why;
+
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	KUNIT_EXPECT_TRUE(test, dsm_buf_is_zero(buf, DSM_BLOCK_SIZE));
+	/* An all-zero block is "unformatted", never a valid superblock. */
+	KUNIT_EXPECT_LT(test, dsm_sb_unpack(buf, 0, &out, &why), 0);
+	buf[DSM_BLOCK_SIZE - 1] = 1;
+	KUNIT_EXPECT_FALSE(test, dsm_buf_is_zero(buf, DSM_BLOCK_SIZE));
+}
+
+/* Bitmap ranges: which bits to set, over how many, in which slice. */
+struct bitmap_case {
+	const char *desc;
+	u64 nr_bits;
+	u32 slice;
+	u64 first, last;	/* set bits [first, last] (inclusive) */
+};
+
+#define BPB DSM_BITS_PER_BLOCK
+static const struct bitmap_case bitmap_cases[] = {
+	{ "single bit", 1, 0, 0, 0 },
+	{ "first word", 100, 0, 0, 63 },
+	{ "word boundary", 200, 0, 63, 64 },
+	{ "full slice", BPB, 0, 0, BPB - 1 },
+	{ "tail of partial slice", BPB + 5, 1, BPB, BPB + 4 },
+	{ "middle of second slice", 3 * BPB, 1, BPB + 17, 2 * BPB - 3 },
+	{ "last bit of device", 2 * BPB + 1, 2, 2 * BPB, 2 * BPB },
+};
+
+static void bitmap_case_desc(const struct bitmap_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(bitmap, bitmap_cases, bitmap_case_desc);
+
+static unsigned long *test_bitmap(struct kunit *test, u64 nr_bits)
+{
+	unsigned long *b = kunit_kcalloc(test, BITS_TO_LONGS(nr_bits),
+					 sizeof(long), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, b);
+	return b;
+}
+
+static void stream_bitmap_test(struct kunit *test)
+{
+	const struct bitmap_case *c = test->param_value;
+	unsigned long *in = test_bitmap(test, c->nr_bits);
+	unsigned long *out = test_bitmap(test, c->nr_bits);
+	u64 lo = (u64)c->slice * BPB;
+	u64 hi = min_t(u64, lo + BPB, c->nr_bits);
+	const char *why;
+	u8 *buf;
+	u64 i;
+
+	buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	/* Bits outside the slice must not leak into it. */
+	bitmap_fill(in, c->nr_bits);
+	for (i = lo; i < hi; i++)
+		if (i < c->first || i > c->last)
+			__clear_bit(i, in);
+
+	dsm_bitmap_pack(in, c->nr_bits, c->slice, 7, 1234, buf);
+	KUNIT_ASSERT_EQ(test, dsm_bitmap_unpack(buf, 1234, 7, out, c->nr_bits,
+						c->slice, &why), 0);
+	for (i = 0; i < c->nr_bits; i++) {
+		bool want = i >= c->first && i <= c->last;
+
+		if (test_bit(i, out) != want) {
+			KUNIT_FAIL(test, "bit %llu: expected %d", i, want);
+			break;
+		}
+	}
+	KUNIT_EXPECT_EQ(test, bitmap_weight(out, c->nr_bits),
+			(unsigned int)(c->last - c->first + 1));
+}
+
+struct damage_case {
+	const char *desc;
+	unsigned int off;
+	u8 xor;
+	bool reseal;
+	u64 blocknr;
+	u32 index;
+	u64 nr_bits;
+	int expected;
+};
+
+static const struct damage_case damage_cases[] = {
+	{ "intact", 0, 0, false, 20, 3, 1000, 0 },
+	{ "bit flipped", 100, 0x10, false, 20, 3, 1000, -EILSEQ },
+	{ "torn tail", DSM_BLOCK_SIZE - 1, 0xff, false, 20, 3, 1000, -EILSEQ },
+	{ "misdirected", 0, 0, false, 21, 3, 1000, -ENXIO },
+	{ "other bitmap", 0, 0, false, 20, 4, 1000, -ENXIO },
+	{ "bit beyond device", 16 + 125, 0x80, true, 20, 3, 1000, -EUCLEAN },
+};
+
+static void damage_case_desc(const struct damage_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(damage, damage_cases, damage_case_desc);
+
+static void stream_bitmap_damage_test(struct kunit *test)
+{
+	const struct damage_case *c = test->param_value;
+	unsigned long *bits = test_bitmap(test, 1000);
+	const char *why = NULL;
+	u8 *buf;
+	int r;
+
+	buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	__set_bit(5, bits);
+	dsm_bitmap_pack(bits, 1000, 0, 3, 20, buf);
+	buf[c->off] ^= c->xor;
+	if (c->reseal)
+		dsm_bitmap_reseal(buf);
+	bitmap_zero(bits, 1000);
+	r = dsm_bitmap_unpack(buf, c->blocknr, c->index, bits, c->nr_bits, 0,
+			      &why);
+	KUNIT_EXPECT_EQ(test, r, c->expected);
+	if (r)
+		KUNIT_EXPECT_NOT_NULL(test, why);
+	else
+		KUNIT_EXPECT_TRUE(test, test_bit(5, bits));
+}
+
+static void stream_geometry_test(struct kunit *test)
+{
+	static const struct { u64 blocks; u32 bb; u64 total; } g[] = {
+		{ 0, 0, DSM_FIRST_BITMAP },
+		{ 1, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS },
+		{ BPB, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS },
+		{ BPB + 1, 2, DSM_FIRST_BITMAP + 2 * DSM_NR_BITMAPS },
+		/* 1 TiB of 64 KiB blocks */
+		{ 1ULL << 24, 515, DSM_FIRST_BITMAP + 515 * DSM_NR_BITMAPS },
+	};
+	unsigned int i;
+
+	KUNIT_EXPECT_EQ(test, BPB / 8 + 16, DSM_BLOCK_SIZE);
+	for (i = 0; i < ARRAY_SIZE(g); i++) {
+		KUNIT_EXPECT_EQ(test, dsm_bitmap_blocks(g[i].blocks), g[i].bb);
+		KUNIT_EXPECT_EQ(test, dsm_total_blocks(g[i].blocks),
+				g[i].total);
+	}
+}
+
+static struct kunit_case stream_format_cases[] = {
+	KUNIT_CASE_PARAM(stream_sb_test, sb_gen_params),
+	KUNIT_CASE(stream_sb_zero_test),
+	KUNIT_CASE(stream_geometry_test),
+	{}
+};
+
+static struct kunit_suite stream_format_suite = {
+	.name = "dm_stream_superblock",
+	.test_cases = stream_format_cases,
+};
+
+static struct kunit_case stream_bitmap_cases[] = {
+	KUNIT_CASE_PARAM(stream_bitmap_test, bitmap_gen_params),
+	KUNIT_CASE_PARAM(stream_bitmap_damage_test, damage_gen_params),
+	{}
+};
+
+static struct kunit_suite stream_bitmap_suite = {
+	.name = "dm_stream_bitmap",
+	.test_cases = stream_bitmap_cases,
+};
+
+kunit_test_suites(&stream_format_suite, &stream_bitmap_suite);

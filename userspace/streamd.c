@@ -1,0 +1,801 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * streamd - fetch absent blocks of a dm-stream device from an NBD server.
+ *
+ *   streamd [options] <dm device name> <NBD URI>
+ *
+ * Design: one thread, one poll(2) loop over two descriptors, the target's
+ * channel (/dev/dm-stream, see kernel/uapi/dm-stream.h) and the libnbd
+ * connection.  Requests read from the kernel become libnbd asynchronous
+ * preads, up to --queue-depth in flight; each completion writes the block
+ * back to the kernel in a single write(2) (header then payload, contiguous:
+ * the channel takes exactly one reply per write).
+ *
+ * Blocks that the server's base:allocation metadata reports as reading as
+ * zero are answered with DM_STREAM_REPLY_ZERO and never transferred.  The
+ * zero map is built once per connection.
+ *
+ * Failures: a read that fails while the connection is alive is retried a few
+ * times and then reported to the kernel as -EIO.  A lost connection is never
+ * reported: every request in flight goes back to the local queue, and the
+ * helper reconnects with exponential backoff (100 ms .. 5 s) and reissues
+ * them.  If the target goes away (table reload, removal) the helper
+ * re-attaches to the device of the same name; requests it held are requeued
+ * by the kernel.
+ *
+ * Memory: the helper serves I/O the kernel may need to reclaim memory, so it
+ * sets PR_SET_IO_FLUSHER and locks its pages.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+
+#include <libnbd.h>
+
+#include "uapi/dm-stream.h"
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+#define DEFAULT_DEPTH	64
+#define MAX_RETRIES	3
+#define BATCH		64
+#define BACKOFF_MIN_MS	100
+#define BACKOFF_MAX_MS	5000
+
+enum req_state { REQ_QUEUED, REQ_INFLIGHT };
+
+struct req {
+	struct req *next;		/* queue or inflight list */
+	struct streamd *sd;
+	uint64_t tag;
+	uint64_t block;
+	unsigned int retries;
+	uint64_t conn_gen;		/* connection it was issued on */
+	enum req_state state;
+	bool done;			/* completion seen */
+	int error;
+	/* dm_stream_reply header, then block_size payload bytes */
+	unsigned char *buf;
+};
+
+struct stats {
+	uint64_t requests;
+	uint64_t fetched;		/* blocks read from the server */
+	uint64_t zero;			/* answered as zero, not transferred */
+	uint64_t bytes;			/* payload bytes read from the server */
+	uint64_t read_errors;
+	uint64_t reconnects;
+	uint64_t reattaches;
+};
+
+struct streamd {
+	const char *name;
+	const char *uri;
+	const char *stats_path;
+	unsigned int depth;
+	bool verbose;
+	bool use_syslog;
+	bool by_uuid;
+
+	int fd;				/* /dev/dm-stream, -1 when detached */
+	uint32_t block_size;
+	uint64_t nr_blocks;
+
+	struct nbd_handle *nbd;		/* NULL while disconnected */
+	uint64_t conn_gen;
+	unsigned int backoff_ms;
+	struct timespec next_connect;
+
+	uint8_t *zero_map;		/* bit per block: reads as zero */
+
+	struct req *queue, **queue_tail;	/* to issue */
+	struct req *inflight;		/* issued on the current connection */
+	unsigned int nr_inflight;
+
+	struct stats st;
+};
+
+/*
+ * Set by the signal handlers, read by the main loop: the only global
+ * mutable state, owned by main().
+ */
+static volatile sig_atomic_t got_stop, got_usr1;
+
+static bool log_to_syslog;
+
+static void __attribute__((format(printf, 2, 3)))
+logmsg(int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (log_to_syslog) {
+		vsyslog(prio, fmt, ap);
+	} else {
+		fputs("streamd: ", stderr);
+		vfprintf(stderr, fmt, ap);
+		fputc('\n', stderr);
+	}
+	va_end(ap);
+}
+
+#define err(...)	logmsg(LOG_ERR, __VA_ARGS__)
+#define info(...)	logmsg(LOG_INFO, __VA_ARGS__)
+#define dbg(sd, ...)	do { if ((sd)->verbose) logmsg(LOG_DEBUG, __VA_ARGS__); } while (0)
+
+static void on_signal(int sig)
+{
+	if (sig == SIGUSR1)
+		got_usr1 = 1;
+	else
+		got_stop = 1;
+}
+
+static void write_stats(struct streamd *sd)
+{
+	FILE *f = stderr;
+	char tmp[PATH_MAX];
+
+	if (sd->stats_path) {
+		snprintf(tmp, sizeof(tmp), "%s.tmp", sd->stats_path);
+		f = fopen(tmp, "w");
+		if (!f) {
+			err("open %s: %m", tmp);
+			return;
+		}
+	}
+	fprintf(f, "requests=%" PRIu64 "\nfetched=%" PRIu64 "\nzero=%" PRIu64
+		"\nbytes=%" PRIu64 "\nread_errors=%" PRIu64
+		"\nreconnects=%" PRIu64 "\nreattaches=%" PRIu64 "\n",
+		sd->st.requests, sd->st.fetched, sd->st.zero, sd->st.bytes,
+		sd->st.read_errors, sd->st.reconnects, sd->st.reattaches);
+	if (sd->stats_path) {
+		if (fclose(f) || rename(tmp, sd->stats_path))
+			err("write %s: %m", sd->stats_path);
+	}
+}
+
+static void queue_req(struct streamd *sd, struct req *r)
+{
+	r->state = REQ_QUEUED;
+	r->next = NULL;
+	*sd->queue_tail = r;
+	sd->queue_tail = &r->next;
+}
+
+static struct req *dequeue_req(struct streamd *sd)
+{
+	struct req *r = sd->queue;
+
+	if (r) {
+		sd->queue = r->next;
+		if (!sd->queue)
+			sd->queue_tail = &sd->queue;
+	}
+	return r;
+}
+
+static void free_req(struct req *r)
+{
+	free(r->buf);
+	free(r);
+}
+
+/* --- kernel channel ---------------------------------------------------- */
+
+static void detach(struct streamd *sd)
+{
+	struct req *r;
+
+	if (sd->fd >= 0)
+		close(sd->fd);
+	sd->fd = -1;
+	/* The kernel requeues what we held; forget it here. */
+	while ((r = dequeue_req(sd)))
+		free_req(r);
+	for (r = sd->inflight; r; r = r->next)
+		r->conn_gen = 0;	/* completions will be dropped */
+}
+
+/* Returns 0, or -errno (-ENOENT: no such device yet). */
+static int attach(struct streamd *sd)
+{
+	struct dm_stream_attach a;
+	int fd, r;
+
+	fd = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		err("open /dev/%s: %m", DM_STREAM_DEVNAME);
+		return r;
+	}
+	memset(&a, 0, sizeof(a));
+	a.magic = DM_STREAM_MAGIC;
+	a.version = DM_STREAM_VERSION;
+	a.size = sizeof(a);
+	a.flags = sd->by_uuid ? DM_STREAM_ATTACH_BY_UUID : 0;
+	snprintf(a.id, sizeof(a.id), "%s", sd->name);
+	if (ioctl(fd, DM_STREAM_IOC_ATTACH, &a) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	if (sd->block_size && (a.block_size != sd->block_size ||
+			       a.nr_blocks != sd->nr_blocks)) {
+		err("%s: geometry changed (%u x %" PRIu64 " -> %u x %llu)",
+		    sd->name, sd->block_size, sd->nr_blocks, a.block_size,
+		    (unsigned long long)a.nr_blocks);
+		close(fd);
+		return -EINVAL;
+	}
+	sd->fd = fd;
+	sd->block_size = a.block_size;
+	sd->nr_blocks = a.nr_blocks;
+	info("attached to %s: %llu blocks of %u bytes, %llu present",
+	     sd->name, (unsigned long long)a.nr_blocks, a.block_size,
+	     (unsigned long long)a.nr_present);
+	return 0;
+}
+
+/* Send one reply; the payload (if any) is already in r->buf. */
+static int reply(struct streamd *sd, struct req *r, int error, bool zero)
+{
+	struct dm_stream_reply *h = (struct dm_stream_reply *)r->buf;
+	size_t len = (error || zero) ? 0 : sd->block_size;
+	ssize_t n;
+
+	if (sd->fd < 0)
+		return -ENODEV;
+	memset(h, 0, sizeof(*h));
+	h->magic = DM_STREAM_MAGIC;
+	h->version = DM_STREAM_VERSION;
+	h->size = sizeof(*h);
+	h->flags = zero ? DM_STREAM_REPLY_ZERO : 0;
+	h->error = error;
+	h->tag = r->tag;
+	h->block = r->block;
+	h->len = len;
+	n = write(sd->fd, r->buf, sizeof(*h) + len);
+	if (n < 0) {
+		int e = -errno;
+
+		/* ENOENT: the kernel gave up on it (fetch_timeout). */
+		err("reply block %" PRIu64 " tag %" PRIu64 ": %s",
+		    r->block, r->tag, strerror(-e));
+		return e;
+	}
+	return 0;
+}
+
+static bool block_is_zero(struct streamd *sd, uint64_t block)
+{
+	return sd->zero_map && (sd->zero_map[block / 8] & (1U << (block % 8)));
+}
+
+static int read_requests(struct streamd *sd)
+{
+	struct dm_stream_request reqs[BATCH];
+	ssize_t n, i;
+	struct req *r;
+
+	n = read(sd->fd, reqs, sizeof(reqs));
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR)
+			return 0;
+		return -errno;
+	}
+	for (i = 0; i < n / (ssize_t)sizeof(reqs[0]); i++) {
+		struct dm_stream_request *q = &reqs[i];
+
+		if (q->magic != DM_STREAM_MAGIC ||
+		    q->version != DM_STREAM_VERSION ||
+		    q->size != sizeof(*q) || q->type != DM_STREAM_REQ_FETCH ||
+		    q->block >= sd->nr_blocks) {
+			err("malformed request from kernel (magic %x version %u type %u block %llu)",
+			    q->magic, q->version, q->type,
+			    (unsigned long long)q->block);
+			continue;
+		}
+		r = calloc(1, sizeof(*r));
+		if (r)
+			r->buf = malloc(sizeof(struct dm_stream_reply) +
+					sd->block_size);
+		if (!r || !r->buf) {
+			/* Unanswered: the kernel requeues it on detach. */
+			err("out of memory for block %llu",
+			    (unsigned long long)q->block);
+			if (r)
+				free(r);
+			return -ENOMEM;
+		}
+		r->sd = sd;
+		r->tag = q->tag;
+		r->block = q->block;
+		sd->st.requests++;
+		dbg(sd, "request block %" PRIu64 " tag %" PRIu64, r->block,
+		    r->tag);
+		if (block_is_zero(sd, r->block)) {
+			sd->st.zero++;
+			reply(sd, r, 0, true);
+			free_req(r);
+			continue;
+		}
+		queue_req(sd, r);
+	}
+	return 0;
+}
+
+/* --- NBD side ------------------------------------------------------------ */
+
+static int extent_cb(void *user_data, const char *metacontext,
+		     uint64_t offset, uint32_t *entries, size_t nr_entries,
+		     int *error)
+{
+	struct streamd *sd = user_data;
+	uint64_t bs = sd->block_size;
+	size_t i;
+
+	if (strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION))
+		return 0;
+	for (i = 0; i + 1 < nr_entries; i += 2) {
+		uint64_t len = entries[i];
+
+		if (entries[i + 1] & LIBNBD_STATE_ZERO) {
+			/* whole blocks inside [offset, offset + len) */
+			uint64_t b = (offset + bs - 1) / bs;
+			uint64_t e = (offset + len) / bs;
+
+			for (; b < e && b < sd->nr_blocks; b++)
+				sd->zero_map[b / 8] |= 1U << (b % 8);
+		}
+		offset += len;
+	}
+	return 0;
+}
+
+/* Map which blocks read as zero; best effort, a failure only costs bytes. */
+static void build_zero_map(struct streamd *sd, struct nbd_handle *h)
+{
+	uint64_t size = sd->nr_blocks * sd->block_size, off = 0;
+
+	if (nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
+		info("server has no base:allocation; zero blocks will be transferred");
+		return;
+	}
+	if (!sd->zero_map) {
+		sd->zero_map = calloc((sd->nr_blocks + 7) / 8, 1);
+		if (!sd->zero_map)
+			return;
+	}
+	while (off < size) {
+		uint64_t count = size - off > (1ULL << 30) ? (1ULL << 30) :
+				 size - off;
+
+		if (nbd_block_status(h, count, off,
+				     (nbd_extent_callback) {
+					.callback = extent_cb,
+					.user_data = sd },
+				     0) == -1) {
+			err("block status at %" PRIu64 ": %s", off,
+			    nbd_get_error());
+			return;
+		}
+		off += count;
+	}
+}
+
+static void disconnect(struct streamd *sd)
+{
+	struct req *r, *next;
+
+	if (!sd->nbd)
+		return;
+	/* Everything in flight is reissued on the next connection. */
+	sd->conn_gen++;
+	nbd_close(sd->nbd);
+	sd->nbd = NULL;
+	for (r = sd->inflight; r; r = next) {
+		next = r->next;
+		if (sd->fd >= 0 && r->conn_gen) {
+			r->done = false;
+			queue_req(sd, r);
+		} else {
+			free_req(r);
+		}
+	}
+	sd->inflight = NULL;
+	sd->nr_inflight = 0;
+}
+
+static void schedule_connect(struct streamd *sd)
+{
+	clock_gettime(CLOCK_MONOTONIC, &sd->next_connect);
+	sd->next_connect.tv_nsec += (long)sd->backoff_ms * 1000000L;
+	sd->next_connect.tv_sec += sd->next_connect.tv_nsec / 1000000000L;
+	sd->next_connect.tv_nsec %= 1000000000L;
+	sd->backoff_ms = sd->backoff_ms ? sd->backoff_ms * 2 : BACKOFF_MIN_MS;
+	if (sd->backoff_ms > BACKOFF_MAX_MS)
+		sd->backoff_ms = BACKOFF_MAX_MS;
+}
+
+static long ms_until(const struct timespec *t)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (t->tv_sec - now.tv_sec) * 1000 +
+		(t->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/* Returns 0, -EAGAIN (retry later) or another -errno (fatal). */
+static int nbd_connect(struct streamd *sd)
+{
+	struct nbd_handle *h;
+	int64_t size;
+
+	h = nbd_create();
+	if (!h) {
+		err("nbd_create: %s", nbd_get_error());
+		return -ENOMEM;
+	}
+	nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+	if (nbd_connect_uri(h, sd->uri) == -1) {
+		err("connect %s: %s", sd->uri, nbd_get_error());
+		nbd_close(h);
+		return -EAGAIN;
+	}
+	size = nbd_get_size(h);
+	if (size < 0 || (uint64_t)size != sd->nr_blocks * sd->block_size) {
+		err("%s: export is %" PRId64 " bytes, device %s needs %" PRIu64,
+		    sd->uri, size, sd->name, sd->nr_blocks * sd->block_size);
+		nbd_close(h);
+		return -EINVAL;
+	}
+	build_zero_map(sd, h);
+	sd->nbd = h;
+	sd->backoff_ms = 0;
+	if (sd->conn_gen++)
+		sd->st.reconnects++;
+	info("connected to %s (%" PRId64 " bytes)", sd->uri, size);
+	return 0;
+}
+
+static int pread_done(void *user_data, int *error)
+{
+	struct req *r = user_data;
+
+	r->done = true;
+	r->error = *error;
+	return 1;
+}
+
+static void issue(struct streamd *sd)
+{
+	struct req *r;
+	int64_t c;
+
+	while (sd->nbd && sd->nr_inflight < sd->depth &&
+	       (r = dequeue_req(sd))) {
+		r->done = false;
+		r->error = 0;
+		r->conn_gen = sd->conn_gen;
+		c = nbd_aio_pread(sd->nbd,
+				  r->buf + sizeof(struct dm_stream_reply),
+				  sd->block_size,
+				  r->block * (uint64_t)sd->block_size,
+				  (nbd_completion_callback) {
+					.callback = pread_done,
+					.user_data = r },
+				  0);
+		if (c == -1) {
+			err("pread block %" PRIu64 ": %s", r->block,
+			    nbd_get_error());
+			/* Back to the front; the connection is checked next. */
+			r->next = sd->queue;
+			sd->queue = r;
+			if (!r->next)
+				sd->queue_tail = &r->next;
+			break;
+		}
+		r->state = REQ_INFLIGHT;
+		r->next = sd->inflight;
+		sd->inflight = r;
+		sd->nr_inflight++;
+	}
+}
+
+/* Hand completed reads back to the kernel. */
+static void reap(struct streamd *sd)
+{
+	struct req **pp = &sd->inflight, *r;
+
+	while ((r = *pp)) {
+		if (!r->done) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		sd->nr_inflight--;
+		if (!r->conn_gen) {		/* target went away */
+			free_req(r);
+			continue;
+		}
+		if (!r->error) {
+			sd->st.fetched++;
+			sd->st.bytes += sd->block_size;
+			reply(sd, r, 0, false);
+			free_req(r);
+		} else if (sd->nbd && !nbd_aio_is_dead(sd->nbd) &&
+			   !nbd_aio_is_closed(sd->nbd) &&
+			   ++r->retries > MAX_RETRIES) {
+			sd->st.read_errors++;
+			err("read block %" PRIu64 ": %s; reporting EIO",
+			    r->block, strerror(r->error));
+			reply(sd, r, -EIO, false);
+			free_req(r);
+		} else {
+			dbg(sd, "retry block %" PRIu64, r->block);
+			queue_req(sd, r);
+		}
+	}
+}
+
+/* --- main loop ----------------------------------------------------------- */
+
+static int run(struct streamd *sd)
+{
+	bool warned = false;
+	int r;
+
+	sd->queue_tail = &sd->queue;
+	sd->fd = -1;
+	while (!got_stop) {
+		struct pollfd pfd[2];
+		int nfds = 0, timeout = 1000, dm_idx = -1, nbd_idx = -1;
+		long wait;
+
+		if (got_usr1) {
+			got_usr1 = 0;
+			write_stats(sd);
+		}
+		if (sd->fd < 0) {
+			r = attach(sd);
+			if (r == -ENOENT || r == -EBUSY) {
+				if (!warned)
+					info("waiting for %s: %s", sd->name,
+					     strerror(-r));
+				warned = true;
+				usleep(200000);
+				continue;
+			}
+			if (r)
+				return r;
+			warned = false;
+		}
+		if (!sd->nbd && ms_until(&sd->next_connect) <= 0) {
+			r = nbd_connect(sd);
+			if (r == -EAGAIN)
+				schedule_connect(sd);
+			else if (r)
+				return r;
+		}
+
+		issue(sd);
+		if (sd->nbd && (nbd_aio_is_dead(sd->nbd) ||
+				nbd_aio_is_closed(sd->nbd))) {
+			err("connection to %s lost; reconnecting", sd->uri);
+			reap(sd);
+			disconnect(sd);
+			schedule_connect(sd);
+			continue;
+		}
+
+		if (sd->nr_inflight + 0U < sd->depth) {
+			pfd[nfds].fd = sd->fd;
+			pfd[nfds].events = POLLIN;
+			dm_idx = nfds++;
+		}
+		if (sd->nbd) {
+			unsigned int dir = nbd_aio_get_direction(sd->nbd);
+
+			pfd[nfds].fd = nbd_aio_get_fd(sd->nbd);
+			pfd[nfds].events = 0;
+			if (dir & LIBNBD_AIO_DIRECTION_READ)
+				pfd[nfds].events |= POLLIN;
+			if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+				pfd[nfds].events |= POLLOUT;
+			nbd_idx = nfds++;
+		} else {
+			wait = ms_until(&sd->next_connect);
+			if (wait < timeout)
+				timeout = wait < 0 ? 0 : wait;
+		}
+
+		r = poll(pfd, nfds, timeout);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			err("poll: %m");
+			return -errno;
+		}
+		if (nbd_idx >= 0) {
+			short re = pfd[nbd_idx].revents;
+
+			if (re & (POLLIN | POLLHUP | POLLERR))
+				nbd_aio_notify_read(sd->nbd);
+			else if (re & POLLOUT)
+				nbd_aio_notify_write(sd->nbd);
+			reap(sd);
+		}
+		if (dm_idx >= 0) {
+			short re = pfd[dm_idx].revents;
+
+			if (re & (POLLHUP | POLLERR)) {
+				info("%s went away; re-attaching", sd->name);
+				sd->st.reattaches++;
+				detach(sd);
+				continue;
+			}
+			if (re & POLLIN) {
+				r = read_requests(sd);
+				if (r == -ENODEV) {
+					sd->st.reattaches++;
+					detach(sd);
+				} else if (r && r != -ENOMEM) {
+					err("read /dev/%s: %s",
+					    DM_STREAM_DEVNAME, strerror(-r));
+					return r;
+				}
+			}
+		}
+	}
+	return 0;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"Usage: streamd [options] <dm device name> <NBD URI>\n"
+"\n"
+"Fetch absent blocks of a dm-stream device from an NBD server.\n"
+"\n"
+"  -q, --queue-depth N   reads in flight to the server (default %d)\n"
+"  -u, --uuid            <dm device name> is a dm uuid\n"
+"  -s, --stats FILE      write counters to FILE on SIGUSR1 and at exit\n"
+"  -d, --daemon          detach and log to syslog\n"
+"  -p, --pidfile FILE    write the process id to FILE\n"
+"  -v, --verbose         log every request\n"
+"  -h, --help            this text\n"
+"  -V, --version         print the channel ABI version\n"
+"\n"
+"URI examples: nbd://host:10809/export, nbd+unix:///export?socket=/run/s\n",
+		DEFAULT_DEPTH);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "queue-depth", required_argument, NULL, 'q' },
+		{ "uuid", no_argument, NULL, 'u' },
+		{ "stats", required_argument, NULL, 's' },
+		{ "daemon", no_argument, NULL, 'd' },
+		{ "pidfile", required_argument, NULL, 'p' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct streamd sd = { .depth = DEFAULT_DEPTH };
+	const char *pidfile = NULL;
+	bool daemonize = false;
+	struct sigaction sa;
+	char *end;
+	int c, r;
+
+	while ((c = getopt_long(argc, argv, "q:us:dp:vhV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'q':
+			errno = 0;
+			sd.depth = strtoul(optarg, &end, 10);
+			if (errno || *end || !sd.depth || sd.depth > 4096) {
+				err("invalid queue depth '%s' (1-4096)",
+				    optarg);
+				return 2;
+			}
+			break;
+		case 'u':
+			sd.by_uuid = true;
+			break;
+		case 's':
+			sd.stats_path = optarg;
+			break;
+		case 'd':
+			daemonize = true;
+			break;
+		case 'p':
+			pidfile = optarg;
+			break;
+		case 'v':
+			sd.verbose = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("streamd channel ABI %d\n", DM_STREAM_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (argc - optind != 2) {
+		usage(stderr);
+		return 2;
+	}
+	sd.name = argv[optind];
+	sd.uri = argv[optind + 1];
+	if (strlen(sd.name) >= DM_STREAM_UUID_LEN) {
+		err("device name too long: %s", sd.name);
+		return 2;
+	}
+
+	if (daemonize) {
+		if (daemon(0, 0) < 0) {
+			err("daemon: %m");
+			return 1;
+		}
+		openlog("streamd", LOG_PID, LOG_DAEMON);
+		log_to_syslog = true;
+	}
+	if (pidfile) {
+		FILE *f = fopen(pidfile, "w");
+
+		if (!f || fprintf(f, "%d\n", getpid()) < 0 || fclose(f)) {
+			err("write %s: %m", pidfile);
+			return 1;
+		}
+	}
+
+	/* We serve I/O that reclaim may wait on: see prctl(2). */
+	if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0)
+		err("PR_SET_IO_FLUSHER: %m (continuing)");
+	if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
+		err("mlockall: %m (continuing)");
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	r = run(&sd);
+	write_stats(&sd);
+	disconnect(&sd);
+	detach(&sd);
+	free(sd.zero_map);
+	if (r) {
+		err("exiting: %s", strerror(-r));
+		return 1;
+	}
+	return 0;
+}
