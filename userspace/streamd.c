@@ -101,6 +101,7 @@ struct streamd {
 
 	struct nbd_handle *nbd;		/* NULL while disconnected */
 	uint64_t conn_gen;
+	bool conn_lost;			/* a read failed for connection reasons */
 	unsigned int backoff_ms;
 	struct timespec next_connect;
 
@@ -410,6 +411,7 @@ static void disconnect(struct streamd *sd)
 		return;
 	/* Everything in flight is reissued on the next connection. */
 	sd->conn_gen++;
+	sd->conn_lost = false;
 	nbd_close(sd->nbd);
 	sd->nbd = NULL;
 	for (r = sd->inflight; r; r = next) {
@@ -522,6 +524,26 @@ static void issue(struct streamd *sd)
 	}
 }
 
+/* Errors that say the connection, not the block, is at fault. */
+static bool is_connection_error(int e)
+{
+	switch (e) {
+	case ENOTCONN:
+	case ESHUTDOWN:
+	case ECONNRESET:
+	case ECONNABORTED:
+	case ECONNREFUSED:
+	case EPIPE:
+	case ETIMEDOUT:
+	case EHOSTUNREACH:
+	case ENETUNREACH:
+	case ENETDOWN:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* Hand completed reads back to the kernel. */
 static void reap(struct streamd *sd)
 {
@@ -543,9 +565,13 @@ static void reap(struct streamd *sd)
 			sd->st.bytes += sd->block_size;
 			reply(sd, r, 0, false);
 			free_req(r);
-		} else if (sd->nbd && !nbd_aio_is_dead(sd->nbd) &&
-			   !nbd_aio_is_closed(sd->nbd) &&
-			   ++r->retries > MAX_RETRIES) {
+		} else if (is_connection_error(r->error)) {
+			/* Not the block's fault: reconnect and reissue. */
+			dbg(sd, "block %" PRIu64 ": %s; will reissue",
+			    r->block, strerror(r->error));
+			sd->conn_lost = true;
+			queue_req(sd, r);
+		} else if (++r->retries > MAX_RETRIES) {
 			sd->st.read_errors++;
 			err("read block %" PRIu64 ": %s; reporting EIO",
 			    r->block, strerror(r->error));
@@ -599,8 +625,9 @@ static int run(struct streamd *sd)
 		}
 
 		issue(sd);
-		if (sd->nbd && (nbd_aio_is_dead(sd->nbd) ||
+		if (sd->nbd && (sd->conn_lost || nbd_aio_is_dead(sd->nbd) ||
 				nbd_aio_is_closed(sd->nbd))) {
+			sd->conn_lost = false;
 			err("connection to %s lost; reconnecting", sd->uri);
 			reap(sd);
 			disconnect(sd);

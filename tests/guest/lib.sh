@@ -1,0 +1,208 @@
+# shellcheck shell=sh
+# Guest-side test functions (busybox ash).  Disks, in order:
+#   vda image (read-only), vdb data, vdc metadata, vdd tiny (64 KiB),
+#   vde scratch (same size as the image).
+IMG=/dev/vda
+DATA=/dev/vdb
+META=/dev/vdc
+TINY=/dev/vdd
+SCRATCH=/dev/vde
+BS=${BS:-128}			# sectors (64 KiB)
+BB=$((BS * 512))		# bytes
+SRC=/tmp/image.raw		# what the NBD servers export: $IMG, sparse
+ZERO_FIRST=128			# blocks [128, 192) of the image are zero
+ZERO_END=192
+SOCK=/tmp/nbd.sock
+URI="nbd+unix:///?socket=$SOCK"
+DEV=/dev/mapper/s
+SZ=$(blockdev --getsz $IMG)
+NBLOCKS=$((SZ / BS))
+
+say() { echo "# $*"; }
+
+# The export: a sparse copy of the image on tmpfs, so that the servers'
+# base:allocation reports the zero region as a hole.
+prepare_image() {
+	[ -f $SRC ] && return 0
+	truncate -s $((SZ * 512)) $SRC
+	dd if=$IMG of=$SRC bs=$BB count=$ZERO_FIRST conv=notrunc 2>/dev/null
+	dd if=$IMG of=$SRC bs=$BB skip=$ZERO_END seek=$ZERO_END conv=notrunc \
+		2>/dev/null
+	cmp $IMG $SRC
+}
+
+# status field: bs present/total dirty parked attached mode fetched zero
+# errors generation -> st <n> (1-based after the target name)
+st() { dmsetup status s | awk -v n="$1" '{print $(3 + n)}'; }
+
+present() { st 2 | cut -d/ -f1; }
+
+wait_for() {	# wait_for <seconds> <command...>
+	_t=$(($1 * 10))
+	shift
+	while ! "$@"; do
+		_t=$((_t - 1))
+		[ $_t -gt 0 ] || return 1
+		sleep 0.1
+	done
+}
+
+is_attached() { [ "$(st 5)" = attached ]; }
+
+server_start() {	# server_start [nbdkit|qemu-nbd] [filter|key=value ...]
+	_srv=${1:-nbdkit}
+	[ $# -gt 0 ] && shift
+	rm -f $SOCK
+	case $_srv in
+	nbdkit)
+		_f="" _p=""
+		for _a in "$@"; do
+			case $_a in
+			*=*) _p="$_p $_a" ;;
+			*) _f="$_f --filter=$_a" ;;
+			esac
+		done
+		# shellcheck disable=SC2086
+		nbdkit -U $SOCK -P /tmp/nbd.pid --filter=log $_f \
+			file file=$SRC logfile=/tmp/nbd.log $_p ;;
+	qemu-nbd)
+		qemu-nbd -f raw -r -k $SOCK --persistent $SRC \
+			>/tmp/qemu-nbd.log 2>&1 &
+		echo $! >/tmp/nbd.pid ;;
+	esac
+	wait_for 10 test -S $SOCK
+}
+
+server_stop() {
+	if [ -f /tmp/nbd.pid ]; then
+		kill "$(cat /tmp/nbd.pid)" 2>/dev/null || true
+	fi
+	rm -f /tmp/nbd.pid
+	wait_for 5 sh -c "! pidof nbdkit qemu-nbd >/dev/null" || true
+}
+
+# Reads the server saw at byte offset $1 (nbdkit log filter).
+server_reads_at() {
+	grep -c "Read id=.* offset=$(printf '0x%x' "$1") " /tmp/nbd.log || true
+}
+
+server_reads() { grep -c "Read id=" /tmp/nbd.log || true; }
+
+helper_start() {
+	rm -f /tmp/stats
+	streamd "$@" -s /tmp/stats s "$URI" 2>>/tmp/streamd.log &
+	echo $! >/tmp/streamd.pid
+	wait_for 10 is_attached
+}
+
+helper_stop() {
+	[ -f /tmp/streamd.pid ] || return 0
+	kill "$(cat /tmp/streamd.pid)" 2>/dev/null || true
+	wait "$(cat /tmp/streamd.pid)" 2>/dev/null || true
+	rm -f /tmp/streamd.pid
+}
+
+helper_stat() {	# counter from streamd --stats (SIGUSR1 refreshes)
+	kill -USR1 "$(cat /tmp/streamd.pid)" 2>/dev/null && sleep 0.3
+	sed -n "s/^$1=//p" /tmp/stats
+}
+
+create() {	# create [extra table words]
+	dmsetup create s --table "0 $SZ stream $META $DATA $BS $*"
+}
+
+teardown() {
+	helper_stop
+	if dmsetup info s >/dev/null 2>&1; then
+		dmsetup remove s
+	fi
+	server_stop
+}
+
+# Fresh metadata; data filled with 0xff so that a block wrongly marked
+# present reads as garbage instead of passing by luck.
+fresh() {
+	teardown
+	dd if=/dev/zero of=$META bs=64k count=16 conv=fsync 2>/dev/null
+	tr '\000' '\377' </dev/zero | dd of=$DATA bs=1M count=$((SZ / 2048)) \
+		iflag=fullblock conv=fsync 2>/dev/null
+	rm -f /tmp/nbd.log /tmp/streamd.log
+}
+
+blk_sum() {	# blk_sum <dev> <block>
+	dd if="$1" bs=$BB skip="$2" count=1 iflag=direct 2>/dev/null | md5sum |
+		cut -d' ' -f1
+}
+
+dev_sum() { dd if="$1" bs=1M iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1; }
+
+expect_eq() {	# expect_eq <what> <expected> <actual>
+	[ "$2" = "$3" ] && return 0
+	echo "# $1: expected '$2', got '$3'"
+	return 1
+}
+
+# The deterministic writes shared by the reload/reboot/crash tests:
+# whole block 3 <- image block 40; 4 KiB at 8 KiB into block 5 <- image
+# bytes of block 41.  Applied to $1 (the device, or a copy of the image).
+apply_writes() {
+	dd if=$IMG of="$1" bs=$BB skip=40 seek=3 count=1 conv=notrunc,fsync \
+		oflag=direct 2>/dev/null &&
+	dd if=$IMG of="$1" bs=4096 skip=$((41 * BB / 4096)) \
+		seek=$((5 * BB / 4096 + 2)) count=1 conv=notrunc,fsync \
+		oflag=direct 2>/dev/null
+}
+
+expected_image() {	# the image with apply_writes applied, in $SCRATCH
+	dd if=$IMG of=$SCRATCH bs=1M conv=fsync 2>/dev/null
+	apply_writes $SCRATCH
+}
+
+T=""
+NPASS=0
+NFAIL=0
+TEST_TIMEOUT=${TEST_TIMEOUT:-240}
+run() {	# run <name> <function>
+	T=$1
+	say "--- $T"
+	# Not inside "if": set -e must stay in force in the subshell.
+	( set -e; "$2" ) >/tmp/test.out 2>&1 &
+	_pid=$!
+	( sleep "$TEST_TIMEOUT"; echo "# TIMEOUT after ${TEST_TIMEOUT}s" \
+		>>/tmp/test.out; kill -9 $_pid ) 2>/dev/null &
+	_dog=$!
+	wait $_pid
+	_rc=$?
+	kill $_dog 2>/dev/null
+	if [ $_rc = 0 ]; then
+		echo "STREAMTEST $T PASS"
+	else
+		cat /tmp/test.out
+		echo "# streamd log:"; tail -n 20 /tmp/streamd.log 2>/dev/null
+		echo "# kernel log:"; dmesg | tail -n 15
+		echo "STREAMTEST $T FAIL"
+	fi
+	teardown >/dev/null 2>&1
+}
+
+skip() { echo "STREAMTEST $1 SKIP $2"; }
+
+# expect_refused <name> <message> <table...>: the load must fail with a
+# kernel log line naming <message>.
+expect_refused() {
+	_name=$1 _msg=$2
+	shift 2
+	T=$_name
+	_n=$(dmesg | wc -l)
+	if dmsetup create s --table "$*" >/tmp/test.out 2>&1; then
+		dmsetup remove s
+		echo "# table accepted: $*"
+		echo "STREAMTEST $T FAIL"
+	elif dmesg | tail -n +$((_n + 1)) | grep -q "stream: $_msg"; then
+		echo "STREAMTEST $T PASS"
+	else
+		echo "# wanted '$_msg', kernel said:"; dmesg | tail -n 3
+		echo "STREAMTEST $T FAIL"
+	fi
+	dmsetup remove s >/dev/null 2>&1 || true
+}

@@ -1,0 +1,301 @@
+# shellcheck shell=sh
+# The main integration suite: one boot, many tests.  Sourced by init.
+
+t_read_whole() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	expect_eq "device checksum" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+	expect_eq "present" "$NBLOCKS" "$(present)"
+	# Every block fetched exactly once, no duplicate fetches.
+	expect_eq "helper requests" "$NBLOCKS" "$(helper_stat requests)"
+	expect_eq "errors" 0 "$(st 9)"
+}
+
+t_read_whole_qemu_nbd() {
+	fresh
+	server_start qemu-nbd
+	create
+	helper_start
+	expect_eq "device checksum" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+	expect_eq "present" "$NBLOCKS" "$(present)"
+}
+
+t_tcp_uri() {
+	fresh
+	nbdkit -p 10809 -i 127.0.0.1 -P /tmp/nbd.pid file file=$SRC
+	create
+	rm -f /tmp/stats
+	streamd -s /tmp/stats s nbd://127.0.0.1:10809 2>>/tmp/streamd.log &
+	echo $! >/tmp/streamd.pid
+	wait_for 10 is_attached
+	expect_eq "block 7" "$(blk_sum $IMG 7)" "$(blk_sum $DEV 7)"
+}
+
+# The image's zero region (blocks ZERO_FIRST..ZERO_END, see
+# tests/run-all.sh) is answered from base:allocation, never transferred.
+t_zero_blocks() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	expect_eq "zero block" "$(blk_sum $IMG 130)" "$(blk_sum $DEV 130)"
+	expect_eq "zero replies" 1 "$(helper_stat zero)"
+	expect_eq "bytes" 0 "$(helper_stat bytes)"
+	expect_eq "server reads" 0 "$(server_reads)"
+}
+
+t_concurrent_random() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	stream-io verify $DEV $IMG 8 300 262144 42
+	# Concurrent misses on one block wait behind a single fetch.
+	expect_eq "no duplicate fetches" "$(present)" "$(helper_stat requests)"
+}
+
+t_whole_block_write_no_fetch() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	dd if=$IMG of=$DEV bs=$BB skip=40 seek=3 count=1 oflag=direct \
+		conv=fsync 2>/dev/null
+	expect_eq "block 3" "$(blk_sum $IMG 40)" "$(blk_sum $DEV 3)"
+	expect_eq "helper requests" 0 "$(helper_stat requests)"
+	expect_eq "server reads" 0 "$(server_reads)"
+	expect_eq "kernel fetched" 0 "$(st 7)"
+	expect_eq "present" 1 "$(present)"
+	expect_eq "dirty" 1 "$(st 3)"
+}
+
+t_partial_write_merge() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	expected_image
+	apply_writes $DEV
+	expect_eq "block 5" "$(blk_sum $SCRATCH 5)" "$(blk_sum $DEV 5)"
+	expect_eq "server reads of block 5" 1 "$(server_reads_at $((5 * BB)))"
+	expect_eq "device" "$(dev_sum $SCRATCH)" "$(dev_sum $DEV)"
+}
+
+t_discard_whole_block() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	if [ "$(cat /sys/block/dm-0/queue/discard_max_bytes)" = 0 ]; then
+		echo "# data device has no write-zeroes: discards disabled"
+		return 0
+	fi
+	blkdiscard -o $((9 * BB)) -l $BB $DEV
+	expect_eq "discarded block reads zero" \
+		"$(dd if=/dev/zero bs=$BB count=1 2>/dev/null | md5sum | cut -d' ' -f1)" \
+		"$(blk_sum $DEV 9)"
+	expect_eq "server reads" 0 "$(server_reads)"
+	# A partial discard changes nothing.
+	blkdiscard -o $((11 * BB)) -l 4096 $DEV
+	expect_eq "block 11" "$(blk_sum $IMG 11)" "$(blk_sum $DEV 11)"
+}
+
+t_table_reload() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	expected_image
+	apply_writes $DEV
+	blk_sum $DEV 20 >/dev/null
+	dmsetup table s >/tmp/table
+	dmsetup reload s /tmp/table
+	dmsetup suspend s
+	dmsetup resume s
+	wait_for 10 is_attached
+	expect_eq "table" "$(cat /tmp/table)" "$(dmsetup table s)"
+	expect_eq "device after reload" "$(dev_sum $SCRATCH)" "$(dev_sum $DEV)"
+}
+
+t_module_reload() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	expected_image
+	apply_writes $DEV
+	blk_sum $DEV 20 >/dev/null
+	helper_stop
+	dmsetup remove s
+	rmmod dm_stream
+	insmod /lib/modules/dm-stream.ko
+	# No helper: present blocks must not need one (timeout, not a hang).
+	create 2 fetch_timeout 5
+	for b in 3 5 20; do
+		expect_eq "block $b" "$(blk_sum $SCRATCH $b)" "$(blk_sum $DEV $b)"
+	done
+	expect_eq "present" 3 "$(present)"
+	expect_eq "dirty" 2 "$(st 3)"
+}
+
+t_helper_kill() {
+	fresh
+	server_start nbdkit delay rdelay=10ms
+	create
+	helper_start -q 1
+	md5=$(dev_sum $IMG)
+	(dev_sum $DEV >/tmp/sum) &
+	reader=$!
+	sleep 2
+	kill -9 "$(cat /tmp/streamd.pid)"
+	wait "$(cat /tmp/streamd.pid)" 2>/dev/null || true
+	say "killed helper with $(present) blocks present"
+	[ "$(present)" -lt "$NBLOCKS" ]
+	sleep 1
+	helper_start -q 8
+	wait $reader
+	expect_eq "checksum" "$md5" "$(cat /tmp/sum)"
+	expect_eq "errors" 0 "$(st 9)"
+}
+
+t_read_before_helper() {
+	fresh
+	server_start nbdkit
+	create
+	dd if=$DEV of=/tmp/out bs=$BB count=2 iflag=direct 2>/dev/null &
+	reader=$!
+	sleep 2
+	kill -0 $reader
+	expect_eq "parked" 1 "$(st 4)"
+	helper_start
+	wait $reader
+	expect_eq "data" "$(dd if=$IMG bs=$BB count=2 2>/dev/null | md5sum)" \
+		"$(md5sum </tmp/out)"
+}
+
+t_server_restart() {
+	fresh
+	server_start nbdkit delay rdelay=10ms
+	create
+	helper_start -q 1
+	md5=$(dev_sum $IMG)
+	(dev_sum $DEV >/tmp/sum) &
+	reader=$!
+	sleep 2
+	server_stop
+	say "server stopped with $(present) blocks present"
+	[ "$(present)" -lt "$NBLOCKS" ]
+	sleep 2
+	server_start nbdkit
+	wait $reader
+	expect_eq "checksum" "$md5" "$(cat /tmp/sum)"
+	expect_eq "errors" 0 "$(st 9)"
+	[ "$(helper_stat reconnects)" -ge 1 ]
+}
+
+t_fetch_timeout() {
+	fresh
+	create 2 fetch_timeout 2
+	if dd if=$DEV of=/dev/null bs=$BB count=1 iflag=direct 2>/tmp/dd.err
+	then
+		echo "# read succeeded without a helper"
+		return 1
+	fi
+	grep -q "Input/output error" /tmp/dd.err
+	expect_eq "errors" 1 "$(st 9)"
+	expect_eq "parked" 0 "$(st 4)"
+}
+
+t_status_table() {
+	fresh
+	create 2 fetch_timeout 30
+	set -- $(dmsetup table s)
+	expect_eq "table" "stream $(cat /sys/block/vdc/dev) $(cat /sys/block/vdb/dev) $BS 2 fetch_timeout 30" "$3 $4 $5 $6 $7 $8 $9"
+	set -- $(dmsetup status s)
+	expect_eq "status" "$BS 0/$NBLOCKS 0 0 detached rw" "$4 $5 $6 $7 $8 $9"
+}
+
+bad_tables() {
+	fresh
+	tbl="0 $SZ stream"
+	expect_refused table_argc "Invalid argument count" "$tbl $META $DATA"
+	for bs in 7 4096 24 abc 0 -8 128x; do
+		expect_refused "table_block_size_$bs" "Invalid block size" \
+			"$tbl $META $DATA $bs"
+	done
+	expect_refused table_len_multiple "Device length is not a multiple" \
+		"0 $((SZ - 8)) stream $META $DATA $BS"
+	expect_refused table_data_small "Data device too small" \
+		"$tbl $META $TINY $BS"
+	expect_refused table_meta_small "Metadata device too small" \
+		"$tbl $TINY $DATA $BS"
+	expect_refused table_same_dev "Metadata and data devices must differ" \
+		"$tbl $DATA $DATA $BS"
+	expect_refused table_no_meta "Cannot open metadata device" \
+		"$tbl /dev/nonexistent $DATA $BS"
+	expect_refused table_no_data "Cannot open data device" \
+		"$tbl $META /dev/nonexistent $BS"
+	expect_refused table_feature_count "Invalid number of feature arguments" \
+		"$tbl $META $DATA $BS 3 a b c"
+	expect_refused table_feature_unknown "Unknown feature argument" \
+		"$tbl $META $DATA $BS 1 bogus"
+	expect_refused table_timeout_missing "fetch_timeout needs a value" \
+		"$tbl $META $DATA $BS 1 fetch_timeout"
+	expect_refused table_timeout_range "Invalid fetch_timeout" \
+		"$tbl $META $DATA $BS 2 fetch_timeout 99999"
+	expect_refused table_too_many "Too many arguments" \
+		"$tbl $META $DATA $BS 2 fetch_timeout 5 extra"
+}
+
+# Each kind of superblock damage is refused with its own message, and the
+# metadata is left exactly as it was (never repaired).
+bad_superblocks() {
+	for d in csum:"Metadata superblock checksum mismatch" \
+		 magic:"Metadata superblock has bad magic" \
+		 version:"Unsupported metadata format version" \
+		 blocknr:"Metadata superblock is at the wrong location" \
+		 geometry:"Metadata superblock geometry is inconsistent" \
+		 bitmap:"Metadata bitmap block checksum mismatch" \
+		 blocksize:"Block size differs from the metadata's" \
+		 size:"Device size differs from the metadata's"; do
+		kind=${d%%:*}
+		fresh
+		create
+		dmsetup remove s
+		tbl="0 $SZ stream $META $DATA $BS"
+		case $kind in
+		blocksize) tbl="0 $SZ stream $META $DATA $((BS / 2))" ;;
+		size) tbl="0 $((SZ - BS)) stream $META $DATA $BS" ;;
+		*) stream-meta $META "$kind" ;;
+		esac
+		before=$(dd if=$META bs=64k count=16 2>/dev/null | md5sum)
+		expect_refused "superblock_$kind" "${d#*:}" "$tbl"
+		after=$(dd if=$META bs=64k count=16 2>/dev/null | md5sum)
+		if [ "$before" != "$after" ]; then
+			echo "STREAMTEST superblock_${kind}_untouched FAIL"
+		else
+			echo "STREAMTEST superblock_${kind}_untouched PASS"
+		fi
+	done
+}
+
+prepare_image || echo "STREAMTEST prepare_image FAIL"
+run read_whole t_read_whole
+run read_whole_qemu_nbd t_read_whole_qemu_nbd
+run tcp_uri t_tcp_uri
+run zero_blocks_not_transferred t_zero_blocks
+run concurrent_random_reads t_concurrent_random
+run whole_block_write_no_fetch t_whole_block_write_no_fetch
+run partial_write_merge t_partial_write_merge
+run discard_whole_block t_discard_whole_block
+run table_reload t_table_reload
+run module_reload t_module_reload
+run helper_sigkill t_helper_kill
+run read_before_helper t_read_before_helper
+run server_restart t_server_restart
+run fetch_timeout t_fetch_timeout
+run status_table t_status_table
+bad_tables
+bad_superblocks

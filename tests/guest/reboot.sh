@@ -1,0 +1,3 @@
+# shellcheck shell=sh
+SUITE_KIND=persist
+. /tests/persist.sh

@@ -1,0 +1,168 @@
+#!/bin/bash
+# Host-side helpers for dm-stream's VM tests: per-kernel module builds,
+# initramfs images and QEMU runs.  Sourced by tests/run-all.sh, tests/bench.sh
+# and scripts/demo.sh.
+# shellcheck disable=SC2034
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${STREAM_CACHE:-$HOME/.cache/dm-stream}
+WORK=${STREAM_WORK:-$TOP/build}
+mkdir -p "$WORK"
+
+die() { echo "error: $*" >&2; exit 1; }
+
+# Kernel tags: 6.1 and 6.12 (Debian's stock kernels), debug (KUnit/KASAN).
+kernel_kver() {
+	case $1 in
+	debug) make -s -C "$(debug_kdir)" kernelrelease ;;
+	*) cat "$CACHE/kernel-$1/kver" ;;
+	esac
+}
+
+debug_kdir() { "$TOP/scripts/build-debug-kernel.sh"; }
+
+kernel_kdir() {
+	case $1 in
+	debug) debug_kdir ;;
+	*) echo "/usr/src/linux-headers-$(kernel_kver "$1")" ;;
+	esac
+}
+
+kernel_image() {
+	case $1 in
+	debug) echo "$(debug_kdir)/arch/x86/boot/bzImage" ;;
+	*) echo "$CACHE/kernel-$1/root/boot/vmlinuz-$(kernel_kver "$1")" ;;
+	esac
+}
+
+# Build dm-stream.ko for kernel $1 in its own directory; prints the path.
+build_module() {
+	local tag=$1 dir=$WORK/mod-$1 kdir
+	kdir=$(kernel_kdir "$tag")
+	mkdir -p "$dir"
+	cp -r "$TOP/kernel" "$TOP/Kbuild" "$dir/"
+	make -s -C "$kdir" M="$dir" modules >"$dir/build.log" 2>&1 ||
+		{ cat "$dir/build.log" >&2; die "module build for $tag failed"; }
+	if grep -E "warning:|error:" "$dir/build.log" >&2; then
+		die "module build for $tag has warnings"
+	fi
+	echo "$dir/dm-stream.ko"
+}
+
+build_tools() {
+	make -s -C "$TOP" programs >&2 || die "building programs failed"
+	mkdir -p "$WORK/tools"
+	gcc -O2 -Wall -D_GNU_SOURCE -o "$WORK/tools/stream-io" \
+		"$TOP/tests/tools/stream-io.c" -lpthread || die "stream-io"
+	gcc -O2 -Wall -o "$WORK/tools/stream-meta" \
+		"$TOP/tests/tools/stream-meta.c" || die "stream-meta"
+}
+
+# Copy a binary and the shared libraries it needs into root $1.
+copy_bin() {
+	local root=$1 bin=$2 dest=${3:-/bin} lib
+	install -D -m 0755 "$bin" "$root$dest/$(basename "$bin")"
+	for lib in $(ldd "$bin" 2>/dev/null | awk '/=>/ {print $3} /^\t\// {print $1}'); do
+		[ -e "$root$lib" ] || install -D -m 0755 "$lib" "$root$lib"
+	done
+}
+
+copy_lib() {
+	local root=$1 so=$2 lib
+	install -D -m 0755 "$so" "$root$so"
+	for lib in $(ldd "$so" 2>/dev/null | awk '/=>/ {print $3}'); do
+		[ -e "$root$lib" ] || install -D -m 0755 "$lib" "$root$lib"
+	done
+}
+
+# Modules the guest loads, in order, for a stock kernel.  crc32c_generic
+# first: busybox ignores the soft dependency libcrc32c has on it.
+GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
+loop ext4"
+
+# Build the initramfs for kernel $1 with module $2; prints its path.
+build_initramfs() {
+	local tag=$1 ko=$2 root=$WORK/initramfs-$1 kver mroot m f
+	kver=$(kernel_kver "$tag")
+	rm -rf "$root"
+	mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,tests}
+	cp /bin/busybox "$root/bin/busybox"
+	copy_bin "$root" "$(command -v dmsetup)" /sbin
+	copy_bin "$root" "$TOP/userspace/streamd" /sbin
+	copy_bin "$root" "$WORK/tools/stream-io"
+	copy_bin "$root" "$WORK/tools/stream-meta"
+	copy_bin "$root" "$(command -v nbdkit)"
+	copy_bin "$root" "$(command -v qemu-nbd)"
+	copy_bin "$root" "$(command -v nbdcopy)"
+	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
+		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
+		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do
+		copy_lib "$root" "$f"
+	done
+	: >"$root/etc/modules.load"
+	if [ "$tag" != debug ]; then
+		mroot=$CACHE/kernel-$tag/root
+		for m in $GUEST_MODULES; do
+			modprobe -d "$mroot" -S "$kver" --show-depends "$m" |
+				awk '$1 == "insmod" {print $2}'
+		done | awk '!seen[$0]++' | while read -r f; do
+			install -D -m 0644 "$f" "$root$f"
+			echo "$f" >>"$root/etc/modules.load"
+		done
+	fi
+	install -m 0644 "$ko" "$root/lib/modules/dm-stream.ko"
+	cp "$TOP"/tests/guest/*.sh "$root/tests/"
+	install -m 0755 "$TOP/tests/guest/init" "$root/init"
+	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) \
+		>"$WORK/initramfs-$tag.cpio.gz"
+	echo "$WORK/initramfs-$tag.cpio.gz"
+}
+
+# run_vm <tag> <initrd> <log> <cmdline extra> [--kill-on MARKER] -- disks...
+# Disks are raw files attached as virtio disks in order (vda, vdb, ...);
+# the first one is read-only.  Returns QEMU's exit status (or 137 when
+# killed on the marker).
+run_vm() {
+	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" pid args=() i=0 d
+	shift 4
+	if [ "${1:-}" = --kill-on ]; then kill_on=$2; shift 2; fi
+	[ "${1:-}" = -- ] && shift
+	for d in "$@"; do
+		if [ $i = 0 ]; then
+			args+=(-drive "file=$d,format=raw,if=virtio,readonly=on,cache=none,aio=threads")
+		else
+			args+=(-drive "file=$d,format=raw,if=virtio,cache=none,aio=threads")
+		fi
+		i=$((i + 1))
+	done
+	: >"$log"
+	qemu-system-x86_64 -accel tcg -cpu max -m "${STREAM_VM_MEM:-1024}" -smp 2 \
+		-nographic -no-reboot -serial "file:$log" -monitor none \
+		-nic none -kernel "$(kernel_image "$tag")" -initrd "$initrd" \
+		-append "console=ttyS0 panic=-1 oops=panic loglevel=5 log_buf_len=4M $extra" \
+		"${args[@]}" </dev/null >/dev/null 2>&1 &
+	pid=$!
+	# A hung guest must not hang the suite.
+	(sleep "${STREAM_VM_TIMEOUT:-1500}"; kill -9 $pid 2>/dev/null) &
+	local dog=$!
+	if [ -n "$kill_on" ]; then
+		while kill -0 $pid 2>/dev/null; do
+			if grep -q "$kill_on" "$log"; then
+				kill -9 $pid
+				wait $pid 2>/dev/null
+				kill $dog 2>/dev/null
+				return 137
+			fi
+			sleep 0.2
+		done
+	fi
+	wait $pid
+	local rc=$?
+	kill $dog 2>/dev/null
+	return $rc
+}
+
+# Kernel complaints that fail a run whatever the tests said.
+kernel_log_bad() {
+	grep -E "BUG:|WARNING:|KASAN|possible circular locking|possible recursive locking|inconsistent lock state|Oops|general protection|Kernel panic|UBSAN|lockdep" "$1"
+}

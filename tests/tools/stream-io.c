@@ -1,0 +1,157 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * stream-io: test and bench I/O against a block device.
+ *
+ *   stream-io verify <dev> <reference> <threads> <reads> <max bytes> <seed>
+ *       concurrent random O_DIRECT reads of <dev>, each compared byte for
+ *       byte with the same range of <reference>; exit 1 on any mismatch or
+ *       I/O error.
+ *   stream-io rand <dev> <r|w> <block bytes> <count> <seed>
+ *       random aligned O_DIRECT reads or writes, for the benchmark.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+
+struct job {
+	const char *dev, *ref;
+	unsigned int reads, max;
+	uint64_t seed, size;
+	int failed;
+};
+
+static uint64_t next(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static uint64_t dev_size(int fd)
+{
+	uint64_t size;
+
+	if (ioctl(fd, BLKGETSIZE64, &size) < 0) {
+		off_t e = lseek(fd, 0, SEEK_END);
+
+		return e < 0 ? 0 : (uint64_t)e;
+	}
+	return size;
+}
+
+static void *verify(void *arg)
+{
+	struct job *j = arg;
+	int fd = open(j->dev, O_RDONLY | O_DIRECT);
+	int rfd = open(j->ref, O_RDONLY);
+	void *a = NULL, *b = malloc(j->max);
+	unsigned int i;
+
+	if (fd < 0 || rfd < 0 || !b || posix_memalign(&a, 4096, j->max)) {
+		perror("verify setup");
+		j->failed = 1;
+		return NULL;
+	}
+	for (i = 0; i < j->reads; i++) {
+		uint64_t len = (next(&j->seed) % (j->max / 512) + 1) * 512;
+		uint64_t off = next(&j->seed) % ((j->size - len) / 512 + 1) * 512;
+		ssize_t n = pread(fd, a, len, off);
+
+		if (n != (ssize_t)len || pread(rfd, b, len, off) != (ssize_t)len) {
+			fprintf(stderr, "read %llu+%llu: %s\n",
+				(unsigned long long)off,
+				(unsigned long long)len,
+				n < 0 ? strerror(errno) : "short");
+			j->failed = 1;
+			break;
+		}
+		if (memcmp(a, b, len)) {
+			fprintf(stderr, "mismatch at %llu+%llu\n",
+				(unsigned long long)off,
+				(unsigned long long)len);
+			j->failed = 1;
+			break;
+		}
+	}
+	close(fd);
+	close(rfd);
+	free(a);
+	free(b);
+	return NULL;
+}
+
+static int cmd_verify(char **argv)
+{
+	unsigned int t, threads = atoi(argv[2]);
+	struct job *jobs = calloc(threads, sizeof(*jobs));
+	pthread_t *tids = calloc(threads, sizeof(*tids));
+	int fd = open(argv[0], O_RDONLY), failed = 0;
+	uint64_t size;
+
+	if (fd < 0 || !jobs || !tids) {
+		perror(argv[0]);
+		return 2;
+	}
+	size = dev_size(fd);
+	close(fd);
+	for (t = 0; t < threads; t++) {
+		jobs[t] = (struct job){ argv[0], argv[1], atoi(argv[3]),
+			atoi(argv[4]), strtoull(argv[5], NULL, 0) + t * 7919 + 1,
+			size, 0 };
+		pthread_create(&tids[t], NULL, verify, &jobs[t]);
+	}
+	for (t = 0; t < threads; t++) {
+		pthread_join(tids[t], NULL);
+		failed |= jobs[t].failed;
+	}
+	printf("verify: %u threads x %s reads: %s\n", threads, argv[3],
+	       failed ? "FAILED" : "ok");
+	return failed;
+}
+
+static int cmd_rand(char **argv)
+{
+	int wr = argv[1][0] == 'w';
+	int fd = open(argv[0], (wr ? O_WRONLY : O_RDONLY) | O_DIRECT);
+	unsigned int bs = atoi(argv[2]), count = atoi(argv[3]), i;
+	uint64_t seed = strtoull(argv[4], NULL, 0) | 1, size, blocks;
+	void *buf;
+
+	if (fd < 0 || posix_memalign(&buf, 4096, bs)) {
+		perror(argv[0]);
+		return 2;
+	}
+	memset(buf, 0xa5, bs);
+	size = dev_size(fd);
+	blocks = size / bs;
+	for (i = 0; i < count; i++) {
+		off_t off = (off_t)(next(&seed) % blocks) * bs;
+		ssize_t n = wr ? pwrite(fd, buf, bs, off) :
+				 pread(fd, buf, bs, off);
+
+		if (n != (ssize_t)bs) {
+			perror("rand io");
+			return 1;
+		}
+	}
+	close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 8 && !strcmp(argv[1], "verify"))
+		return cmd_verify(argv + 2);
+	if (argc == 7 && !strcmp(argv[1], "rand"))
+		return cmd_rand(argv + 2);
+	fprintf(stderr, "usage: see the comment at the top of stream-io.c\n");
+	return 2;
+}

@@ -1,0 +1,91 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * stream-meta: damage a dm-stream metadata device in one precise way, for
+ * the loader's rejection tests.  Offsets follow struct stream_sb_disk in
+ * kernel/dm-stream-metadata.c; "reseal" recomputes the checksum so that
+ * only the named field is wrong.
+ *
+ *   stream-meta <dev> csum|magic|version|blocknr|geometry|bitmap|show
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#define BS 4096
+#define SB_CSUM_XOR 0x5e7a11edU
+#define FIRST_BITMAP 16
+
+static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n)
+{
+	while (n--) {
+		int k;
+
+		crc ^= *p++;
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78U & -(crc & 1));
+	}
+	return crc;
+}
+
+static void put32(uint8_t *b, unsigned int off, uint32_t v)
+{
+	memcpy(b + off, &v, 4);	/* little-endian host (x86) */
+}
+
+static void reseal(uint8_t *b)
+{
+	put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ SB_CSUM_XOR);
+}
+
+int main(int argc, char **argv)
+{
+	uint8_t b[BS];
+	off_t where = 0;
+	int fd;
+
+	if (argc != 3) {
+		fprintf(stderr, "usage: stream-meta <dev> <damage>\n");
+		return 2;
+	}
+	fd = open(argv[1], O_RDWR);
+	if (fd < 0 || pread(fd, b, BS, 0) != BS) {
+		perror(argv[1]);
+		return 1;
+	}
+	if (!strcmp(argv[2], "show")) {
+		uint64_t gen;
+
+		memcpy(&gen, b + 56, 8);
+		printf("generation=%llu\n", (unsigned long long)gen);
+		return 0;
+	} else if (!strcmp(argv[2], "csum")) {
+		b[200] ^= 0x01;
+	} else if (!strcmp(argv[2], "magic")) {
+		b[32] ^= 0xff;
+		reseal(b);
+	} else if (!strcmp(argv[2], "version")) {
+		put32(b, 40, 99);
+		reseal(b);
+	} else if (!strcmp(argv[2], "blocknr")) {
+		put32(b, 8, 7);
+		reseal(b);
+	} else if (!strcmp(argv[2], "geometry")) {
+		put32(b, 72, 12345);
+		reseal(b);
+	} else if (!strcmp(argv[2], "bitmap")) {
+		where = (off_t)FIRST_BITMAP * BS;
+		if (pread(fd, b, BS, where) != BS)
+			return 1;
+		b[BS - 1] ^= 0x40;
+	} else {
+		fprintf(stderr, "unknown damage %s\n", argv[2]);
+		return 2;
+	}
+	if (pwrite(fd, b, BS, where) != BS || fsync(fd)) {
+		perror("write");
+		return 1;
+	}
+	return 0;
+}
