@@ -225,10 +225,11 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	    le32_to_cpu(d->first_bitmap) != DSM_FIRST_BITMAP ||
 	    sb->nr_consumers != DSM_MAX_CONSUMERS ||
 	    sb->bitmap_blocks != dsm_bitmap_blocks(sb->nr_blocks)) {
-		DMERR("superblock geometry inconsistent: meta block %u, first bitmap %u, consumers %u, bitmap blocks %u for %llu blocks",
+		DMERR("superblock geometry inconsistent: meta block %u, first bitmap %u",
 		      le32_to_cpu(d->meta_block_size),
-		      le32_to_cpu(d->first_bitmap), sb->nr_consumers,
-		      sb->bitmap_blocks, sb->nr_blocks);
+		      le32_to_cpu(d->first_bitmap));
+		DMERR("superblock geometry: consumers %u, bitmap blocks %u for %llu blocks",
+		      sb->nr_consumers, sb->bitmap_blocks, sb->nr_blocks);
 		*why = "Metadata superblock geometry is inconsistent";
 		return -EUCLEAN;
 	}

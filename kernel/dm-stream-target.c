@@ -364,7 +364,7 @@ static void expire_fetches(struct stream_c *sc)
 	}
 }
 
-static int commit(struct stream_c *sc)
+static int stream_commit(struct stream_c *sc)
 {
 	int r;
 
@@ -372,7 +372,7 @@ static int commit(struct stream_c *sc)
 		return -EIO;
 	r = dsm_commit(sc->md, sc->data_dev->bdev);
 	if (r) {
-		DMERR("%s: metadata commit failed: %d",
+		DMERR("%s: cannot commit metadata: %d",
 		      dm_device_name(dm_table_get_md(sc->ti->table)), r);
 		set_mode(sc, STREAM_MODE_RO);
 	}
@@ -411,7 +411,7 @@ static void do_worker(struct work_struct *ws)
 	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions))
 		return;
 
-	r = commit(sc);
+	r = stream_commit(sc);
 	while ((bio = bio_list_pop(&completions))) {
 		if (r)
 			bio->bi_status = BLK_STS_IOERR;
@@ -448,7 +448,7 @@ static void do_waker(struct work_struct *ws)
 
 	expire_fetches(sc);
 	if (dsm_changed(sc->md))
-		commit(sc);
+		stream_commit(sc);
 	queue_delayed_work(sc->wq, &sc->waker, COMMIT_PERIOD);
 }
 
@@ -692,7 +692,7 @@ static void stream_postsuspend(struct dm_target *ti)
 	mutex_unlock(&stream_chan_lock);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
-	commit(sc);
+	stream_commit(sc);
 }
 
 static void stream_resume(struct dm_target *ti)

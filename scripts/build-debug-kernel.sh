@@ -12,7 +12,10 @@ if [ -e "$out/.done" ]; then
 	echo "$out/src"
 	exit 0
 fi
-tarball=$(ls /usr/src/linux-source-6.12.tar.* 2>/dev/null | head -1)
+tarball=""
+for t in /usr/src/linux-source-6.12.tar.*; do
+	[ -e "$t" ] && tarball=$t
+done
 [ -n "$tarball" ] || { echo "build-debug-kernel: linux-source-6.12 missing (run scripts/setup.sh)" >&2; exit 1; }
 rm -rf "$out" && mkdir -p "$out"
 echo "build-debug-kernel: extracting $tarball" >&2

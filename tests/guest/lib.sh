@@ -1,4 +1,6 @@
 # shellcheck shell=sh
+# shellcheck disable=SC2034 # constants used by the suites sourcing this
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
 # Guest-side test functions (busybox ash).  Disks, in order:
 #   vda image (read-only), vdb data, vdc metadata, vdd tiny (64 KiB),
 #   vde scratch (same size as the image).
@@ -159,8 +161,6 @@ expected_image() {	# the image with apply_writes applied, in $SCRATCH
 }
 
 T=""
-NPASS=0
-NFAIL=0
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 run() {	# run <name> <function>
 	T=$1

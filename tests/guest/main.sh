@@ -1,4 +1,5 @@
 # shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
 # The main integration suite: one boot, many tests.  Sourced by init.
 
 t_read_whole() {
@@ -211,8 +212,10 @@ t_fetch_timeout() {
 t_status_table() {
 	fresh
 	create 2 fetch_timeout 30
+	# shellcheck disable=SC2046 # split the table into words
 	set -- $(dmsetup table s)
 	expect_eq "table" "stream $(cat /sys/block/vdc/dev) $(cat /sys/block/vdb/dev) $BS 2 fetch_timeout 30" "$3 $4 $5 $6 $7 $8 $9"
+	# shellcheck disable=SC2046 # split the status into words
 	set -- $(dmsetup status s)
 	expect_eq "status" "$BS 0/$NBLOCKS 0 0 detached rw" "$4 $5 $6 $7 $8 $9"
 }

@@ -1,4 +1,5 @@
 # shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
 # Two-boot tests: phase 1 writes and reads, then either reboots cleanly
 # (stream.suite=persist) or announces READY_FOR_KILL so that the host kills
 # QEMU without any shutdown (stream.suite=crash).  Phase 2 checks that the
@@ -38,7 +39,9 @@ phase2() {
 
 case "$SUITE_KIND:$PHASE" in
 *:1)
+	# Not inside "if": set -e must stay in force in the subshell.
 	( set -e; phase1 ) >/tmp/test.out 2>&1
+	# shellcheck disable=SC2181
 	if [ $? = 0 ]; then
 		echo "STREAMTEST ${SUITE_KIND}_phase1 PASS"
 	else

@@ -1,3 +1,5 @@
 # shellcheck shell=sh
-SUITE_KIND=persist
+# shellcheck disable=SC2034 # read by persist.sh
+SUITE_KIND=reboot
+# shellcheck source=persist.sh
 . /tests/persist.sh
