@@ -624,42 +624,75 @@ static int __write_changed(struct dm_stream_metadata *md, u32 map,
 	return 0;
 }
 
+/*
+ * Commit step 1: detach the blocks made present since the last commit.
+ * Returns how many; *list must be kvfree()d.
+ */
+size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list)
+{
+	size_t n;
+
+	spin_lock(&md->pending_lock);
+	n = md->nr_pending;
+	*list = md->pending;
+	md->pending = NULL;
+	md->nr_pending = 0;
+	md->max_pending = 0;
+	spin_unlock(&md->pending_lock);
+	return n;
+}
+
+/*
+ * Commit step 3, in core: the blocks taken by dsm_commit_begin() are durable
+ * on the data device now, so their present bits may be written.
+ */
+void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,
+		      size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		__set_bit(list[i], md->present_commit);
+		set_bit(list[i] / DSM_BITS_PER_BLOCK, md->changed_present);
+	}
+}
+
+bool dsm_committable(struct dm_stream_metadata *md, u64 block)
+{
+	return test_bit(block, md->present_commit);
+}
+
+bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
+{
+	return test_bit(slice, dirty ? md->changed_dirty : md->changed_present);
+}
+
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data)
 {
-	u64 *list = NULL;
-	size_t n, i;
+	u64 *list;
+	size_t n;
 	int r;
 
 	mutex_lock(&md->commit_lock);
 
 	/* 1. blocks whose data writes have completed */
-	spin_lock(&md->pending_lock);
-	n = md->nr_pending;
-	if (n) {
-		list = md->pending;
-		md->pending = NULL;
-		md->nr_pending = 0;
-		md->max_pending = 0;
-	}
-	spin_unlock(&md->pending_lock);
-
+	n = dsm_commit_begin(md, &list);
 	if (!n && bitmap_empty(md->changed_dirty, md->sb.bitmap_blocks)) {
 		r = 0;
 		goto out;
 	}
 
-	/* 2. make their data durable */
+	/*
+	 * 2. make their data durable.  On failure they still become
+	 * committable: their writes completed before this flush was issued,
+	 * and the next commit flushes again before writing any bitmap.
+	 */
 	r = blkdev_issue_flush(data);
-	if (r)
-		goto out_requeue;
 
 	/* 3. bitmaps */
-	for (i = 0; i < n; i++) {
-		__set_bit(list[i], md->present_commit);
-		set_bit(list[i] / DSM_BITS_PER_BLOCK, md->changed_present);
-	}
-	kvfree(list);
-	list = NULL;
+	dsm_commit_apply(md, list, n);
+	if (r)
+		goto out;
 	r = __write_changed(md, 0, md->changed_present, md->present_commit);
 	if (!r)
 		r = __write_changed(md, 1, md->changed_dirty, md->dirty);
@@ -673,16 +706,41 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data)
 	/* 4. superblock */
 	md->sb.generation++;
 	r = write_sb(md);
-	goto out;
-
-out_requeue:
-	/* Nothing reached the disk: put the blocks back for the next try. */
-	for (i = 0; i < n; i++)
-		set_bit(list[i] / DSM_BITS_PER_BLOCK, md->changed_present);
-	for (i = 0; i < n; i++)
-		__set_bit(list[i], md->present_commit);
-	kvfree(list);
 out:
+	kvfree(list);
 	mutex_unlock(&md->commit_lock);
 	return r;
+}
+
+/*
+ * In-core metadata without a device, for the KUnit tests of the commit
+ * state machine (set_present/set_dirty/begin/apply).
+ */
+struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
+{
+	struct dm_stream_metadata *md = kzalloc(sizeof(*md), GFP_KERNEL);
+
+	if (!md)
+		return NULL;
+	mutex_init(&md->commit_lock);
+	spin_lock_init(&md->pending_lock);
+	md->sb.nr_blocks = nr_blocks;
+	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
+	md->present = alloc_bitmap(nr_blocks);
+	md->dirty = alloc_bitmap(nr_blocks);
+	md->present_commit = alloc_bitmap(nr_blocks);
+	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
+	md->changed_dirty = alloc_bitmap(md->sb.bitmap_blocks);
+	if (!md->present || !md->dirty || !md->present_commit ||
+	    !md->changed_present || !md->changed_dirty) {
+		dsm_destroy_incore(md);
+		return NULL;
+	}
+	return md;
+}
+
+void dsm_destroy_incore(struct dm_stream_metadata *md)
+{
+	free_maps(md);
+	kfree(md);
 }

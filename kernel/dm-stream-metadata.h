@@ -85,4 +85,13 @@ int dsm_set_present(struct dm_stream_metadata *md, u64 block);
 /* Commit (see the protocol in dm-stream-metadata.c).  Process context. */
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data);
 
+/* The in-core steps of a commit, exposed for the KUnit tests. */
+size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list);
+void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,
+		      size_t n);
+bool dsm_committable(struct dm_stream_metadata *md, u64 block);
+bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice);
+struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks);
+void dsm_destroy_incore(struct dm_stream_metadata *md);
+
 #endif

@@ -250,6 +250,135 @@ static void stream_geometry_test(struct kunit *test)
 	}
 }
 
+/*
+ * Commit state machine.  A script of steps over an in-core metadata:
+ *   'P' b  block b's data write completed: dsm_set_present(b)
+ *   'D' b  block b written: dsm_set_dirty(b)
+ *   'B'    commit step 1 (take the pending list; the data flush follows)
+ *   'A'    commit step 3 for the list taken by the last 'B'
+ *   'C' b  expect b committable (its present bit may reach the disk)
+ *   'N' b  expect b not committable
+ *   'L' n  expect the last 'B' to have taken n blocks
+ *   'S' s  expect present slice s marked changed; 'T' s dirty slice s
+ */
+struct step {
+	char op;
+	u64 arg;
+};
+
+struct commit_case {
+	const char *desc;
+	struct step steps[12];
+};
+
+static const struct commit_case commit_cases[] = {
+	{ "present after flush is committed",
+	  { {'P', 3}, {'N', 3}, {'B'}, {'L', 1}, {'A'}, {'C', 3}, {'S', 0} } },
+	{ "present completing after the flush point waits a commit",
+	  { {'P', 3}, {'B'}, {'P', 4}, {'A'}, {'C', 3}, {'N', 4},
+	    {'B'}, {'L', 1}, {'A'}, {'C', 4} } },
+	{ "present twice is pending once",
+	  { {'P', 9}, {'P', 9}, {'B'}, {'L', 1}, {'A'}, {'C', 9} } },
+	{ "nothing pending, nothing applied",
+	  { {'B'}, {'L', 0}, {'A'}, {'N', 0}, {'N', 1} } },
+	{ "dirty marks its bitmap slice",
+	  { {'D', BPB + 2}, {'T', 1}, {'B'}, {'L', 0}, {'N', BPB + 2} } },
+	{ "present in two slices",
+	  { {'P', 1}, {'P', 2 * BPB}, {'B'}, {'L', 2}, {'A'}, {'S', 0},
+	    {'S', 2}, {'C', 2 * BPB} } },
+};
+
+static void commit_case_desc(const struct commit_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(commit, commit_cases, commit_case_desc);
+
+static void stream_commit_test(struct kunit *test)
+{
+	const struct commit_case *c = test->param_value;
+	struct dm_stream_metadata *md = dsm_create_incore(3 * BPB);
+	const struct step *s;
+	u64 *list = NULL;
+	size_t n = 0;
+
+	KUNIT_ASSERT_NOT_NULL(test, md);
+	for (s = c->steps; s->op; s++) {
+		switch (s->op) {
+		case 'P':
+			KUNIT_ASSERT_EQ(test, dsm_set_present(md, s->arg), 0);
+			KUNIT_EXPECT_TRUE(test, dsm_test(dsm_present_map(md),
+							 s->arg));
+			break;
+		case 'D':
+			dsm_set_dirty(md, s->arg);
+			KUNIT_EXPECT_TRUE(test, dsm_changed(md));
+			break;
+		case 'B':
+			kvfree(list);
+			n = dsm_commit_begin(md, &list);
+			break;
+		case 'A':
+			dsm_commit_apply(md, list, n);
+			break;
+		case 'C':
+			KUNIT_EXPECT_TRUE(test, dsm_committable(md, s->arg));
+			break;
+		case 'N':
+			KUNIT_EXPECT_FALSE(test, dsm_committable(md, s->arg));
+			break;
+		case 'L':
+			KUNIT_EXPECT_EQ(test, n, (size_t)s->arg);
+			break;
+		case 'S':
+			KUNIT_EXPECT_TRUE(test, dsm_slice_changed(md, false,
+								  s->arg));
+			break;
+		case 'T':
+			KUNIT_EXPECT_TRUE(test, dsm_slice_changed(md, true,
+								  s->arg));
+			break;
+		}
+	}
+	kvfree(list);
+	dsm_destroy_incore(md);
+}
+
+/* The pending list grows past its first allocation without losing blocks. */
+static void stream_pending_growth_test(struct kunit *test)
+{
+	struct dm_stream_metadata *md = dsm_create_incore(5000);
+	u64 *list, b;
+	size_t n;
+
+	KUNIT_ASSERT_NOT_NULL(test, md);
+	for (b = 0; b < 5000; b += 2)
+		KUNIT_ASSERT_EQ(test, dsm_set_present(md, b), 0);
+	KUNIT_EXPECT_EQ(test, dsm_nr_present(md), 2500ULL);
+	n = dsm_commit_begin(md, &list);
+	KUNIT_EXPECT_EQ(test, n, (size_t)2500);
+	dsm_commit_apply(md, list, n);
+	for (b = 0; b < 5000; b++)
+		if (dsm_committable(md, b) != !(b & 1)) {
+			KUNIT_FAIL(test, "block %llu", b);
+			break;
+		}
+	kvfree(list);
+	dsm_destroy_incore(md);
+}
+
+static struct kunit_case stream_commit_cases[] = {
+	KUNIT_CASE_PARAM(stream_commit_test, commit_gen_params),
+	KUNIT_CASE(stream_pending_growth_test),
+	{}
+};
+
+static struct kunit_suite stream_commit_suite = {
+	.name = "dm_stream_commit",
+	.test_cases = stream_commit_cases,
+};
+
 static struct kunit_case stream_format_cases[] = {
 	KUNIT_CASE_PARAM(stream_sb_test, sb_gen_params),
 	KUNIT_CASE(stream_sb_zero_test),
@@ -273,4 +402,5 @@ static struct kunit_suite stream_bitmap_suite = {
 	.test_cases = stream_bitmap_cases,
 };
 
-kunit_test_suites(&stream_format_suite, &stream_bitmap_suite);
+kunit_test_suites(&stream_format_suite, &stream_bitmap_suite,
+		  &stream_commit_suite);

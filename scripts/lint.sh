@@ -34,8 +34,12 @@ kdir=${KDIR:-/usr/src/linux-headers-$(cat "$CACHE/kernel-6.12/kver")}
 dir=$top/build/sparse
 rm -rf "$dir" && mkdir -p "$dir"
 cp -r "$top/kernel" "$top/Kbuild" "$dir/"
-make -s -C "$kdir" M="$dir" C=2 modules >"$dir/log" 2>&1 || { cat "$dir/log"; fail=1; }
+make -C "$kdir" M="$dir" C=2 modules >"$dir/log" 2>&1 || { cat "$dir/log"; fail=1; }
 if grep -E "warning|error" "$dir/log"; then fail=1; fi
+# A sparse run that checked nothing is not a clean one.
+checked=$(grep -c "^  CHECK" "$dir/log" || true)
+echo "sparse checked $checked files"
+[ "$checked" -ge 3 ] || { echo "sparse did not run"; fail=1; }
 
 echo "== shellcheck"
 shellcheck -x "$top"/scripts/*.sh "$top"/tests/*.sh "$top"/.ci/run || fail=1

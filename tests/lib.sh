@@ -53,7 +53,7 @@ build_tools() {
 	make -s -C "$TOP" programs >&2 || die "building programs failed"
 	mkdir -p "$WORK/tools"
 	gcc -O2 -Wall -D_GNU_SOURCE -o "$WORK/tools/stream-io" \
-		"$TOP/tests/tools/stream-io.c" -lpthread || die "stream-io"
+		"$TOP/tests/tools/stream-io.c" -lpthread -lnbd || die "stream-io"
 	gcc -O2 -Wall -o "$WORK/tools/stream-meta" \
 		"$TOP/tests/tools/stream-meta.c" || die "stream-meta"
 }
@@ -164,5 +164,5 @@ run_vm() {
 
 # Kernel complaints that fail a run whatever the tests said.
 kernel_log_bad() {
-	grep -E "BUG:|WARNING:|KASAN|possible circular locking|possible recursive locking|inconsistent lock state|Oops|general protection|Kernel panic|UBSAN|lockdep" "$1"
+	grep -aE "BUG:|WARNING:|KASAN:|Oops|general protection|Kernel panic|UBSAN:|suspicious RCU usage|DEBUG_LOCKS_WARN_ON|INFO: task .* blocked" "$1"
 }

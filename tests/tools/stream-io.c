@@ -8,6 +8,9 @@
  *       I/O error.
  *   stream-io rand <dev> <r|w> <block bytes> <count> <seed>
  *       random aligned O_DIRECT reads or writes, for the benchmark.
+ *   stream-io nbdrand <uri> <block bytes> <count> <seed>
+ *       the same random reads (same seed, same offsets) straight from an
+ *       NBD server through libnbd: the physical limit for cold reads.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +22,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/fs.h>
+#include <libnbd.h>
 
 struct job {
 	const char *dev, *ref;
@@ -146,8 +150,37 @@ static int cmd_rand(char **argv)
 	return 0;
 }
 
+static int cmd_nbdrand(char **argv)
+{
+	struct nbd_handle *h = nbd_create();
+	unsigned int bs = atoi(argv[1]), count = atoi(argv[2]), i;
+	uint64_t seed = strtoull(argv[3], NULL, 0) | 1, blocks;
+	int64_t size;
+	void *buf = malloc(bs);
+
+	if (!h || !buf || nbd_connect_uri(h, argv[0]) == -1) {
+		fprintf(stderr, "connect %s: %s\n", argv[0], nbd_get_error());
+		return 2;
+	}
+	size = nbd_get_size(h);
+	blocks = size / bs;
+	for (i = 0; i < count; i++) {
+		uint64_t off = (next(&seed) % blocks) * bs;
+
+		if (nbd_pread(h, buf, bs, off, 0) == -1) {
+			fprintf(stderr, "pread: %s\n", nbd_get_error());
+			return 1;
+		}
+	}
+	nbd_close(h);
+	free(buf);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 6 && !strcmp(argv[1], "nbdrand"))
+		return cmd_nbdrand(argv + 2);
 	if (argc == 8 && !strcmp(argv[1], "verify"))
 		return cmd_verify(argv + 2);
 	if (argc == 7 && !strcmp(argv[1], "rand"))

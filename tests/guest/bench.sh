@@ -1,0 +1,72 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
+# Benchmark suite (make bench): every figure is a ratio of two runs made
+# side by side in this one boot, never an absolute time.
+now_ms() {	# 10 ms resolution is plenty for runs of seconds
+	read -r _up _ </proc/uptime
+	_f=${_up#*.}
+	echo $(( ${_up%.*} * 1000 + ${_f#0} * 10 ))
+}
+
+# The benchmark image has no zero region (read by prepare_image).
+# shellcheck disable=SC2034
+ZERO_FIRST=0 ZERO_END=0
+
+timed() {	# timed <command...>: prints elapsed ms
+	_t0=$(now_ms)
+	"$@" >/dev/null 2>&1 || echo "# command failed: $*" >&2
+	echo $(( $(now_ms) - _t0 ))
+}
+
+ratio() {	# ratio <name> <ms a> <ms b>: a/b with two decimals
+	echo "BENCH $1 $(( $2 * 100 / ($3 > 0 ? $3 : 1) / 100 )).$(printf '%02d' $(( $2 * 100 / ($3 > 0 ? $3 : 1) % 100 )))"
+}
+
+N=${BENCH_N:-2000}
+seq_read() { dd if="$1" of=/dev/null bs=1M iflag=direct; }
+seq_write() { dd if=/dev/zero of="$1" bs=1M count=$((SZ / 2048)) oflag=direct conv=fsync; }
+rand_read() { stream-io rand "$1" r 4096 $N 7; }
+rand_write() { stream-io rand "$1" w 4096 $N 9; }
+
+prepare_image
+fresh
+server_start nbdkit
+create
+helper_start
+# Cold reads: the stream device against the same ranges straight from
+# the server (physical limit).
+c_seq=$(timed seq_read $DEV)
+n_seq=$(timed nbdcopy "$URI" null:)
+ratio cold_seq_read_stream_vs_nbdcopy "$c_seq" "$n_seq"
+teardown
+fresh
+server_start nbdkit
+create
+helper_start
+c_rand=$(timed rand_read $DEV)
+n_rand=$(timed stream-io nbdrand "$URI" 4096 $N 7)
+ratio cold_rand4k_read_stream_vs_libnbd "$c_rand" "$n_rand"
+# Make every block present, then compare with dm-linear on the same data
+# device (only one table is live at a time).
+seq_read $DEV >/dev/null 2>&1
+helper_stop
+server_stop
+for r in 1 2; do
+	s_seq=$(timed seq_read $DEV)
+	s_rand=$(timed rand_read $DEV)
+	s_wseq=$(timed seq_write $DEV)
+	s_wrand=$(timed rand_write $DEV)
+	dmsetup suspend s
+	dmsetup create lin --table "0 $SZ linear $DATA 0"
+	l_seq=$(timed seq_read /dev/mapper/lin)
+	l_rand=$(timed rand_read /dev/mapper/lin)
+	l_wseq=$(timed seq_write /dev/mapper/lin)
+	l_wrand=$(timed rand_write /dev/mapper/lin)
+	dmsetup remove lin
+	dmsetup resume s
+	ratio "present_seq_read_stream_vs_linear_run$r" "$s_seq" "$l_seq"
+	ratio "present_rand4k_read_stream_vs_linear_run$r" "$s_rand" "$l_rand"
+	ratio "present_seq_write_stream_vs_linear_run$r" "$s_wseq" "$l_wseq"
+	ratio "present_rand4k_write_stream_vs_linear_run$r" "$s_wrand" "$l_wrand"
+done
+teardown
