@@ -14,7 +14,8 @@
  *
  * bitmap_blocks = ceil(nr_blocks / DSM_BITS_PER_BLOCK), so the metadata
  * device needs (16 + 9 * bitmap_blocks) * 4 KiB.  Every bitmap block starts
- * with a header (crc32c, bitmap index, block number) so that a torn or
+ * with a header (crc32c, bitmap index, block number, magic, format version)
+ * so that a torn or
  * misdirected write is detected on load instead of silently changing which
  * blocks are present.
  *
@@ -68,6 +69,7 @@
 #define SB_MAGIC	0x6d61657274736d64ULL	/* "dmstream" */
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
+#define BITMAP_MAGIC	0x706d7462U		/* "btmp" */
 
 struct stream_sb_disk {
 	__le32 csum;		/* crc32c of the rest of the block */
@@ -92,6 +94,8 @@ struct stream_bitmap_disk {
 	__le32 csum;		/* crc32c of the rest of the block */
 	__le32 index;		/* which bitmap */
 	__le64 blocknr;
+	__le32 magic;
+	__le32 version;
 	__le64 bits[DSM_BITMAP_WORDS];
 } __packed;
 
@@ -252,6 +256,8 @@ void dsm_bitmap_pack(const unsigned long *bits, u64 nr_bits, u32 slice,
 	memset(buf, 0, DSM_BLOCK_SIZE);
 	d->index = cpu_to_le32(index);
 	d->blocknr = cpu_to_le64(blocknr);
+	d->magic = cpu_to_le32(BITMAP_MAGIC);
+	d->version = cpu_to_le32(DSM_FORMAT_VERSION);
 	for (w = 0; w < DSM_BITMAP_WORDS; w++) {
 		u64 word = 0;
 
@@ -282,6 +288,18 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		      blocknr, csum, le32_to_cpu(d->csum));
 		*why = "Metadata bitmap block checksum mismatch";
 		return -EILSEQ;
+	}
+	if (le32_to_cpu(d->magic) != BITMAP_MAGIC) {
+		DMERR("bitmap block %llu magic: expected %x, found %x",
+		      blocknr, BITMAP_MAGIC, le32_to_cpu(d->magic));
+		*why = "Metadata bitmap block has bad magic";
+		return -EBADMSG;
+	}
+	if (le32_to_cpu(d->version) != DSM_FORMAT_VERSION) {
+		DMERR("bitmap block %llu version: expected %u, found %u",
+		      blocknr, DSM_FORMAT_VERSION, le32_to_cpu(d->version));
+		*why = "Unsupported metadata bitmap version";
+		return -EPROTONOSUPPORT;
 	}
 	if (le64_to_cpu(d->blocknr) != blocknr ||
 	    le32_to_cpu(d->index) != index) {
@@ -667,12 +685,14 @@ bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
 	return test_bit(slice, dirty ? md->changed_dirty : md->changed_present);
 }
 
-int dsm_commit(struct dm_stream_metadata *md, struct block_device *data)
+int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
+	       bool *data_error)
 {
 	u64 *list;
 	size_t n;
 	int r;
 
+	*data_error = false;
 	mutex_lock(&md->commit_lock);
 
 	/* 1. blocks whose data writes have completed */
@@ -691,8 +711,10 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data)
 
 	/* 3. bitmaps */
 	dsm_commit_apply(md, list, n);
-	if (r)
+	if (r) {
+		*data_error = true;
 		goto out;
+	}
 	r = __write_changed(md, 0, md->changed_present, md->present_commit);
 	if (!r)
 		r = __write_changed(md, 1, md->changed_dirty, md->dirty);

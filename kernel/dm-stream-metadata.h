@@ -12,7 +12,7 @@
 #define DSM_BLOCK_SECTORS	(DSM_BLOCK_SIZE >> SECTOR_SHIFT)
 #define DSM_MAX_CONSUMERS	4	/* dirty-map slots reserved on disk */
 #define DSM_FIRST_BITMAP	16	/* blocks 1..15 reserved for later use */
-#define DSM_BITMAP_WORDS	510	/* __le64 bit words per bitmap block */
+#define DSM_BITMAP_WORDS	509	/* __le64 bit words per bitmap block */
 #define DSM_BITS_PER_BLOCK	(DSM_BITMAP_WORDS * 64)
 /* present map, then per consumer a dirty map and a snapshot map */
 #define DSM_NR_BITMAPS		(1 + 2 * DSM_MAX_CONSUMERS)
@@ -82,8 +82,13 @@ bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block);
  */
 int dsm_set_present(struct dm_stream_metadata *md, u64 block);
 
-/* Commit (see the protocol in dm-stream-metadata.c).  Process context. */
-int dsm_commit(struct dm_stream_metadata *md, struct block_device *data);
+/*
+ * Commit (see the protocol in dm-stream-metadata.c).  Process context.
+ * On failure *data_error tells whether the data device's flush failed (its
+ * contents can no longer be trusted) rather than the metadata device.
+ */
+int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
+	       bool *data_error);
 
 /* The in-core steps of a commit, exposed for the KUnit tests. */
 size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list);

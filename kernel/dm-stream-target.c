@@ -364,17 +364,24 @@ static void expire_fetches(struct stream_c *sc)
 	}
 }
 
+/*
+ * Worker.  A metadata device that cannot be written leaves the data usable:
+ * read-only.  A data device that cannot be flushed leaves nothing to trust:
+ * fail.
+ */
 static int stream_commit(struct stream_c *sc)
 {
+	bool data_error;
 	int r;
 
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW)
 		return -EIO;
-	r = dsm_commit(sc->md, sc->data_dev->bdev);
+	r = dsm_commit(sc->md, sc->data_dev->bdev, &data_error);
 	if (r) {
-		DMERR("%s: cannot commit metadata: %d",
-		      dm_device_name(dm_table_get_md(sc->ti->table)), r);
-		set_mode(sc, STREAM_MODE_RO);
+		DMERR("%s: cannot commit metadata: %s failed: %d",
+		      dm_device_name(dm_table_get_md(sc->ti->table)),
+		      data_error ? "data device flush" : "metadata write", r);
+		set_mode(sc, data_error ? STREAM_MODE_FAIL : STREAM_MODE_RO);
 	}
 	return r;
 }
@@ -667,8 +674,8 @@ static void stream_dtr(struct dm_target *ti)
 	stream_chan_unregister(sc);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
-	if (READ_ONCE(sc->mode) == STREAM_MODE_RW && dsm_changed(sc->md))
-		dsm_commit(sc->md, sc->data_dev->bdev);
+	if (dsm_changed(sc->md))
+		stream_commit(sc);
 	destroy_workqueue(sc->wq);
 
 	/* Suspend drained all I/O: whatever is left has no waiters. */

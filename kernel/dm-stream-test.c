@@ -195,7 +195,9 @@ static const struct damage_case damage_cases[] = {
 	{ "torn tail", DSM_BLOCK_SIZE - 1, 0xff, false, 20, 3, 1000, -EILSEQ },
 	{ "misdirected", 0, 0, false, 21, 3, 1000, -ENXIO },
 	{ "other bitmap", 0, 0, false, 20, 4, 1000, -ENXIO },
-	{ "bit beyond device", 16 + 125, 0x80, true, 20, 3, 1000, -EUCLEAN },
+	{ "bad magic", 16, 0x01, true, 20, 3, 1000, -EBADMSG },
+	{ "future version", 20, 0x02, true, 20, 3, 1000, -EPROTONOSUPPORT },
+	{ "bit beyond device", 24 + 125, 0x80, true, 20, 3, 1000, -EUCLEAN },
 };
 
 static void damage_case_desc(const struct damage_case *c, char *desc)
@@ -238,11 +240,11 @@ static void stream_geometry_test(struct kunit *test)
 		{ BPB, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS },
 		{ BPB + 1, 2, DSM_FIRST_BITMAP + 2 * DSM_NR_BITMAPS },
 		/* 1 TiB of 64 KiB blocks */
-		{ 1ULL << 24, 515, DSM_FIRST_BITMAP + 515 * DSM_NR_BITMAPS },
+		{ 1ULL << 24, 516, DSM_FIRST_BITMAP + 516 * DSM_NR_BITMAPS },
 	};
 	unsigned int i;
 
-	KUNIT_EXPECT_EQ(test, BPB / 8 + 16, DSM_BLOCK_SIZE);
+	KUNIT_EXPECT_EQ(test, BPB / 8 + 24, DSM_BLOCK_SIZE);
 	for (i = 0; i < ARRAY_SIZE(g); i++) {
 		KUNIT_EXPECT_EQ(test, dsm_bitmap_blocks(g[i].blocks), g[i].bb);
 		KUNIT_EXPECT_EQ(test, dsm_total_blocks(g[i].blocks),

@@ -47,7 +47,11 @@ resolve() {
 fetch_kernel() {
 	local meta=$1 tag=$2 pkg dir
 	pkg=$(resolve "$meta")
-	[ -n "$pkg" ] || die "cannot resolve $meta (apt-get update?)"
+	if [ -z "$pkg" ]; then
+		$SUDO apt-get update -qq
+		pkg=$(resolve "$meta")
+	fi
+	[ -n "$pkg" ] || die "cannot resolve $meta to a kernel package"
 	dir=$CACHE/kernels/$pkg
 	if [ ! -e "$dir/.done" ]; then
 		echo "setup: fetching $pkg for $tag"

@@ -120,6 +120,7 @@ struct streamd {
  */
 static volatile sig_atomic_t got_stop, got_usr1;
 
+/* Set once by main() before the loop starts (--daemon); read-only after. */
 static bool log_to_syslog;
 
 static void __attribute__((format(printf, 2, 3)))

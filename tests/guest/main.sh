@@ -220,6 +220,68 @@ t_status_table() {
 	expect_eq "status" "$BS 0/$NBLOCKS 0 0 detached rw" "$4 $5 $6 $7 $8 $9"
 }
 
+is_mode() { [ "$(st 6)" = "$1" ]; }
+
+# Metadata device failing under the target: commit fails, the target
+# goes read-only (present reads still work, writes fail) and raises an
+# event.
+t_mode_ro() {
+	fresh
+	server_start nbdkit
+	dmsetup create m --table "0 8192 linear $META 0"
+	dmsetup create s --table "0 $SZ stream /dev/mapper/m $DATA $BS"
+	helper_start
+	blk_sum $DEV 2 >/dev/null
+	ev=$(dmsetup info -c --noheadings -o events s)
+	dmsetup suspend m
+	dmsetup load m --table "0 8192 error"
+	dmsetup resume m
+	if dd if=$IMG of=$DEV bs=$BB skip=40 seek=3 count=1 oflag=direct \
+		conv=fsync 2>/dev/null; then
+		echo "# fsync succeeded with a failed metadata device"
+		return 1
+	fi
+	expect_eq "mode" ro "$(st 6)"
+	[ "$(dmsetup info -c --noheadings -o events s)" -gt "$ev" ]
+	expect_eq "present block still readable" "$(blk_sum $IMG 2)" \
+		"$(blk_sum $DEV 2)"
+	if dd if=$IMG of=$DEV bs=$BB count=1 seek=2 oflag=direct \
+		2>/dev/null; then
+		echo "# write succeeded in ro mode"
+		return 1
+	fi
+	dmsetup remove s
+	dmsetup remove m
+}
+
+# Data device failing a flush: nothing can be trusted, the target fails
+# all I/O.
+t_mode_fail() {
+	fresh
+	server_start nbdkit
+	dmsetup create d --table "0 $SZ linear $DATA 0"
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS"
+	helper_start
+	blk_sum $DEV 2 >/dev/null
+	dmsetup suspend d
+	dmsetup load d --table "0 $SZ error"
+	dmsetup resume d
+	# A write dirties present block 2 (the write itself fails below us);
+	# the commit that follows cannot flush the data device.
+	dd if=$IMG of=$DEV bs=$BB count=1 seek=2 oflag=direct 2>/dev/null ||
+		true
+	dd if=/dev/null of=$DEV conv=fsync 2>/dev/null || true
+	wait_for 5 is_mode fail
+	expect_eq "mode" fail "$(st 6)"
+	if dd if=$DEV of=/dev/null bs=$BB count=1 skip=2 iflag=direct \
+		2>/dev/null; then
+		echo "# read succeeded in fail mode"
+		return 1
+	fi
+	dmsetup remove s
+	dmsetup remove d
+}
+
 bad_tables() {
 	fresh
 	tbl="0 $SZ stream"
@@ -300,5 +362,7 @@ run read_before_helper t_read_before_helper
 run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run status_table t_status_table
+run mode_ro_on_metadata_error t_mode_ro
+run mode_fail_on_data_flush_error t_mode_fail
 bad_tables
 bad_superblocks
