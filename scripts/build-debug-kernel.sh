@@ -8,6 +8,10 @@ CACHE=${STREAM_CACHE:-$HOME/.cache/dm-stream}
 frag=$top/tests/debug-kernel.config
 hash=$(sha256sum "$frag" | cut -c1-16)
 out=$CACHE/debug-$hash
+mkdir -p "$CACHE"
+# One build at a time: concurrent callers wait for it, then reuse it.
+exec 9>"$CACHE/debug-$hash.lock"
+flock 9
 if [ -e "$out/.done" ]; then
 	echo "$out/src"
 	exit 0

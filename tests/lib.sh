@@ -56,6 +56,8 @@ build_tools() {
 		"$TOP/tests/tools/stream-io.c" -lpthread -lnbd || die "stream-io"
 	gcc -O2 -Wall -o "$WORK/tools/stream-meta" \
 		"$TOP/tests/tools/stream-meta.c" || die "stream-meta"
+	gcc -O2 -Wall -I"$TOP/kernel" -o "$WORK/tools/stream-chan" \
+		"$TOP/tests/tools/stream-chan.c" || die "stream-chan"
 }
 
 # Copy a binary and the shared libraries it needs into root $1.
@@ -78,7 +80,7 @@ copy_lib() {
 # Modules the guest loads, in order, for a stock kernel.  crc32c_generic
 # first: busybox ignores the soft dependency libcrc32c has on it.
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
-loop ext4"
+dm-flakey loop ext4"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
 build_initramfs() {
@@ -91,6 +93,7 @@ build_initramfs() {
 	copy_bin "$root" "$TOP/userspace/streamd" /sbin
 	copy_bin "$root" "$WORK/tools/stream-io"
 	copy_bin "$root" "$WORK/tools/stream-meta"
+	copy_bin "$root" "$WORK/tools/stream-chan"
 	copy_bin "$root" "$(command -v nbdkit)"
 	copy_bin "$root" "$(command -v qemu-nbd)"
 	copy_bin "$root" "$(command -v nbdcopy)"

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * stream-chan: a confused and a hostile helper, for the channel tests.
+ *
+ *   stream-chan <dm name> <image> <block>
+ *
+ * Expects exactly one read of <block> to be parked on <dm name> (the test
+ * starts it) and no helper attached.  Checks that the kernel refuses, with
+ * the documented errno and without side effects, every malformed attach
+ * and reply, then answers the request correctly from <image> and checks
+ * that a duplicate answer is refused too.  Exits 0 when every check held.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+
+#include "uapi/dm-stream.h"
+
+static int failures;
+
+static void expect(const char *what, long r, int want)
+{
+	int got = r < 0 ? errno : 0;
+
+	if (got == want) {
+		printf("ok: %s -> %s\n", what, want ? strerror(want) : "success");
+		return;
+	}
+	printf("FAIL: %s: expected %s, got %s\n", what,
+	       want ? strerror(want) : "success", got ? strerror(got) : "success");
+	failures++;
+}
+
+static void init_attach(struct dm_stream_attach *a, const char *name)
+{
+	memset(a, 0, sizeof(*a));
+	a->magic = DM_STREAM_MAGIC;
+	a->version = DM_STREAM_VERSION;
+	a->size = sizeof(*a);
+	snprintf(a->id, sizeof(a->id), "%s", name);
+}
+
+static long send_reply(int fd, const struct dm_stream_reply *h,
+		       const void *data, size_t len)
+{
+	char *buf = malloc(sizeof(*h) + len);
+	long r;
+
+	memcpy(buf, h, sizeof(*h));
+	if (len)
+		memcpy(buf + sizeof(*h), data, len);
+	r = write(fd, buf, sizeof(*h) + len);
+	free(buf);
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	struct dm_stream_attach a;
+	struct dm_stream_request req;
+	struct dm_stream_reply h, good;
+	struct pollfd p;
+	char *data;
+	int fd, fd2, img;
+	size_t bs;
+	pid_t pid;
+	int st;
+
+	if (argc != 4) {
+		fprintf(stderr, "usage: stream-chan <dm name> <image> <block>\n");
+		return 2;
+	}
+
+	/* Unprivileged helpers are refused at open. */
+	pid = fork();
+	if (!pid) {
+		if (setuid(65534))
+			_exit(3);
+		_exit(open("/dev/" DM_STREAM_DEVNAME, O_RDWR) < 0 &&
+		      errno == EPERM ? 0 : 1);
+	}
+	waitpid(pid, &st, 0);
+	expect("open without CAP_SYS_ADMIN", WEXITSTATUS(st) ? 0 : -1,
+	       WEXITSTATUS(st) ? 1 : EPERM);
+
+	fd = open("/dev/" DM_STREAM_DEVNAME, O_RDWR);
+	if (fd < 0) {
+		perror("open");
+		return 1;
+	}
+	init_attach(&a, argv[1]);
+	a.magic ^= 1;
+	expect("attach with bad magic", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	init_attach(&a, argv[1]);
+	a.version = 99;
+	expect("attach with unknown version", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	init_attach(&a, argv[1]);
+	a.size -= 8;
+	expect("attach with wrong size", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	init_attach(&a, argv[1]);
+	a.flags = 0x80;
+	expect("attach with unknown flag", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EINVAL);
+	init_attach(&a, "no-such-device");
+	expect("attach to unknown device", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), ENOENT);
+	expect("read before attach", read(fd, &req, sizeof(req)), ENODEV);
+	init_attach(&a, argv[1]);
+	expect("attach", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), 0);
+	expect("attach twice on one file", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EISCONN);
+	fd2 = open("/dev/" DM_STREAM_DEVNAME, O_RDWR);
+	init_attach(&a, argv[1]);
+	expect("second helper", ioctl(fd2, DM_STREAM_IOC_ATTACH, &a), EBUSY);
+	close(fd2);
+	bs = a.block_size;
+
+	expect("read into a buffer too small", read(fd, &req, 4), EINVAL);
+	p.fd = fd;
+	p.events = POLLIN;
+	if (poll(&p, 1, 20000) != 1) {
+		printf("FAIL: no request within 20 s\n");
+		return 1;
+	}
+	expect("read request", read(fd, &req, sizeof(req)) == sizeof(req) ? 0 : -1, 0);
+	if (req.block != strtoull(argv[3], NULL, 0)) {
+		printf("FAIL: request for block %llu, expected %s\n",
+		       (unsigned long long)req.block, argv[3]);
+		return 1;
+	}
+
+	data = calloc(1, bs + 1);
+	img = open(argv[2], O_RDONLY);
+	if (img < 0 || pread(img, data, bs, req.block * bs) != (ssize_t)bs) {
+		perror(argv[2]);
+		return 1;
+	}
+	memset(&good, 0, sizeof(good));
+	good.magic = DM_STREAM_MAGIC;
+	good.version = DM_STREAM_VERSION;
+	good.size = sizeof(good);
+	good.tag = req.tag;
+	good.block = req.block;
+	good.len = bs;
+
+	h = good;
+	h.magic = 0;
+	expect("reply with bad magic", send_reply(fd, &h, data, bs), EPROTO);
+	h = good;
+	h.version = 2;
+	expect("reply with unknown version", send_reply(fd, &h, data, bs), EPROTO);
+	h = good;
+	h.tag += 1000;
+	expect("reply with unknown tag", send_reply(fd, &h, data, bs), ENOENT);
+	h = good;
+	h.block += 1;
+	expect("reply for another block", send_reply(fd, &h, data, bs), ENOENT);
+	h = good;
+	h.block = ~0ULL;
+	expect("reply beyond the device", send_reply(fd, &h, data, bs), ENOENT);
+	h = good;
+	h.len = bs / 2;
+	expect("reply with a short payload", send_reply(fd, &h, data, bs / 2), EINVAL);
+	expect("payload longer than len", send_reply(fd, &good, data, bs + 1),
+	       EINVAL);
+	h = good;
+	h.flags = 0x40;
+	expect("reply with unknown flag", send_reply(fd, &h, data, bs), EINVAL);
+	h = good;
+	h.error = 5;
+	h.len = 0;
+	expect("reply with positive error", send_reply(fd, &h, NULL, 0), EINVAL);
+	h = good;
+	h.flags = DM_STREAM_REPLY_ZERO;
+	expect("zero reply with payload", send_reply(fd, &h, data, bs), EINVAL);
+	expect("truncated header", write(fd, &good, sizeof(good) - 1), EINVAL);
+
+	expect("correct reply", send_reply(fd, &good, data, bs), 0);
+	expect("duplicate reply", send_reply(fd, &good, data, bs), ENOENT);
+	close(fd);
+	close(img);
+	free(data);
+	printf("%d failures\n", failures);
+	return failures ? 1 : 0;
+}
