@@ -33,7 +33,10 @@ echo "== sparse"
 kdir=${KDIR:-/usr/src/linux-headers-$(cat "$CACHE/kernel-6.12/kver")}
 dir=$top/build/sparse
 rm -rf "$dir" && mkdir -p "$dir"
-cp -r "$top/kernel" "$top/Kbuild" "$dir/"
+mkdir -p "$dir/kernel/uapi"
+cp "$top"/kernel/*.[ch] "$dir/kernel/"
+cp "$top"/kernel/uapi/*.h "$dir/kernel/uapi/"
+cp "$top/Kbuild" "$dir/"
 make -C "$kdir" M="$dir" C=2 modules >"$dir/log" 2>&1 || { cat "$dir/log"; fail=1; }
 if grep -E "warning|error" "$dir/log"; then fail=1; fi
 # A sparse run that checked nothing is not a clean one.

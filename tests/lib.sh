@@ -39,8 +39,12 @@ kernel_image() {
 build_module() {
 	local tag=$1 dir=$WORK/mod-$1 kdir
 	kdir=$(kernel_kdir "$tag")
-	mkdir -p "$dir"
-	cp -r "$TOP/kernel" "$TOP/Kbuild" "$dir/"
+	# Sources only: objects of an in-tree "make" are for another kernel.
+	rm -rf "$dir/kernel"
+	mkdir -p "$dir/kernel/uapi"
+	cp "$TOP"/kernel/*.[ch] "$dir/kernel/"
+	cp "$TOP"/kernel/uapi/*.h "$dir/kernel/uapi/"
+	cp "$TOP/Kbuild" "$dir/"
 	make -s -C "$kdir" M="$dir" modules >"$dir/build.log" 2>&1 ||
 		{ cat "$dir/build.log" >&2; die "module build for $tag failed"; }
 	if grep -E "warning:|error:" "$dir/build.log" >&2; then
