@@ -125,6 +125,13 @@ build_initramfs() {
 	echo "$WORK/initramfs-$tag.cpio.gz"
 }
 
+stop_watchdog() {
+	pkill -P "$1" sleep 2>/dev/null
+	kill "$1" 2>/dev/null
+	wait "$1" 2>/dev/null
+	return 0
+}
+
 # run_vm <tag> <initrd> <log> <cmdline extra> [--kill-on MARKER] -- disks...
 # Disks are raw files attached as virtio disks in order (vda, vdb, ...);
 # the first one is read-only.  Returns QEMU's exit status (or 137 when
@@ -150,14 +157,16 @@ run_vm() {
 		"${args[@]}" </dev/null >/dev/null 2>&1 &
 	pid=$!
 	# A hung guest must not hang the suite.
-	(sleep "${STREAM_VM_TIMEOUT:-1500}"; kill -9 $pid 2>/dev/null) &
+	# Its fds go to /dev/null: a pipe reader (CI, "| tail") must not wait
+	# for the watchdog's sleep.
+	(sleep "${STREAM_VM_TIMEOUT:-1500}"; kill -9 $pid) >/dev/null 2>&1 &
 	local dog=$!
 	if [ -n "$kill_on" ]; then
 		while kill -0 $pid 2>/dev/null; do
 			if grep -q "$kill_on" "$log"; then
 				kill -9 $pid
 				wait $pid 2>/dev/null
-				kill $dog 2>/dev/null
+				stop_watchdog $dog
 				return 137
 			fi
 			sleep 0.2
@@ -165,7 +174,7 @@ run_vm() {
 	fi
 	wait $pid
 	local rc=$?
-	kill $dog 2>/dev/null
+	stop_watchdog $dog
 	return $rc
 }
 
