@@ -17,7 +17,7 @@ CFLAGS ?= -O2 -g
 WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wformat=2
 KVER = $(shell $(MAKE) -s -C $(KDIR) kernelrelease 2>/dev/null)
 
-PROGS := userspace/streamd
+PROGS := userspace/streamd userspace/streamctl
 USER_CFLAGS = $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE -Ikernel
 
 .PHONY: all modules programs install clean check lint bench demo setup
@@ -32,10 +32,13 @@ programs: $(PROGS)
 userspace/streamd: userspace/streamd.c kernel/uapi/dm-stream.h
 	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd)
 
+userspace/streamctl: userspace/streamctl.c
+	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs devmapper)
+
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0755 $(PROGS) $(DESTDIR)$(PREFIX)/sbin/
-	install -m 0644 doc/streamd.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -m 0644 doc/streamd.8 doc/streamctl.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -d $(DESTDIR)/lib/modules/$(KVER)/extra
 	install -m 0644 dm-stream.ko $(DESTDIR)/lib/modules/$(KVER)/extra/
 

@@ -46,6 +46,15 @@
  * flush of step 2, which was issued after the block's data write completed:
  * the data is durable first.
  *
+ * Revert (dsm_revert(), target suspended, after a normal commit) clears
+ * bits, which in-place updates cannot make atomic by themselves.  It is
+ * made idempotent instead: the superblock is written with SB_F_REVERTING
+ * first; then every present-bitmap block is rewritten with
+ * present &= ~dirty and flushed; only then are the dirty bitmap blocks
+ * cleared and flushed; finally the flag is cleared.  A power cut anywhere
+ * leaves the flag set and the dirty map still naming every block not yet
+ * made absent, so dsm_open() simply runs the same steps again.
+ *
  * Rule 2 (dirty): dsm_set_dirty() runs in the map path before the write is
  * issued.  The target holds every REQ_PREFLUSH bio, and completes every
  * REQ_FUA write, only after a commit that began after that point, so the
@@ -67,6 +76,9 @@
 #define DM_MSG_PREFIX "stream metadata"
 
 #define SB_MAGIC	0x6d61657274736d64ULL	/* "dmstream" */
+/* superblock flags */
+#define SB_F_REVERTING	0x1U	/* a revert was interrupted: redo it */
+#define SB_KNOWN_FLAGS	SB_F_REVERTING
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
 #define BITMAP_MAGIC	0x706d7462U		/* "btmp" */
@@ -210,6 +222,12 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 		DMERR("superblock version: expected %u, found %u",
 		      DSM_FORMAT_VERSION, le32_to_cpu(d->version));
 		*why = "Unsupported metadata format version";
+		return -EPROTONOSUPPORT;
+	}
+	if (le32_to_cpu(d->flags) & ~SB_KNOWN_FLAGS) {
+		DMERR("superblock flags: unknown bits %x",
+		      le32_to_cpu(d->flags) & ~SB_KNOWN_FLAGS);
+		*why = "Metadata superblock has unknown flags";
 		return -EPROTONOSUPPORT;
 	}
 	if (le64_to_cpu(d->blocknr) != blocknr) {
@@ -427,6 +445,99 @@ static void free_maps(struct dm_stream_metadata *md)
 	kvfree(md->pending);
 }
 
+static int __write_changed(struct dm_stream_metadata *md, u32 map,
+			   unsigned long *changed, const unsigned long *bits)
+{
+	u32 i;
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	for (i = 0; i < md->sb.bitmap_blocks; i++) {
+		if (!test_and_clear_bit(i, changed))
+			continue;
+		r = write_bitmap_block(md, map, i, bits);
+		if (r) {
+			set_bit(i, changed);
+			return r;
+		}
+	}
+	return 0;
+}
+
+static int flush_buffers(struct dm_stream_metadata *md)
+{
+	int r = dm_bufio_write_dirty_buffers(md->bufio);
+
+	return r ? r : dm_bufio_issue_flush(md->bufio);
+}
+
+/*
+ * The revert steps (see the protocol at the top).  Returns the number of
+ * blocks made absent, or -errno.  Nothing may be pending: the caller
+ * committed first.
+ */
+static long __revert(struct dm_stream_metadata *md)
+{
+	u64 nr = md->sb.nr_blocks, reverted;
+	u32 i;
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	md->sb.flags |= SB_F_REVERTING;
+	r = write_sb(md);
+	if (r)
+		return r;
+
+	reverted = bitmap_weight(md->dirty, nr);
+	for (i = 0; i < md->sb.bitmap_blocks; i++) {
+		u64 first = (u64)i * DSM_BITS_PER_BLOCK;
+		u64 len = min_t(u64, DSM_BITS_PER_BLOCK, nr - first);
+
+		if (find_next_bit(md->dirty, first + len, first) <
+		    first + len) {
+			set_bit(i, md->changed_present);
+			set_bit(i, md->changed_dirty);
+		}
+	}
+	bitmap_andnot(md->present, md->present, md->dirty, nr);
+	bitmap_andnot(md->present_commit, md->present_commit, md->dirty, nr);
+	r = __write_changed(md, 0, md->changed_present, md->present_commit);
+	if (!r)
+		r = flush_buffers(md);
+	if (r)
+		return r;
+
+	bitmap_zero(md->dirty, nr);
+	r = __write_changed(md, 1, md->changed_dirty, md->dirty);
+	if (!r)
+		r = flush_buffers(md);
+	if (r)
+		return r;
+
+	md->sb.flags &= ~SB_F_REVERTING;
+	md->sb.generation++;
+	r = write_sb(md);
+	if (r)
+		return r;
+	atomic64_set(&md->nr_present, bitmap_weight(md->present, nr));
+	atomic64_set(&md->nr_dirty, 0);
+	return reverted;
+}
+
+long dsm_revert(struct dm_stream_metadata *md, struct block_device *data)
+{
+	bool data_error;
+	long r;
+
+	r = dsm_commit(md, data, &data_error);
+	if (r)
+		return r;
+	mutex_lock(&md->commit_lock);
+	r = __revert(md);
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
 struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 				    u32 block_sectors, u64 nr_blocks,
 				    const char **error)
@@ -529,6 +640,16 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 		atomic64_set(&md->nr_present,
 			     bitmap_weight(md->present, nr_blocks));
 		atomic64_set(&md->nr_dirty, bitmap_weight(md->dirty, nr_blocks));
+		if (md->sb.flags & SB_F_REVERTING) {
+			DMINFO("completing an interrupted revert");
+			mutex_lock(&md->commit_lock);
+			r = __revert(md);
+			mutex_unlock(&md->commit_lock);
+			if (r < 0) {
+				*error = "Cannot complete an interrupted revert";
+				goto out_bufio;
+			}
+		}
 	}
 	return md;
 
@@ -620,25 +741,6 @@ int dsm_set_present(struct dm_stream_metadata *md, u64 block)
 
 	if (!test_and_set_bit(block, md->present))
 		atomic64_inc(&md->nr_present);
-	return 0;
-}
-
-static int __write_changed(struct dm_stream_metadata *md, u32 map,
-			   unsigned long *changed, const unsigned long *bits)
-{
-	u32 i;
-	int r;
-
-	lockdep_assert_held(&md->commit_lock);
-	for (i = 0; i < md->sb.bitmap_blocks; i++) {
-		if (!test_and_clear_bit(i, changed))
-			continue;
-		r = write_bitmap_block(md, map, i, bits);
-		if (r) {
-			set_bit(i, changed);
-			return r;
-		}
-	}
 	return 0;
 }
 

@@ -90,6 +90,13 @@ int dsm_set_present(struct dm_stream_metadata *md, u64 block);
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error);
 
+/*
+ * Make every block dirty (for consumer 0) absent and clean again, crash-safe
+ * (see the protocol in dm-stream-metadata.c).  The caller has quiesced all
+ * I/O.  Returns the number of blocks reverted or -errno.
+ */
+long dsm_revert(struct dm_stream_metadata *md, struct block_device *data);
+
 /* The in-core steps of a commit, exposed for the KUnit tests. */
 size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list);
 void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,

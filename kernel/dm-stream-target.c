@@ -760,6 +760,59 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+/*
+ * Messages:
+ *
+ *   revert   Make every block written on this machine (dirty for consumer
+ *            0) absent and clean again, so that its next read fetches the
+ *            image's content.  Only while suspended (no I/O in flight, and
+ *            nothing mounted can be looking); answers "reverted <n>".
+ *            Time is proportional to the metadata, not the data.
+ */
+static int stream_message(struct dm_target *ti, unsigned int argc,
+			  char **argv, char *result, unsigned int maxlen)
+{
+	struct stream_c *sc = ti->private;
+	unsigned int sz = 0;
+	bool active;
+	long r;
+
+	if (argc == 1 && !strcasecmp(argv[0], "revert")) {
+		mutex_lock(&stream_chan_lock);
+		active = sc->active;
+		mutex_unlock(&stream_chan_lock);
+		if (active) {
+			DMERR("%s: revert: suspend the device first",
+			      dm_device_name(dm_table_get_md(ti->table)));
+			return -EBUSY;
+		}
+		if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
+			DMERR("%s: revert: target is in %s mode",
+			      dm_device_name(dm_table_get_md(ti->table)),
+			      mode_name(READ_ONCE(sc->mode)));
+			return -EROFS;
+		}
+		flush_workqueue(sc->wq);
+		if (!xa_empty(&sc->fetches))
+			return -EBUSY;
+		r = dsm_revert(sc->md, sc->data_dev->bdev);
+		if (r < 0) {
+			DMERR("%s: revert failed: %ld",
+			      dm_device_name(dm_table_get_md(ti->table)), r);
+			set_mode(sc, STREAM_MODE_RO);
+			return r;
+		}
+		DMINFO("%s: reverted %ld blocks",
+		       dm_device_name(dm_table_get_md(ti->table)), r);
+		DMEMIT("reverted %ld", r);
+		return 1;
+	}
+	DMERR("%s: unsupported message '%s'",
+	      dm_device_name(dm_table_get_md(ti->table)),
+	      argc ? argv[0] : "");
+	return -EINVAL;
+}
+
 static int stream_iterate_devices(struct dm_target *ti,
 				  iterate_devices_callout_fn fn, void *data)
 {
@@ -778,7 +831,7 @@ static void stream_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type stream_target = {
 	.name = "stream",
-	.version = {1, 0, 0},
+	.version = {1, 1, 0},
 	.module = THIS_MODULE,
 	.ctr = stream_ctr,
 	.dtr = stream_dtr,
@@ -787,6 +840,7 @@ static struct target_type stream_target = {
 	.postsuspend = stream_postsuspend,
 	.resume = stream_resume,
 	.status = stream_status,
+	.message = stream_message,
 	.iterate_devices = stream_iterate_devices,
 	.io_hints = stream_io_hints,
 };

@@ -37,6 +37,8 @@ static const struct sb_case sb_cases[] = {
 	{ "flags changed, checksum stale", SB_OFF_FLAGS, 1, false, 0, -EILSEQ },
 	{ "bad magic", SB_OFF_MAGIC, 0x12345678, true, 0, -EBADMSG },
 	{ "future version", SB_OFF_VERSION, 2, true, 0, -EPROTONOSUPPORT },
+	{ "unknown flag", SB_OFF_FLAGS, 0x80, true, 0, -EPROTONOSUPPORT },
+	{ "reverting flag is known", SB_OFF_FLAGS, 1, true, 0, 0 },
 	{ "version zero", SB_OFF_VERSION, 0, true, 0, -EPROTONOSUPPORT },
 	{ "wrong location", ~0U, 0, true, 5, -ENXIO },
 	{ "blocknr field", SB_OFF_BLOCKNR, 3, true, 0, -ENXIO },

@@ -95,6 +95,7 @@ build_initramfs() {
 	cp /bin/busybox "$root/bin/busybox"
 	copy_bin "$root" "$(command -v dmsetup)" /sbin
 	copy_bin "$root" "$TOP/userspace/streamd" /sbin
+	copy_bin "$root" "$TOP/userspace/streamctl" /sbin
 	copy_bin "$root" "$WORK/tools/stream-io"
 	copy_bin "$root" "$WORK/tools/stream-meta"
 	copy_bin "$root" "$WORK/tools/stream-chan"

@@ -297,6 +297,65 @@ t_channel_validation() {
 	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 }
 
+# Kiosk session: writes all over the device, then streamctl revert: the
+# device reads as the image again, written blocks are absent and clean,
+# blocks that were only read stay present (not fetched again).
+t_revert() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	blk_sum $DEV 20 >/dev/null
+	apply_writes $DEV
+	dd if=$IMG of=$DEV bs=$BB skip=50 seek=300 count=20 oflag=direct \
+		conv=fsync 2>/dev/null
+	expect_eq "dirty before" 22 "$(st 3)"
+	before=$(present)
+	out=$(streamctl revert s)
+	say "$out"
+	case $out in
+	"s: reverted 22 blocks in "*) ;;
+	*) echo "# unexpected output: $out"; return 1 ;;
+	esac
+	expect_eq "dirty after" 0 "$(st 3)"
+	expect_eq "present after" $((before - 22)) "$(present)"
+	wait_for 10 is_attached
+	reads=$(server_reads)
+	expect_eq "block 20" "$(blk_sum $IMG 20)" "$(blk_sum $DEV 20)"
+	expect_eq "block 20 not fetched again" "$reads" "$(server_reads)"
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+	streamctl status --json s | grep -q '"dirty": 0'
+	# Refused while the device is live, and for unknown messages.
+	if dmsetup message s 0 revert 2>/dev/null; then
+		echo "# revert accepted on a live device"
+		return 1
+	fi
+	if dmsetup message s 0 frobnicate 2>/dev/null; then
+		echo "# unknown message accepted"
+		return 1
+	fi
+	expect_eq "dirty unchanged by refused messages" 0 "$(st 3)"
+}
+
+# A revert interrupted by a power cut leaves SB_F_REVERTING set; the next
+# load completes it.
+t_revert_interrupted() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
+	apply_writes $DEV
+	helper_stop
+	dmsetup remove s
+	stream-meta $META reverting
+	create 2 fetch_timeout 30
+	expect_eq "dirty" 0 "$(st 3)"
+	expect_eq "present" 0 "$(present)"
+	dmesg | grep -q "completing an interrupted revert"
+	helper_start
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+}
+
 bad_tables() {
 	fresh
 	tbl="0 $SZ stream"
@@ -337,6 +396,7 @@ bad_superblocks() {
 		 version:"Unsupported metadata format version" \
 		 blocknr:"Metadata superblock is at the wrong location" \
 		 geometry:"Metadata superblock geometry is inconsistent" \
+		 flags:"Metadata superblock has unknown flags" \
 		 bitmap:"Metadata bitmap block checksum mismatch" \
 		 blocksize:"Block size differs from the metadata's" \
 		 size:"Device size differs from the metadata's"; do
@@ -377,6 +437,8 @@ run read_before_helper t_read_before_helper
 run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
+run revert t_revert
+run revert_interrupted t_revert_interrupted
 run status_table t_status_table
 run mode_ro_on_metadata_error t_mode_ro
 run mode_fail_on_data_flush_error t_mode_fail

@@ -5,7 +5,11 @@
  * kernel/dm-stream-metadata.c; "reseal" recomputes the checksum so that
  * only the named field is wrong.
  *
- *   stream-meta <dev> csum|magic|version|blocknr|geometry|bitmap|show
+ *   stream-meta <dev> csum|magic|version|blocknr|geometry|bitmap|flags|
+ *                     reverting|show
+ *
+ * "reverting" is not damage: it sets the flag an interrupted revert leaves
+ * behind, so that the test can check the revert is completed on load.
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -70,6 +74,12 @@ int main(int argc, char **argv)
 		reseal(b);
 	} else if (!strcmp(argv[2], "blocknr")) {
 		put32(b, 8, 7);
+		reseal(b);
+	} else if (!strcmp(argv[2], "flags")) {
+		put32(b, 4, 0x80);
+		reseal(b);
+	} else if (!strcmp(argv[2], "reverting")) {
+		put32(b, 4, 1);
 		reseal(b);
 	} else if (!strcmp(argv[2], "geometry")) {
 		put32(b, 72, 12345);
