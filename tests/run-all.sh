@@ -40,6 +40,7 @@ collect() {	# collect <kernel> <boot name> <log>
 	else
 		record "$k" "$b-kernel-log-clean" PASS
 	fi
+	grep -a "^MEASURED " "$log" | tr -d '\r' | sed "s/^/[$k] /"
 	echo "[$k] $b: $n results"
 }
 
@@ -73,11 +74,14 @@ make_disks() {
 		head -c $((20 << 20)) /dev/urandom >>"$d/image.raw.tmp"
 		mv "$d/image.raw.tmp" "$d/image.raw"
 	fi
-	truncate -s 0 "$d/data.raw" "$d/meta.raw" "$d/tiny.raw" "$d/scratch.raw"
-	truncate -s 32M "$d/data.raw" "$d/scratch.raw"
+	truncate -s 0 "$d/data.raw" "$d/meta.raw" "$d/tiny.raw" "$d/scratch.raw" \
+		"$d/big.raw" "$d/bigmeta.raw"
+	truncate -s 32M "$d/data.raw" "$d/scratch.raw" "$d/bigmeta.raw"
 	truncate -s 4M "$d/meta.raw"
 	truncate -s 64K "$d/tiny.raw"
-	DISKS=("$d/image.raw" "$d/data.raw" "$d/meta.raw" "$d/tiny.raw" "$d/scratch.raw")
+	truncate -s 1T "$d/big.raw"	# sparse: for the 1 TiB revert
+	DISKS=("$d/image.raw" "$d/data.raw" "$d/meta.raw" "$d/tiny.raw"
+	       "$d/scratch.raw" "$d/big.raw" "$d/bigmeta.raw")
 }
 
 build_tools

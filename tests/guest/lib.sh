@@ -3,12 +3,15 @@
 # shellcheck disable=SC2086 # device paths and numbers never hold spaces
 # Guest-side test functions (busybox ash).  Disks, in order:
 #   vda image (read-only), vdb data, vdc metadata, vdd tiny (64 KiB),
-#   vde scratch (same size as the image).
+#   vde scratch (same size as the image), vdf 1 TiB (sparse) and vdg
+#   32 MiB for the large-device revert.
 IMG=/dev/vda
 DATA=/dev/vdb
 META=/dev/vdc
 TINY=/dev/vdd
 SCRATCH=/dev/vde
+BIG=/dev/vdf
+BIGMETA=/dev/vdg
 BS=${BS:-128}			# sectors (64 KiB)
 BB=$((BS * 512))		# bytes
 SRC=/tmp/image.raw		# what the NBD servers export: $IMG, sparse
@@ -176,6 +179,8 @@ run() {	# run <name> <function>; stream.only=<name> runs just that one
 	_rc=$?
 	kill $_dog 2>/dev/null
 	if [ $_rc = 0 ]; then
+		# Measurements a passing test reports (never asserted on).
+		sed -n "s/^# measured: /MEASURED $T: /p" /tmp/test.out
 		echo "STREAMTEST $T PASS"
 	else
 		cat /tmp/test.out
