@@ -538,6 +538,40 @@ long dsm_revert(struct dm_stream_metadata *md, struct block_device *data)
 	return r;
 }
 
+/*
+ * The in-core half of dsm_open(): maps and locks, no device.  Used alone
+ * by the KUnit tests of the commit state machine.
+ */
+struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
+{
+	struct dm_stream_metadata *md = kzalloc(sizeof(*md), GFP_KERNEL);
+
+	if (!md)
+		return NULL;
+	mutex_init(&md->commit_lock);
+	spin_lock_init(&md->pending_lock);
+	md->sb.nr_blocks = nr_blocks;
+	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
+	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
+	md->present = alloc_bitmap(nr_blocks);
+	md->dirty = alloc_bitmap(nr_blocks);
+	md->present_commit = alloc_bitmap(nr_blocks);
+	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
+	md->changed_dirty = alloc_bitmap(md->sb.bitmap_blocks);
+	if (!md->present || !md->dirty || !md->present_commit ||
+	    !md->changed_present || !md->changed_dirty) {
+		dsm_destroy_incore(md);
+		return NULL;
+	}
+	return md;
+}
+
+void dsm_destroy_incore(struct dm_stream_metadata *md)
+{
+	free_maps(md);
+	kfree(md);
+}
+
 struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 				    u32 block_sectors, u64 nr_blocks,
 				    const char **error)
@@ -548,36 +582,19 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 	bool fresh;
 	int r;
 
-	md = kzalloc(sizeof(*md), GFP_KERNEL);
+	md = dsm_create_incore(nr_blocks);
 	if (!md) {
-		*error = "Cannot allocate metadata";
+		*error = "Cannot allocate in-core bitmaps";
 		return ERR_PTR(-ENOMEM);
 	}
-	mutex_init(&md->commit_lock);
-	spin_lock_init(&md->pending_lock);
 	md->sb.block_sectors = block_sectors;
-	md->sb.nr_blocks = nr_blocks;
-	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
-	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
-
-	md->present = alloc_bitmap(nr_blocks);
-	md->dirty = alloc_bitmap(nr_blocks);
-	md->present_commit = alloc_bitmap(nr_blocks);
-	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
-	md->changed_dirty = alloc_bitmap(md->sb.bitmap_blocks);
-	if (!md->present || !md->dirty || !md->present_commit ||
-	    !md->changed_present || !md->changed_dirty) {
-		*error = "Cannot allocate in-core bitmaps";
-		r = -ENOMEM;
-		goto out_free;
-	}
 
 	md->bufio = dm_bufio_client_create(bdev, DSM_BLOCK_SIZE, 1, 0,
 					   NULL, NULL, 0);
 	if (IS_ERR(md->bufio)) {
 		*error = "Cannot create dm-bufio client";
 		r = PTR_ERR(md->bufio);
-		goto out_free;
+		goto out_incore;
 	}
 
 	if (dm_bufio_get_device_size(md->bufio) < dsm_total_blocks(nr_blocks)) {
@@ -655,17 +672,15 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 
 out_bufio:
 	dm_bufio_client_destroy(md->bufio);
-out_free:
-	free_maps(md);
-	kfree(md);
+out_incore:
+	dsm_destroy_incore(md);
 	return ERR_PTR(r);
 }
 
 void dsm_close(struct dm_stream_metadata *md)
 {
 	dm_bufio_client_destroy(md->bufio);
-	free_maps(md);
-	kfree(md);
+	dsm_destroy_incore(md);
 }
 
 const unsigned long *dsm_present_map(struct dm_stream_metadata *md)
@@ -834,37 +849,4 @@ out:
 	kvfree(list);
 	mutex_unlock(&md->commit_lock);
 	return r;
-}
-
-/*
- * In-core metadata without a device, for the KUnit tests of the commit
- * state machine (set_present/set_dirty/begin/apply).
- */
-struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
-{
-	struct dm_stream_metadata *md = kzalloc(sizeof(*md), GFP_KERNEL);
-
-	if (!md)
-		return NULL;
-	mutex_init(&md->commit_lock);
-	spin_lock_init(&md->pending_lock);
-	md->sb.nr_blocks = nr_blocks;
-	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
-	md->present = alloc_bitmap(nr_blocks);
-	md->dirty = alloc_bitmap(nr_blocks);
-	md->present_commit = alloc_bitmap(nr_blocks);
-	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
-	md->changed_dirty = alloc_bitmap(md->sb.bitmap_blocks);
-	if (!md->present || !md->dirty || !md->present_commit ||
-	    !md->changed_present || !md->changed_dirty) {
-		dsm_destroy_incore(md);
-		return NULL;
-	}
-	return md;
-}
-
-void dsm_destroy_incore(struct dm_stream_metadata *md)
-{
-	free_maps(md);
-	kfree(md);
 }

@@ -93,6 +93,7 @@ server_reads_at() {
 
 server_reads() { grep -c "Read id=" /tmp/nbd.log || true; }
 
+# shellcheck disable=SC2120 # the suites pass streamd options
 helper_start() {
 	rm -f /tmp/stats
 	streamd "$@" -s /tmp/stats s "$URI" 2>>/tmp/streamd.log &
@@ -112,6 +113,7 @@ helper_stat() {	# counter from streamd --stats (SIGUSR1 refreshes)
 	sed -n "s/^$1=//p" /tmp/stats
 }
 
+# shellcheck disable=SC2120 # the suites pass feature arguments
 create() {	# create [extra table words]
 	dmsetup create s --table "0 $SZ stream $META $DATA $BS $*"
 }
@@ -132,6 +134,15 @@ fresh() {
 	tr '\000' '\377' </dev/zero | dd of=$DATA bs=1M count=$((SZ / 2048)) \
 		iflag=fullblock conv=fsync 2>/dev/null
 	rm -f /tmp/nbd.log /tmp/streamd.log
+}
+
+# The common start of a test: fresh disks, nbdkit, the table, a helper.
+# shellcheck disable=SC2119 # defaults for create and helper_start
+stream_up() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start
 }
 
 blk_sum() {	# blk_sum <dev> <block>

@@ -3,10 +3,7 @@
 # The main integration suite: one boot, many tests.  Sourced by init.
 
 t_read_whole() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	expect_eq "device checksum" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 	expect_eq "present" "$NBLOCKS" "$(present)"
 	# Every block fetched exactly once, no duplicate fetches.
@@ -37,10 +34,7 @@ t_tcp_uri() {
 # The image's zero region (blocks ZERO_FIRST..ZERO_END, see
 # tests/run-all.sh) is answered from base:allocation, never transferred.
 t_zero_blocks() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	expect_eq "zero block" "$(blk_sum $IMG 130)" "$(blk_sum $DEV 130)"
 	expect_eq "zero replies" 1 "$(helper_stat zero)"
 	expect_eq "bytes" 0 "$(helper_stat bytes)"
@@ -48,20 +42,14 @@ t_zero_blocks() {
 }
 
 t_concurrent_random() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	stream-io verify $DEV $IMG 8 300 262144 42
 	# Concurrent misses on one block wait behind a single fetch.
 	expect_eq "no duplicate fetches" "$(present)" "$(helper_stat requests)"
 }
 
 t_whole_block_write_no_fetch() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	dd if=$IMG of=$DEV bs=$BB skip=40 seek=3 count=1 oflag=direct \
 		conv=fsync 2>/dev/null
 	expect_eq "block 3" "$(blk_sum $IMG 40)" "$(blk_sum $DEV 3)"
@@ -73,10 +61,7 @@ t_whole_block_write_no_fetch() {
 }
 
 t_partial_write_merge() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	expected_image
 	apply_writes $DEV
 	expect_eq "block 5" "$(blk_sum $SCRATCH 5)" "$(blk_sum $DEV 5)"
@@ -85,10 +70,7 @@ t_partial_write_merge() {
 }
 
 t_discard_whole_block() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	if [ "$(cat /sys/block/dm-0/queue/discard_max_bytes)" = 0 ]; then
 		echo "# data device has no write-zeroes: discards disabled"
 		return 0
@@ -104,10 +86,7 @@ t_discard_whole_block() {
 }
 
 t_table_reload() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	expected_image
 	apply_writes $DEV
 	blk_sum $DEV 20 >/dev/null
@@ -121,10 +100,7 @@ t_table_reload() {
 }
 
 t_module_reload() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	expected_image
 	apply_writes $DEV
 	blk_sum $DEV 20 >/dev/null
@@ -301,10 +277,7 @@ t_channel_validation() {
 # device reads as the image again, written blocks are absent and clean,
 # blocks that were only read stay present (not fetched again).
 t_revert() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	blk_sum $DEV 20 >/dev/null
 	apply_writes $DEV
 	dd if=$IMG of=$DEV bs=$BB skip=50 seek=300 count=20 oflag=direct \
@@ -364,10 +337,7 @@ t_revert_1tib() {
 # A revert interrupted by a power cut leaves SB_F_REVERTING set; the next
 # load completes it.
 t_revert_interrupted() {
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	apply_writes $DEV
 	helper_stop
 	dmsetup remove s

@@ -9,10 +9,7 @@ READ_BLOCKS="10 11 12 13 14 15 16 17 18 19"
 
 phase1() {
 	prepare_image
-	fresh
-	server_start nbdkit
-	create
-	helper_start
+	stream_up
 	for b in $READ_BLOCKS; do
 		blk_sum $DEV "$b" >/dev/null
 	done
