@@ -126,11 +126,10 @@ build_initramfs() {
 	echo "$WORK/initramfs-$tag.cpio.gz"
 }
 
-stop_watchdog() {
-	pkill -P "$1" sleep 2>/dev/null
-	kill "$1" 2>/dev/null
-	wait "$1" 2>/dev/null
-	return 0
+stop_watchdog() {	# safe under set -e: it may already be gone
+	pkill -P "$1" sleep 2>/dev/null || true
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
 }
 
 # Under TCG on a loaded 2-core host, early boot (ACPI link probing) of the
