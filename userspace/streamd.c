@@ -60,16 +60,12 @@
 #define BACKOFF_MIN_MS	100
 #define BACKOFF_MAX_MS	5000
 
-enum req_state { REQ_QUEUED, REQ_INFLIGHT };
-
 struct req {
 	struct req *next;		/* queue or inflight list */
-	struct streamd *sd;
 	uint64_t tag;
 	uint64_t block;
 	unsigned int retries;
 	uint64_t conn_gen;		/* connection it was issued on */
-	enum req_state state;
 	bool done;			/* completion seen */
 	int error;
 	/* dm_stream_reply header, then block_size payload bytes */
@@ -177,7 +173,6 @@ static void write_stats(struct streamd *sd)
 
 static void queue_req(struct streamd *sd, struct req *r)
 {
-	r->state = REQ_QUEUED;
 	r->next = NULL;
 	*sd->queue_tail = r;
 	sd->queue_tail = &r->next;
@@ -328,7 +323,6 @@ static int read_requests(struct streamd *sd)
 				free(r);
 			return -ENOMEM;
 		}
-		r->sd = sd;
 		r->tag = q->tag;
 		r->block = q->block;
 		sd->st.requests++;
@@ -518,7 +512,6 @@ static void issue(struct streamd *sd)
 				sd->queue_tail = &r->next;
 			break;
 		}
-		r->state = REQ_INFLIGHT;
 		r->next = sd->inflight;
 		sd->inflight = r;
 		sd->nr_inflight++;
