@@ -128,10 +128,25 @@ static bool target_matches(struct stream_c *sc, const char *id, bool by_uuid)
 	return !strcmp(by_uuid ? uuid : name, id);
 }
 
+/* The target named @id; a reload briefly has two: prefer the live one. */
+static struct stream_c *__find_target(const char *id, bool by_uuid)
+{
+	struct stream_c *sc, *found = NULL;
+
+	lockdep_assert_held(&stream_chan_lock);
+	list_for_each_entry(sc, &stream_targets, node) {
+		if (!target_matches(sc, id, by_uuid))
+			continue;
+		if (!found || (sc->active && !found->active))
+			found = sc;
+	}
+	return found;
+}
+
 static long chan_attach(struct stream_file *hf, void __user *argp)
 {
 	struct dm_stream_attach a;
-	struct stream_c *sc, *found = NULL;
+	struct stream_c *found;
 	bool by_uuid;
 	long r = 0;
 
@@ -151,13 +166,7 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 		r = -EISCONN;
 		goto out;
 	}
-	/* A reload briefly has two instances: prefer the live one. */
-	list_for_each_entry(sc, &stream_targets, node) {
-		if (!target_matches(sc, a.id, by_uuid))
-			continue;
-		if (!found || (sc->active && !found->active))
-			found = sc;
-	}
+	found = __find_target(a.id, by_uuid);
 	if (!found) {
 		r = -ENOENT;
 		goto out;
@@ -186,6 +195,34 @@ out:
 	return r;
 }
 
+static long chan_snap_read(void __user *argp)
+{
+	struct dm_stream_snap_read a;
+	struct stream_c *sc;
+	long r;
+
+	if (copy_from_user(&a, argp, sizeof(a)))
+		return -EFAULT;
+	if (a.magic != DM_STREAM_MAGIC || a.version != DM_STREAM_VERSION ||
+	    a.size != sizeof(a))
+		return -EPROTO;
+	if (a.flags & ~DM_STREAM_ATTACH_BY_UUID)
+		return -EINVAL;
+	if (strnlen(a.id, sizeof(a.id)) == sizeof(a.id) || !a.id[0])
+		return -EINVAL;
+
+	/* stream_chan_lock keeps the target alive (the dtr waits for it). */
+	mutex_lock(&stream_chan_lock);
+	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
+	if (sc)
+		r = stream_snap_read(sc, a.consumer, a.gen, a.block,
+				     u64_to_user_ptr(a.buf), a.len);
+	else
+		r = -ENOENT;
+	mutex_unlock(&stream_chan_lock);
+	return r;
+}
+
 static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct stream_file *hf = file->private_data;
@@ -193,6 +230,8 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	switch (cmd) {
 	case DM_STREAM_IOC_ATTACH:
 		return chan_attach(hf, (void __user *)arg);
+	case DM_STREAM_IOC_SNAP_READ:
+		return chan_snap_read((void __user *)arg);
 	default:
 		return -ENOTTY;
 	}

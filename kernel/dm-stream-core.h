@@ -96,6 +96,23 @@ struct stream_c {
 	bool active;			/* resumed; under stream_chan_lock */
 	struct list_head node;		/* stream_targets */
 
+	/*
+	 * Point-in-time snapshots (see "Snapshots" in dm-stream-target.c).
+	 * snap_lock guards copies, copy_bytes and changes to undrained[]
+	 * bits; it is taken before the metadata's commit_lock.  The
+	 * undrained[] pointers are set while suspended and never freed
+	 * before the dtr; map tests their bits locklessly.
+	 */
+	struct mutex snap_lock;
+	unsigned long *undrained[DSM_MAX_CONSUMERS];
+	struct xarray copies;		/* block * 4 + consumer -> copy */
+	u64 copy_bytes;
+	u64 copy_budget;		/* bytes, from the table */
+
+	/* Background fill switch, read by streamd through the status. */
+	bool fill_on;			/* READ_ONCE */
+	u64 fill_rate;			/* bytes/s, 0 = unlimited */
+
 	atomic_t parked;		/* bios waiting for a block */
 	atomic64_t nr_fetched;
 	atomic64_t nr_zero;
@@ -112,6 +129,8 @@ struct stream_file {
 
 /* dm-stream-target.c */
 void stream_fetch_io_done(struct stream_c *sc, struct stream_fetch *f);
+int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
+		     void __user *buf, u32 len);
 void stream_wake_worker(struct stream_c *sc);
 
 /* dm-stream-chan.c */

@@ -9,23 +9,24 @@
  *   blocks 1 .. 15               reserved (zero), room for later records
  *   then DSM_NR_BITMAPS bitmaps, each bitmap_blocks blocks long:
  *     bitmap 0                   present map
- *     bitmap 1 + 2c              dirty map of consumer c
- *     bitmap 2 + 2c              snapshot map of consumer c
+ *     bitmap 1 + 2c              dirty map of consumer c (c < 4)
+ *     bitmap 2                   the invalidate set of an image update
+ *     bitmap 2 + 2c, c > 0       reserved (zero)
  *
  * bitmap_blocks = ceil(nr_blocks / DSM_BITS_PER_BLOCK), so the metadata
  * device needs (16 + 9 * bitmap_blocks) * 4 KiB.  Every bitmap block starts
  * with a header (crc32c, bitmap index, block number, magic, format version)
- * so that a torn or
- * misdirected write is detected on load instead of silently changing which
- * blocks are present.
+ * so that a torn or misdirected write is detected on load instead of
+ * silently changing which blocks are present.
  *
- * Present and dirty maps: the target keeps both maps in core; the in-core
+ * Present and dirty maps: the target keeps every map in core; the in-core
  * copies are authoritative for I/O and the on-disk copies trail them by at
- * most one commit.  In this version of the format every bit only ever goes
- * from 0 to 1 (a block becomes present, a block becomes dirty), so bitmap
- * blocks are updated in place: a power cut in the middle of a commit leaves
- * each bit either at its old or at its new value, both of which are safe
- * given the ordering below.
+ * most one commit.  In normal operation a bit only goes from 0 to 1 (a
+ * block becomes present, a block becomes dirty), so bitmap blocks are
+ * updated in place: a power cut in the middle of a commit leaves each bit
+ * either at its old or at its new value, both of which are safe given the
+ * ordering below.  (A 4 KiB metadata block is assumed to be written
+ * atomically; a torn one fails its checksum and the load is refused.)
  *
  * Commit protocol (dsm_commit(), always in the worker, serialised by
  * md->commit_lock):
@@ -38,22 +39,13 @@
  *   3. Set those blocks in the committed present map (md->present_commit,
  *      touched by nobody but the commit), then, for every bitmap block that
  *      changed, encode it -- present bits from the committed map, dirty bits
- *      from the live map -- into a dm-bufio buffer, write all buffers and
+ *      from the live maps -- into a dm-bufio buffer, write all buffers and
  *      flush the metadata device.
  *   4. Increment the generation in the superblock, write it and flush.
  *
  * Rule 1 (present): a present bit reaches the disk only in step 3, after the
  * flush of step 2, which was issued after the block's data write completed:
  * the data is durable first.
- *
- * Revert (dsm_revert(), target suspended, after a normal commit) clears
- * bits, which in-place updates cannot make atomic by themselves.  It is
- * made idempotent instead: the superblock is written with SB_F_REVERTING
- * first; then every present-bitmap block is rewritten with
- * present &= ~dirty and flushed; only then are the dirty bitmap blocks
- * cleared and flushed; finally the flag is cleared.  A power cut anywhere
- * leaves the flag set and the dirty map still naming every block not yet
- * made absent, so dsm_open() simply runs the same steps again.
  *
  * Rule 2 (dirty): dsm_set_dirty() runs in the map path before the write is
  * issued.  The target holds every REQ_PREFLUSH bio, and completes every
@@ -62,6 +54,43 @@
  * completes.  Dirty bits copied from the live map may include bits of
  * writes still in flight; a dirty bit without new data only costs a
  * redundant transfer later, so over-approximating is safe.
+ *
+ * Snapshots.  Every write marks its block dirty for every consumer.
+ * dsm_snapshot() (I/O quiesced) moves consumer c's live dirty bits into an
+ * in-core snapshot map and persists the snapshot's id in the superblock
+ * (consumer_gen[c]), so an id is never handed out twice, even across a
+ * crash.  From then on, commits write dirty[c] | snap[c] as c's on-disk
+ * dirty map: the disk does not know about the snapshot, it only ever sees
+ * a superset of what is dirty.  Consequences:
+ *   - a reload or a power cut aborts a snapshot in progress: its blocks
+ *     are simply dirty again (documented; the drain is redone);
+ *   - abort is in core only: dirty[c] |= snap[c];
+ *   - ack clears snap[c] and rewrites the affected blocks of c's on-disk
+ *     dirty map from the live map, in place, then flushes.  This is the one
+ *     normal-operation path where bits go from 1 to 0; a power cut in it
+ *     leaves each bit old (still dirty: sent again, never lost) or new
+ *     (acknowledged).  Blocks written after the cut are set in the live
+ *     map, so they stay dirty.
+ *
+ * Revert (dsm_revert(), target suspended, after a normal commit) clears
+ * bits, which in-place updates cannot make atomic by themselves.  It is
+ * made idempotent instead: the superblock is written with SB_F_REVERTING
+ * first; then every present-bitmap block is rewritten with
+ * present &= ~dirty[0], and the blocks are added to the dirty maps of the
+ * other consumers (their copies now differ from the device), and flushed;
+ * only then are consumer 0's dirty bitmap blocks cleared and flushed;
+ * finally the flag is cleared.  A power cut anywhere leaves the flag set
+ * and dirty[0] still naming every block not yet made absent, so dsm_open()
+ * simply runs the same steps again.
+ *
+ * Image update (dsm_invalidate(), target suspended) works the same way:
+ * the set of blocks to invalidate is written to bitmap 2 and flushed, then
+ * the superblock gets SB_F_INVALIDATING (plus SB_F_INVAL_KEEP for the keep
+ * policy) and the new image id; then present &= ~set (with keep, minus the
+ * blocks dirty for consumer 0) and dirty[c > 0] |= set are written and
+ * flushed, then (discard policy) dirty[0] &= ~set, then bitmap 2 is
+ * cleared and the flags dropped.  Every step is idempotent and a load
+ * that finds the flag reruns them from bitmap 2.
  */
 #include "dm-stream-metadata.h"
 
@@ -78,7 +107,10 @@
 #define SB_MAGIC	0x6d61657274736d64ULL	/* "dmstream" */
 /* superblock flags */
 #define SB_F_REVERTING	0x1U	/* a revert was interrupted: redo it */
-#define SB_KNOWN_FLAGS	SB_F_REVERTING
+#define SB_F_INVALIDATING 0x2U	/* an image update was interrupted */
+#define SB_F_INVAL_KEEP	0x4U	/* ... with the keep policy */
+#define SB_KNOWN_FLAGS	(SB_F_REVERTING | SB_F_INVALIDATING | SB_F_INVAL_KEEP)
+#define INVAL_MAP	2	/* bitmap holding the invalidate set */
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
 #define BITMAP_MAGIC	0x706d7462U		/* "btmp" */
@@ -97,9 +129,8 @@ struct stream_sb_disk {
 	__le32 nr_consumers;	/* dirty-map slots on disk */
 	__le32 bitmap_blocks;	/* metadata blocks per bitmap */
 	__le32 first_bitmap;	/* metadata block of bitmap 0 */
-	/* Reserved for per-consumer snapshot state and the image identity. */
-	__le64 consumer_gen[DSM_MAX_CONSUMERS];
-	__u8 image_id[64];
+	__le64 consumer_gen[DSM_MAX_CONSUMERS];	/* last snapshot id cut */
+	char image_id[DSM_IMAGE_ID_LEN];	/* NUL-terminated, or empty */
 } __packed;
 
 struct stream_bitmap_disk {
@@ -120,20 +151,28 @@ struct dm_stream_metadata {
 
 	/* Live maps, any context, atomic bitops. */
 	unsigned long *present;
-	unsigned long *dirty;
+	unsigned long *dirty[DSM_MAX_CONSUMERS];
 	atomic64_t nr_present;
-	atomic64_t nr_dirty;
+	atomic64_t nr_dirty[DSM_MAX_CONSUMERS];
 
 	/*
-	 * Bitmap blocks (of bitmap 0 and 1, indexed by block within the
-	 * bitmap) that differ from disk.  Atomic bitops, any context.
+	 * Bitmap blocks (indexed by block within the bitmap) that differ
+	 * from disk.  Atomic bitops, any context.
 	 */
 	unsigned long *changed_present;
-	unsigned long *changed_dirty;
+	unsigned long *changed_dirty[DSM_MAX_CONSUMERS];
 
-	/* Serialises dsm_commit(); protects present_commit. */
+	/*
+	 * Serialises dsm_commit() and every other metadata write; protects
+	 * present_commit, the snapshot state and the invalidate set.
+	 * snap_gen is also read locklessly (READ_ONCE).
+	 */
 	struct mutex commit_lock;
 	unsigned long *present_commit;
+	unsigned long *snap[DSM_MAX_CONSUMERS];	/* allocated on first use */
+	u64 snap_gen[DSM_MAX_CONSUMERS];	/* 0: no snapshot */
+	u64 snap_blocks[DSM_MAX_CONSUMERS];
+	unsigned long *inval;			/* allocated on first use */
 
 	/* Protects pending: blocks made present since the last commit. */
 	spinlock_t pending_lock;
@@ -177,6 +216,7 @@ bool dsm_buf_is_zero(const void *buf, size_t len)
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 {
 	struct stream_sb_disk *d = buf;
+	unsigned int c;
 
 	memset(buf, 0, DSM_BLOCK_SIZE);
 	d->flags = cpu_to_le32(sb->flags);
@@ -191,6 +231,9 @@ void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 	d->nr_consumers = cpu_to_le32(sb->nr_consumers);
 	d->bitmap_blocks = cpu_to_le32(sb->bitmap_blocks);
 	d->first_bitmap = cpu_to_le32(DSM_FIRST_BITMAP);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		d->consumer_gen[c] = cpu_to_le64(sb->consumer_gen[c]);
+	strscpy(d->image_id, sb->image_id, sizeof(d->image_id));
 	d->csum = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
 
@@ -205,6 +248,7 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 {
 	const struct stream_sb_disk *d = buf;
 	u32 csum = block_csum(buf, SB_CSUM_XOR);
+	unsigned int c;
 
 	if (le32_to_cpu(d->csum) != csum) {
 		DMERR("superblock checksum: expected %08x, found %08x",
@@ -243,6 +287,14 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	sb->generation = le64_to_cpu(d->generation);
 	sb->nr_consumers = le32_to_cpu(d->nr_consumers);
 	sb->bitmap_blocks = le32_to_cpu(d->bitmap_blocks);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		sb->consumer_gen[c] = le64_to_cpu(d->consumer_gen[c]);
+	if (strnlen(d->image_id, sizeof(d->image_id)) == sizeof(d->image_id)) {
+		DMERR("superblock image id is not terminated");
+		*why = "Metadata superblock has a bad image id";
+		return -EUCLEAN;
+	}
+	memcpy(sb->image_id, d->image_id, sizeof(sb->image_id));
 	if (le32_to_cpu(d->meta_block_size) != DSM_BLOCK_SIZE ||
 	    le32_to_cpu(d->first_bitmap) != DSM_FIRST_BITMAP ||
 	    sb->nr_consumers != DSM_MAX_CONSUMERS ||
@@ -260,12 +312,12 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 
 /*
  * Encode bits [slice * DSM_BITS_PER_BLOCK, +DSM_BITS_PER_BLOCK) of @bits
- * into metadata block @blocknr.  @index is the global number of the bitmap
+ * (or'ed with @more unless it is NULL) into metadata block @blocknr.  @index is the global number of the bitmap
  * block (bitmap * bitmap_blocks + slice), stored so that a block copied to
  * the wrong bitmap is detected too.
  */
-void dsm_bitmap_pack(const unsigned long *bits, u64 nr_bits, u32 slice,
-		     u32 index, u64 blocknr, void *buf)
+void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
+		     u64 nr_bits, u32 slice, u32 index, u64 blocknr, void *buf)
 {
 	struct stream_bitmap_disk *d = buf;
 	u64 first = (u64)slice * DSM_BITS_PER_BLOCK;
@@ -284,7 +336,7 @@ void dsm_bitmap_pack(const unsigned long *bits, u64 nr_bits, u32 slice,
 
 			if (bit >= nr_bits)
 				break;
-			if (test_bit(bit, bits))
+			if (test_bit(bit, bits) || (more && test_bit(bit, more)))
 				word |= 1ULL << b;
 		}
 		d->bits[w] = cpu_to_le64(word);
@@ -351,8 +403,14 @@ static u64 bitmap_location(struct dm_stream_metadata *md, u32 map, u32 i)
 	return DSM_FIRST_BITMAP + (u64)map * md->sb.bitmap_blocks + i;
 }
 
+static u32 dirty_bitmap(unsigned int c)
+{
+	return 1 + 2 * c;
+}
+
 static int write_bitmap_block(struct dm_stream_metadata *md, u32 map, u32 i,
-			      const unsigned long *bits)
+			      const unsigned long *bits,
+			      const unsigned long *more)
 {
 	u64 loc = bitmap_location(md, map, i);
 	struct dm_buffer *b;
@@ -361,7 +419,7 @@ static int write_bitmap_block(struct dm_stream_metadata *md, u32 map, u32 i,
 	p = dm_bufio_new(md->bufio, loc, &b);
 	if (IS_ERR(p))
 		return PTR_ERR(p);
-	dsm_bitmap_pack(bits, md->sb.nr_blocks, i,
+	dsm_bitmap_pack(bits, more, md->sb.nr_blocks, i,
 			map * md->sb.bitmap_blocks + i, loc, p);
 	dm_bufio_mark_buffer_dirty(b);
 	dm_bufio_release(b);
@@ -391,11 +449,17 @@ static int read_bitmap(struct dm_stream_metadata *md, u32 map,
 	return r;
 }
 
+static int flush_buffers(struct dm_stream_metadata *md)
+{
+	int r = dm_bufio_write_dirty_buffers(md->bufio);
+
+	return r ? r : dm_bufio_issue_flush(md->bufio);
+}
+
 static int write_sb(struct dm_stream_metadata *md)
 {
 	struct dm_buffer *b;
 	void *p;
-	int r;
 
 	p = dm_bufio_new(md->bufio, 0, &b);
 	if (IS_ERR(p))
@@ -403,10 +467,7 @@ static int write_sb(struct dm_stream_metadata *md)
 	dsm_sb_pack(&md->sb, 0, p);
 	dm_bufio_mark_buffer_dirty(b);
 	dm_bufio_release(b);
-	r = dm_bufio_write_dirty_buffers(md->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(md->bufio);
-	return r;
+	return flush_buffers(md);
 }
 
 static int format(struct dm_stream_metadata *md)
@@ -417,13 +478,12 @@ static int format(struct dm_stream_metadata *md)
 	for (map = 0; map < DSM_NR_BITMAPS; map++)
 		for (i = 0; i < md->sb.bitmap_blocks; i++) {
 			/* present_commit is all zero at format time */
-			r = write_bitmap_block(md, map, i, md->present_commit);
+			r = write_bitmap_block(md, map, i, md->present_commit,
+					       NULL);
 			if (r)
 				return r;
 		}
-	r = dm_bufio_write_dirty_buffers(md->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(md->bufio);
+	r = flush_buffers(md);
 	if (!r)
 		r = write_sb(md);
 	return r;
@@ -437,49 +497,109 @@ static unsigned long *alloc_bitmap(u64 nr_bits)
 
 static void free_maps(struct dm_stream_metadata *md)
 {
+	unsigned int c;
+
 	kvfree(md->present);
-	kvfree(md->dirty);
 	kvfree(md->present_commit);
 	kvfree(md->changed_present);
-	kvfree(md->changed_dirty);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		kvfree(md->dirty[c]);
+		kvfree(md->changed_dirty[c]);
+		kvfree(md->snap[c]);
+	}
+	kvfree(md->inval);
 	kvfree(md->pending);
 }
 
-static int __write_changed(struct dm_stream_metadata *md, u32 map,
-			   unsigned long *changed, const unsigned long *bits)
+/* Write the changed blocks of consumer @c's dirty map (dirty | snap). */
+static int __write_dirty(struct dm_stream_metadata *md, unsigned int c)
 {
+	const unsigned long *more = md->snap_gen[c] ? md->snap[c] : NULL;
 	u32 i;
 	int r;
 
 	lockdep_assert_held(&md->commit_lock);
 	for (i = 0; i < md->sb.bitmap_blocks; i++) {
-		if (!test_and_clear_bit(i, changed))
+		if (!test_and_clear_bit(i, md->changed_dirty[c]))
 			continue;
-		r = write_bitmap_block(md, map, i, bits);
+		r = write_bitmap_block(md, dirty_bitmap(c), i, md->dirty[c],
+				       more);
 		if (r) {
-			set_bit(i, changed);
+			set_bit(i, md->changed_dirty[c]);
 			return r;
 		}
 	}
 	return 0;
 }
 
-static int flush_buffers(struct dm_stream_metadata *md)
+static int __write_present(struct dm_stream_metadata *md)
 {
-	int r = dm_bufio_write_dirty_buffers(md->bufio);
+	u32 i;
+	int r;
 
-	return r ? r : dm_bufio_issue_flush(md->bufio);
+	lockdep_assert_held(&md->commit_lock);
+	for (i = 0; i < md->sb.bitmap_blocks; i++) {
+		if (!test_and_clear_bit(i, md->changed_present))
+			continue;
+		r = write_bitmap_block(md, 0, i, md->present_commit, NULL);
+		if (r) {
+			set_bit(i, md->changed_present);
+			return r;
+		}
+	}
+	return 0;
+}
+
+static bool slice_has_bits(struct dm_stream_metadata *md,
+			   const unsigned long *map, u32 i)
+{
+	u64 first = (u64)i * DSM_BITS_PER_BLOCK;
+	u64 end = min_t(u64, first + DSM_BITS_PER_BLOCK, md->sb.nr_blocks);
+
+	return find_next_bit(map, end, first) < end;
+}
+
+/* Mark the slices of @changed where @map has bits. */
+static void mark_slices(struct dm_stream_metadata *md,
+			const unsigned long *map, unsigned long *changed)
+{
+	u32 i;
+
+	for (i = 0; i < md->sb.bitmap_blocks; i++)
+		if (slice_has_bits(md, map, i))
+			set_bit(i, changed);
+}
+
+static void recount(struct dm_stream_metadata *md)
+{
+	u64 nr = md->sb.nr_blocks;
+	unsigned int c;
+
+	atomic64_set(&md->nr_present, bitmap_weight(md->present, nr));
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		atomic64_set(&md->nr_dirty[c], bitmap_weight(md->dirty[c], nr));
+}
+
+static bool any_snapshot(struct dm_stream_metadata *md)
+{
+	unsigned int c;
+
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		if (md->snap_gen[c])
+			return true;
+	return false;
 }
 
 /*
  * The revert steps (see the protocol at the top).  Returns the number of
  * blocks made absent, or -errno.  Nothing may be pending: the caller
- * committed first.
+ * committed first, and I/O is quiesced, so plain bitmap operations are
+ * safe.
  */
 static long __revert(struct dm_stream_metadata *md)
 {
 	u64 nr = md->sb.nr_blocks, reverted;
-	u32 i;
+	unsigned int c;
 	int r;
 
 	lockdep_assert_held(&md->commit_lock);
@@ -488,27 +608,25 @@ static long __revert(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
-	reverted = bitmap_weight(md->dirty, nr);
-	for (i = 0; i < md->sb.bitmap_blocks; i++) {
-		u64 first = (u64)i * DSM_BITS_PER_BLOCK;
-		u64 len = min_t(u64, DSM_BITS_PER_BLOCK, nr - first);
-
-		if (find_next_bit(md->dirty, first + len, first) <
-		    first + len) {
-			set_bit(i, md->changed_present);
-			set_bit(i, md->changed_dirty);
-		}
+	reverted = bitmap_weight(md->dirty[0], nr);
+	mark_slices(md, md->dirty[0], md->changed_present);
+	bitmap_andnot(md->present, md->present, md->dirty[0], nr);
+	bitmap_andnot(md->present_commit, md->present_commit, md->dirty[0],
+		      nr);
+	r = __write_present(md);
+	for (c = 1; c < DSM_MAX_CONSUMERS && !r; c++) {
+		mark_slices(md, md->dirty[0], md->changed_dirty[c]);
+		bitmap_or(md->dirty[c], md->dirty[c], md->dirty[0], nr);
+		r = __write_dirty(md, c);
 	}
-	bitmap_andnot(md->present, md->present, md->dirty, nr);
-	bitmap_andnot(md->present_commit, md->present_commit, md->dirty, nr);
-	r = __write_changed(md, 0, md->changed_present, md->present_commit);
 	if (!r)
 		r = flush_buffers(md);
 	if (r)
 		return r;
 
-	bitmap_zero(md->dirty, nr);
-	r = __write_changed(md, 1, md->changed_dirty, md->dirty);
+	mark_slices(md, md->dirty[0], md->changed_dirty[0]);
+	bitmap_zero(md->dirty[0], nr);
+	r = __write_dirty(md, 0);
 	if (!r)
 		r = flush_buffers(md);
 	if (r)
@@ -519,8 +637,7 @@ static long __revert(struct dm_stream_metadata *md)
 	r = write_sb(md);
 	if (r)
 		return r;
-	atomic64_set(&md->nr_present, bitmap_weight(md->present, nr));
-	atomic64_set(&md->nr_dirty, 0);
+	recount(md);
 	return reverted;
 }
 
@@ -533,9 +650,311 @@ long dsm_revert(struct dm_stream_metadata *md, struct block_device *data)
 	if (r)
 		return r;
 	mutex_lock(&md->commit_lock);
-	r = __revert(md);
+	r = any_snapshot(md) ? -EBUSY : __revert(md);
 	mutex_unlock(&md->commit_lock);
 	return r;
+}
+
+/*
+ * The image-update steps after the superblock carries SB_F_INVALIDATING and
+ * bitmap 2 the set (see the protocol at the top).  Quiesced, like revert.
+ */
+static long __invalidate(struct dm_stream_metadata *md)
+{
+	bool keep = md->sb.flags & SB_F_INVAL_KEEP;
+	u64 nr = md->sb.nr_blocks, words = BITS_TO_LONGS(nr), w;
+	unsigned long *set = md->inval;
+	long count = 0;
+	unsigned int c;
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	mark_slices(md, set, md->changed_present);
+	for (c = 1; c < DSM_MAX_CONSUMERS; c++)
+		mark_slices(md, set, md->changed_dirty[c]);
+	for (w = 0; w < words; w++) {
+		unsigned long e = set[w];
+
+		if (keep)
+			e &= ~md->dirty[0][w];
+		count += hweight_long(md->present[w] & e);
+		md->present[w] &= ~e;
+		md->present_commit[w] &= ~e;
+		for (c = 1; c < DSM_MAX_CONSUMERS; c++)
+			md->dirty[c][w] |= e;
+	}
+	r = __write_present(md);
+	for (c = 1; c < DSM_MAX_CONSUMERS && !r; c++)
+		r = __write_dirty(md, c);
+	if (!r)
+		r = flush_buffers(md);
+	if (r)
+		return r;
+
+	if (!keep) {
+		mark_slices(md, set, md->changed_dirty[0]);
+		bitmap_andnot(md->dirty[0], md->dirty[0], set, nr);
+		r = __write_dirty(md, 0);
+		if (!r)
+			r = flush_buffers(md);
+		if (r)
+			return r;
+	}
+
+	bitmap_zero(set, nr);
+	for (w = 0; w < md->sb.bitmap_blocks && !r; w++)
+		r = write_bitmap_block(md, INVAL_MAP, w, set, NULL);
+	if (!r)
+		r = flush_buffers(md);
+	if (r)
+		return r;
+
+	md->sb.flags &= ~(SB_F_INVALIDATING | SB_F_INVAL_KEEP);
+	md->sb.generation++;
+	r = write_sb(md);
+	if (r)
+		return r;
+	recount(md);
+	return count;
+}
+
+static int __alloc_inval(struct dm_stream_metadata *md)
+{
+	lockdep_assert_held(&md->commit_lock);
+	if (!md->inval)
+		md->inval = alloc_bitmap(md->sb.nr_blocks);
+	return md->inval ? 0 : -ENOMEM;
+}
+
+int dsm_inval_add(struct dm_stream_metadata *md, u64 first, u64 count)
+{
+	int r;
+
+	if (!count || first >= md->sb.nr_blocks ||
+	    count > md->sb.nr_blocks - first)
+		return -ERANGE;
+	mutex_lock(&md->commit_lock);
+	r = __alloc_inval(md);
+	if (!r)
+		bitmap_set(md->inval, first, count);
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
+void dsm_inval_clear(struct dm_stream_metadata *md)
+{
+	mutex_lock(&md->commit_lock);
+	if (md->inval)
+		bitmap_zero(md->inval, md->sb.nr_blocks);
+	mutex_unlock(&md->commit_lock);
+}
+
+u64 dsm_inval_count(struct dm_stream_metadata *md)
+{
+	u64 n = 0;
+
+	mutex_lock(&md->commit_lock);
+	if (md->inval)
+		n = bitmap_weight(md->inval, md->sb.nr_blocks);
+	mutex_unlock(&md->commit_lock);
+	return n;
+}
+
+long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
+		    const char *image_id, bool keep)
+{
+	bool data_error;
+	long r;
+	u32 i;
+
+	if (strlen(image_id) >= DSM_IMAGE_ID_LEN)
+		return -ENAMETOOLONG;
+	r = dsm_commit(md, data, &data_error);
+	if (r)
+		return r;
+	mutex_lock(&md->commit_lock);
+	r = any_snapshot(md) ? -EBUSY : __alloc_inval(md);
+	if (r)
+		goto out;
+	/* Every block of bitmap 2: it may hold leftovers of a crash. */
+	for (i = 0; i < md->sb.bitmap_blocks && !r; i++)
+		r = write_bitmap_block(md, INVAL_MAP, i, md->inval, NULL);
+	if (!r)
+		r = flush_buffers(md);
+	if (r)
+		goto out;
+	md->sb.flags |= SB_F_INVALIDATING | (keep ? SB_F_INVAL_KEEP : 0);
+	strscpy(md->sb.image_id, image_id, sizeof(md->sb.image_id));
+	r = write_sb(md);
+	if (!r)
+		r = __invalidate(md);
+out:
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
+/*
+ * In core: move consumer @c's live dirty bits into its snapshot map, word
+ * by word with xchg() so that a concurrent dsm_set_dirty() lands either
+ * before the cut (in the snapshot) or after it (in the live map).  The
+ * snapshot map must be empty.  Returns the number of blocks moved.
+ */
+u64 dsm_snapshot_cut(struct dm_stream_metadata *md, unsigned int c)
+{
+	u64 w, words = BITS_TO_LONGS(md->sb.nr_blocks), n = 0;
+
+	for (w = 0; w < words; w++) {
+		unsigned long old = xchg(&md->dirty[c][w], 0UL);
+
+		md->snap[c][w] = old;
+		n += hweight_long(old);
+	}
+	atomic64_sub(n, &md->nr_dirty[c]);
+	return n;
+}
+
+/*
+ * In core: put consumer @c's snapshot back into its live dirty map
+ * (atomically against dsm_set_dirty()) and empty the snapshot map.
+ * Returns the number of blocks that became dirty again.
+ */
+u64 dsm_snapshot_merge(struct dm_stream_metadata *md, unsigned int c)
+{
+	u64 w, words = BITS_TO_LONGS(md->sb.nr_blocks), n = 0;
+
+	for (w = 0; w < words; w++) {
+		unsigned long s = md->snap[c][w], old;
+
+		if (!s)
+			continue;
+		old = atomic_long_fetch_or(s, (atomic_long_t *)&md->dirty[c][w]);
+		n += hweight_long(s & ~old);
+		md->snap[c][w] = 0;
+	}
+	atomic64_add(n, &md->nr_dirty[c]);
+	return n;
+}
+
+int dsm_snapshot(struct dm_stream_metadata *md, struct block_device *data,
+		 unsigned int c, u64 *gen, u64 *nr)
+{
+	bool data_error;
+	int r;
+
+	if (c >= DSM_MAX_CONSUMERS)
+		return -EINVAL;
+	/* On-disk dirty[c] must cover everything the snapshot takes. */
+	r = dsm_commit(md, data, &data_error);
+	if (r)
+		return r;
+	mutex_lock(&md->commit_lock);
+	if (md->snap_gen[c]) {
+		r = -EBUSY;
+		goto out;
+	}
+	if (!md->snap[c]) {
+		md->snap[c] = alloc_bitmap(md->sb.nr_blocks);
+		if (!md->snap[c]) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	md->sb.consumer_gen[c]++;
+	md->sb.generation++;
+	r = write_sb(md);
+	if (r)
+		goto out;
+	*gen = md->sb.consumer_gen[c];
+	*nr = dsm_snapshot_cut(md, c);
+	md->snap_blocks[c] = *nr;
+	WRITE_ONCE(md->snap_gen[c], *gen);
+out:
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
+int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr)
+{
+	int r;
+
+	if (c >= DSM_MAX_CONSUMERS)
+		return -EINVAL;
+	mutex_lock(&md->commit_lock);
+	if (!gen || md->snap_gen[c] != gen) {
+		r = -ESTALE;
+		goto out;
+	}
+	mark_slices(md, md->snap[c], md->changed_dirty[c]);
+	bitmap_zero(md->snap[c], md->sb.nr_blocks);
+	*nr = md->snap_blocks[c];
+	md->snap_blocks[c] = 0;
+	WRITE_ONCE(md->snap_gen[c], 0);
+	/* In place, 1 -> 0: each bit is old (dirty) or new (acked). */
+	r = __write_dirty(md, c);
+	if (!r)
+		r = flush_buffers(md);
+	if (!r) {
+		md->sb.generation++;
+		r = write_sb(md);
+	}
+out:
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
+int dsm_abort(struct dm_stream_metadata *md, unsigned int c, u64 gen,
+	      u64 *nr)
+{
+	int r = 0;
+
+	if (c >= DSM_MAX_CONSUMERS)
+		return -EINVAL;
+	mutex_lock(&md->commit_lock);
+	if (!gen || md->snap_gen[c] != gen) {
+		r = -ESTALE;
+		goto out;
+	}
+	/* On disk, dirty[c] already covers the snapshot: nothing to write. */
+	dsm_snapshot_merge(md, c);
+	*nr = md->snap_blocks[c];
+	md->snap_blocks[c] = 0;
+	WRITE_ONCE(md->snap_gen[c], 0);
+out:
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+
+u64 dsm_snap_gen(struct dm_stream_metadata *md, unsigned int c)
+{
+	return READ_ONCE(md->snap_gen[c]);
+}
+
+u64 dsm_snap_blocks(struct dm_stream_metadata *md, unsigned int c)
+{
+	return READ_ONCE(md->snap_blocks[c]);
+}
+
+const unsigned long *dsm_snap_map(struct dm_stream_metadata *md,
+				  unsigned int c)
+{
+	return md->snap[c];
+}
+
+bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
+		    u64 *start, u64 *len)
+{
+	u64 s, e;
+
+	if (from >= nr)
+		return false;
+	s = set ? find_next_bit(map, nr, from) :
+		find_next_zero_bit(map, nr, from);
+	if (s >= nr)
+		return false;
+	e = set ? find_next_zero_bit(map, nr, s) : find_next_bit(map, nr, s);
+	*start = s;
+	*len = e - s;
+	return true;
 }
 
 /*
@@ -545,6 +964,8 @@ long dsm_revert(struct dm_stream_metadata *md, struct block_device *data)
 struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 {
 	struct dm_stream_metadata *md = kzalloc(sizeof(*md), GFP_KERNEL);
+	unsigned int c;
+	bool ok;
 
 	if (!md)
 		return NULL;
@@ -554,22 +975,74 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
 	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
 	md->present = alloc_bitmap(nr_blocks);
-	md->dirty = alloc_bitmap(nr_blocks);
 	md->present_commit = alloc_bitmap(nr_blocks);
 	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
-	md->changed_dirty = alloc_bitmap(md->sb.bitmap_blocks);
-	if (!md->present || !md->dirty || !md->present_commit ||
-	    !md->changed_present || !md->changed_dirty) {
+	ok = md->present && md->present_commit && md->changed_present;
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		md->dirty[c] = alloc_bitmap(nr_blocks);
+		md->changed_dirty[c] = alloc_bitmap(md->sb.bitmap_blocks);
+		ok = ok && md->dirty[c] && md->changed_dirty[c];
+	}
+	if (!ok) {
 		dsm_destroy_incore(md);
 		return NULL;
 	}
 	return md;
 }
 
+/* KUnit: an in-core snapshot without the superblock write. */
+int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
+			u64 gen)
+{
+	if (!md->snap[c])
+		md->snap[c] = alloc_bitmap(md->sb.nr_blocks);
+	if (!md->snap[c])
+		return -ENOMEM;
+	md->snap_blocks[c] = dsm_snapshot_cut(md, c);
+	md->snap_gen[c] = gen;
+	return 0;
+}
+
 void dsm_destroy_incore(struct dm_stream_metadata *md)
 {
 	free_maps(md);
 	kfree(md);
+}
+
+/* dsm_open(): load the maps of an existing metadata device. */
+static int load(struct dm_stream_metadata *md, const char **error)
+{
+	u64 nr = md->sb.nr_blocks;
+	unsigned int c;
+	long r;
+
+	r = read_bitmap(md, 0, md->present, error);
+	for (c = 0; c < DSM_MAX_CONSUMERS && !r; c++)
+		r = read_bitmap(md, dirty_bitmap(c), md->dirty[c], error);
+	if (r)
+		return r;
+	bitmap_copy(md->present_commit, md->present, nr);
+	recount(md);
+
+	mutex_lock(&md->commit_lock);
+	if (md->sb.flags & SB_F_INVALIDATING) {
+		DMINFO("completing an interrupted image update");
+		r = __alloc_inval(md);
+		if (!r)
+			r = read_bitmap(md, INVAL_MAP, md->inval, error);
+		if (!r)
+			r = __invalidate(md);
+		if (r < 0 && !*error)
+			*error = "Cannot complete an interrupted image update";
+	}
+	if (r >= 0 && (md->sb.flags & SB_F_REVERTING)) {
+		DMINFO("completing an interrupted revert");
+		r = __revert(md);
+		if (r < 0)
+			*error = "Cannot complete an interrupted revert";
+	}
+	mutex_unlock(&md->commit_lock);
+	return r < 0 ? r : 0;
 }
 
 struct dm_stream_metadata *dsm_open(struct block_device *bdev,
@@ -582,6 +1055,7 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 	bool fresh;
 	int r;
 
+	*error = NULL;
 	md = dsm_create_incore(nr_blocks);
 	if (!md) {
 		*error = "Cannot allocate in-core bitmaps";
@@ -648,25 +1122,9 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 		DMINFO("formatted metadata: %llu blocks of %u sectors",
 		       nr_blocks, block_sectors);
 	} else {
-		r = read_bitmap(md, 0, md->present, error);
-		if (!r)
-			r = read_bitmap(md, 1, md->dirty, error);
+		r = load(md, error);
 		if (r)
 			goto out_bufio;
-		bitmap_copy(md->present_commit, md->present, nr_blocks);
-		atomic64_set(&md->nr_present,
-			     bitmap_weight(md->present, nr_blocks));
-		atomic64_set(&md->nr_dirty, bitmap_weight(md->dirty, nr_blocks));
-		if (md->sb.flags & SB_F_REVERTING) {
-			DMINFO("completing an interrupted revert");
-			mutex_lock(&md->commit_lock);
-			r = __revert(md);
-			mutex_unlock(&md->commit_lock);
-			if (r < 0) {
-				*error = "Cannot complete an interrupted revert";
-				goto out_bufio;
-			}
-		}
 	}
 	return md;
 
@@ -688,19 +1146,14 @@ const unsigned long *dsm_present_map(struct dm_stream_metadata *md)
 	return md->present;
 }
 
-const unsigned long *dsm_dirty_map(struct dm_stream_metadata *md)
-{
-	return md->dirty;
-}
-
 u64 dsm_nr_present(struct dm_stream_metadata *md)
 {
 	return atomic64_read(&md->nr_present);
 }
 
-u64 dsm_nr_dirty(struct dm_stream_metadata *md)
+u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c)
 {
-	return atomic64_read(&md->nr_dirty);
+	return atomic64_read(&md->nr_dirty[c]);
 }
 
 u64 dsm_generation(struct dm_stream_metadata *md)
@@ -708,23 +1161,54 @@ u64 dsm_generation(struct dm_stream_metadata *md)
 	return READ_ONCE(md->sb.generation);
 }
 
+/* The string changes only under a quiesced device (invalidate). */
+const char *dsm_image_id(struct dm_stream_metadata *md)
+{
+	return md->sb.image_id;
+}
+
 bool dsm_changed(struct dm_stream_metadata *md)
 {
-	return !bitmap_empty(md->changed_dirty, md->sb.bitmap_blocks) ||
-		READ_ONCE(md->nr_pending);
+	unsigned int c;
+
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		if (!bitmap_empty(md->changed_dirty[c], md->sb.bitmap_blocks))
+			return true;
+	return READ_ONCE(md->nr_pending);
+}
+
+bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)
+{
+	unsigned int c;
+
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		if (!test_bit(block, md->dirty[c]))
+			return false;
+	return true;
 }
 
 bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 {
-	if (test_bit(block, md->dirty) || test_and_set_bit(block, md->dirty))
-		return false;
-	atomic64_inc(&md->nr_dirty);
-	/* Pairs with test_and_clear_bit() in dsm_commit(). */
-	smp_mb__after_atomic();
-	set_bit(block / DSM_BITS_PER_BLOCK, md->changed_dirty);
-	return true;
+	bool newly = false;
+	unsigned int c;
+
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		if (test_bit(block, md->dirty[c]) ||
+		    test_and_set_bit(block, md->dirty[c]))
+			continue;
+		atomic64_inc(&md->nr_dirty[c]);
+		/* Pairs with test_and_clear_bit() in __write_dirty(). */
+		smp_mb__after_atomic();
+		set_bit(block / DSM_BITS_PER_BLOCK, md->changed_dirty[c]);
+		newly = true;
+	}
+	return newly;
 }
 
+/*
+ * Returns 1 if this made the last absent block present, 0 otherwise, or
+ * -errno.
+ */
 int dsm_set_present(struct dm_stream_metadata *md, u64 block)
 {
 	size_t want;
@@ -754,8 +1238,9 @@ int dsm_set_present(struct dm_stream_metadata *md, u64 block)
 	md->pending[md->nr_pending++] = block;
 	spin_unlock(&md->pending_lock);
 
-	if (!test_and_set_bit(block, md->present))
-		atomic64_inc(&md->nr_present);
+	if (!test_and_set_bit(block, md->present) &&
+	    atomic64_inc_return(&md->nr_present) == md->sb.nr_blocks)
+		return 1;
 	return 0;
 }
 
@@ -799,12 +1284,14 @@ bool dsm_committable(struct dm_stream_metadata *md, u64 block)
 
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
 {
-	return test_bit(slice, dirty ? md->changed_dirty : md->changed_present);
+	return test_bit(slice, dirty ? md->changed_dirty[0] :
+			md->changed_present);
 }
 
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error)
 {
+	unsigned int c;
 	u64 *list;
 	size_t n;
 	int r;
@@ -814,7 +1301,7 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 
 	/* 1. blocks whose data writes have completed */
 	n = dsm_commit_begin(md, &list);
-	if (!n && bitmap_empty(md->changed_dirty, md->sb.bitmap_blocks)) {
+	if (!n && !dsm_changed(md)) {
 		r = 0;
 		goto out;
 	}
@@ -832,13 +1319,11 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 		*data_error = true;
 		goto out;
 	}
-	r = __write_changed(md, 0, md->changed_present, md->present_commit);
+	r = __write_present(md);
+	for (c = 0; c < DSM_MAX_CONSUMERS && !r; c++)
+		r = __write_dirty(md, c);
 	if (!r)
-		r = __write_changed(md, 1, md->changed_dirty, md->dirty);
-	if (!r)
-		r = dm_bufio_write_dirty_buffers(md->bufio);
-	if (!r)
-		r = dm_bufio_issue_flush(md->bufio);
+		r = flush_buffers(md);
 	if (r)
 		goto out;
 

@@ -14,9 +14,10 @@
 #define DSM_FIRST_BITMAP	16	/* blocks 1..15 reserved for later use */
 #define DSM_BITMAP_WORDS	509	/* __le64 bit words per bitmap block */
 #define DSM_BITS_PER_BLOCK	(DSM_BITMAP_WORDS * 64)
-/* present map, then per consumer a dirty map and a snapshot map */
+/* present map, then per consumer a dirty map and a reserved map */
 #define DSM_NR_BITMAPS		(1 + 2 * DSM_MAX_CONSUMERS)
 #define DSM_FORMAT_VERSION	1
+#define DSM_IMAGE_ID_LEN	64	/* including the NUL */
 
 struct dm_stream_metadata;
 
@@ -29,6 +30,8 @@ struct dsm_sb_info {
 	u64 generation;
 	u32 nr_consumers;
 	u32 bitmap_blocks;
+	u64 consumer_gen[DSM_MAX_CONSUMERS];	/* last snapshot id cut */
+	char image_id[DSM_IMAGE_ID_LEN];
 };
 
 /* Geometry: metadata blocks per bitmap and in total, for @nr_blocks. */
@@ -39,8 +42,8 @@ u64 dsm_total_blocks(u64 nr_blocks);
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf);
 int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 		  const char **why);
-void dsm_bitmap_pack(const unsigned long *bits, u64 nr_bits, u32 slice,
-		     u32 index, u64 blocknr, void *buf);
+void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
+		     u64 nr_bits, u32 slice, u32 index, u64 blocknr, void *buf);
 int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		      unsigned long *bits, u64 nr_bits, u32 slice,
 		      const char **why);
@@ -66,19 +69,33 @@ static inline bool dsm_test(const unsigned long *map, u64 block)
 }
 
 const unsigned long *dsm_present_map(struct dm_stream_metadata *md);
-const unsigned long *dsm_dirty_map(struct dm_stream_metadata *md);
 u64 dsm_nr_present(struct dm_stream_metadata *md);
-u64 dsm_nr_dirty(struct dm_stream_metadata *md);
+u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c);
 u64 dsm_generation(struct dm_stream_metadata *md);
+const char *dsm_image_id(struct dm_stream_metadata *md);
 bool dsm_changed(struct dm_stream_metadata *md);
 
-/* Mark @block dirty; atomic, any context.  Returns true if newly dirty. */
+/* Lockless, any context: is @block dirty for every consumer? */
+bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block);
+
+/*
+ * Mark @block dirty for every consumer; atomic, any context.  Returns true
+ * if it was newly dirty for one of them.
+ */
 bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block);
+
+/*
+ * Find the first run of set (@set true) or clear bits of @map at or after
+ * @from, below @nr.  Returns false when there is none.  Any context.
+ */
+bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
+		    u64 *start, u64 *len);
 
 /*
  * Mark @block present once its data write has completed.  Process context
  * (the worker).  The bit is usable for I/O at once and reaches the disk at
- * the next commit, after a flush of the data device.
+ * the next commit, after a flush of the data device.  Returns 1 when this
+ * made the last absent block present, else 0, or -errno.
  */
 int dsm_set_present(struct dm_stream_metadata *md, u64 block);
 
@@ -91,11 +108,46 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error);
 
 /*
- * Make every block dirty (for consumer 0) absent and clean again, crash-safe
- * (see the protocol in dm-stream-metadata.c).  The caller has quiesced all
- * I/O.  Returns the number of blocks reverted or -errno.
+ * Make every block dirty for consumer 0 absent and clean again, and dirty
+ * for the other consumers, crash-safe (see the protocol in
+ * dm-stream-metadata.c).  The caller has quiesced all I/O and no snapshot
+ * is in progress.  Returns the number of blocks reverted or -errno.
  */
 long dsm_revert(struct dm_stream_metadata *md, struct block_device *data);
+
+/*
+ * Snapshots (in core only; a reload aborts them, see dm-stream-metadata.c).
+ * Process context.  dsm_snapshot() needs quiesced I/O; it persists the new
+ * id in the superblock and returns it in *@gen and the number of blocks in
+ * *@nr.  dsm_ack() makes the generation's blocks clean for consumer @c on
+ * disk (blocks written since the cut stay dirty); dsm_abort() puts them
+ * back into the dirty set.  Both answer -ESTALE for a generation that is
+ * not the one in progress.
+ */
+int dsm_snapshot(struct dm_stream_metadata *md, struct block_device *data,
+		 unsigned int c, u64 *gen, u64 *nr);
+int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr);
+int dsm_abort(struct dm_stream_metadata *md, unsigned int c, u64 gen,
+	      u64 *nr);
+/* Id of @c's snapshot in progress, 0 if none.  Any context. */
+u64 dsm_snap_gen(struct dm_stream_metadata *md, unsigned int c);
+u64 dsm_snap_blocks(struct dm_stream_metadata *md, unsigned int c);
+/* @c's snapshot map; valid while dsm_snap_gen(md, c) is non-zero. */
+const unsigned long *dsm_snap_map(struct dm_stream_metadata *md,
+				  unsigned int c);
+
+/*
+ * Image update.  dsm_inval_add() collects block ranges (any time, process
+ * context); dsm_invalidate() (quiesced, no snapshot in progress) makes them
+ * absent, records @image_id, and is crash-safe.  With @keep, blocks dirty
+ * for consumer 0 stay present and dirty.  Returns the number of blocks
+ * made absent or -errno.
+ */
+int dsm_inval_add(struct dm_stream_metadata *md, u64 first, u64 count);
+void dsm_inval_clear(struct dm_stream_metadata *md);
+u64 dsm_inval_count(struct dm_stream_metadata *md);
+long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
+		    const char *image_id, bool keep);
 
 /* The in-core steps of a commit, exposed for the KUnit tests. */
 size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list);
@@ -103,6 +155,10 @@ void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,
 		      size_t n);
 bool dsm_committable(struct dm_stream_metadata *md, u64 block);
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice);
+u64 dsm_snapshot_cut(struct dm_stream_metadata *md, unsigned int c);
+u64 dsm_snapshot_merge(struct dm_stream_metadata *md, unsigned int c);
+int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
+			u64 gen);
 struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks);
 void dsm_destroy_incore(struct dm_stream_metadata *md);
 

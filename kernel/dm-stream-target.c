@@ -16,25 +16,54 @@
  * Every bio is limited to one block (max_io_len), so "the block of a bio"
  * is always well defined.
  *
+ * Snapshots.  A snapshot of consumer c is cut while the device is
+ * suspended (no write in flight): its blocks are the ones dirty for c at
+ * that instant, and what a drain must send is their content at the cut.
+ * Those blocks are also marked "undrained" here.  The first write after
+ * the cut to an undrained block is held (deferred to the worker), the
+ * block's current content is read into memory (a struct stream_copy), the
+ * undrained bit is cleared and only then is the write issued.  Readers of
+ * the snapshot (DM_STREAM_IOC_SNAP_READ, under snap_lock) get the copy if
+ * there is one and otherwise read the data device, which still holds the
+ * content at the cut because every write to it is held meanwhile.  The
+ * extra latency is one block read, once per block per snapshot.  Copies
+ * live until ack or abort; when they would exceed the table's
+ * preserve_mb budget (or a read fails) the snapshot is aborted instead:
+ * its blocks become dirty again, its readers and its ack get -ESTALE, and
+ * a table event is raised.  Writes are never held longer than that read.
+ *
  * Crash ordering is the metadata's business; see the commit protocol in
  * dm-stream-metadata.c.  The target's part is to hold REQ_PREFLUSH bios
  * until a commit, to commit before issuing (or, for whole-block fills,
  * before completing) REQ_FUA writes, and to commit periodically.
  */
 #include <linux/blkdev.h>
+#include <linux/ctype.h>
+#include <linux/highmem.h>
+#include <linux/kref.h>
 #include <linux/log2.h>
 #include <linux/module.h>
 #include <linux/slab.h>
+#include <linux/uaccess.h>
 
 #include "dm-stream-core.h"
 
 #define DM_MSG_PREFIX "stream"
 
 #define COMMIT_PERIOD	(HZ)
+#define DEFAULT_PRESERVE_MB	64
 #define MIN_BLOCK_SECTORS	8
 #define MAX_BLOCK_SECTORS	2048
 
 static struct kmem_cache *fetch_cache;
+
+/* A block's content at a snapshot's cut, shared by the snapshots needing it. */
+struct stream_copy {
+	struct kref kref;
+	struct stream_c *sc;
+	unsigned int nr_pages;
+	struct page *pages[];
+};
 
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
@@ -105,16 +134,181 @@ static bool is_write(struct bio *bio)
 	return op_is_write(bio_op(bio));
 }
 
+static unsigned int copy_index_shift(void)
+{
+	return ilog2(DSM_MAX_CONSUMERS);
+}
+
+static unsigned long copy_index(u64 block, unsigned int c)
+{
+	return (block << copy_index_shift()) | c;
+}
+
+/* Lockless, any context: must a write to @block wait for a copy? */
+static bool needs_preserve(struct stream_c *sc, u64 block)
+{
+	unsigned int c;
+
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		unsigned long *u = READ_ONCE(sc->undrained[c]);
+
+		if (u && dsm_snap_gen(sc->md, c) && test_bit(block, u))
+			return true;
+	}
+	return false;
+}
+
+static void copy_release(struct kref *kref)
+{
+	struct stream_copy *cp = container_of(kref, struct stream_copy, kref);
+	unsigned int i;
+
+	lockdep_assert_held(&cp->sc->snap_lock);
+	cp->sc->copy_bytes -= (u64)cp->nr_pages << PAGE_SHIFT;
+	for (i = 0; i < cp->nr_pages; i++)
+		__free_page(cp->pages[i]);
+	kfree(cp);
+}
+
+/* Read @block of the data device into a new copy.  May sleep. */
+static struct stream_copy *read_copy(struct stream_c *sc, u64 block)
+{
+	unsigned int i, n = (sc->block_sectors << SECTOR_SHIFT) >> PAGE_SHIFT;
+	struct stream_copy *cp;
+	struct bio *bio;
+	int r = -ENOMEM;
+
+	cp = kzalloc(struct_size(cp, pages, n), GFP_NOIO);
+	if (!cp)
+		return ERR_PTR(-ENOMEM);
+	kref_init(&cp->kref);
+	cp->sc = sc;
+	bio = bio_alloc(sc->data_dev->bdev, n, REQ_OP_READ, GFP_NOIO);
+	for (i = 0; i < n; i++) {
+		cp->pages[i] = alloc_page(GFP_NOIO);
+		if (!cp->pages[i])
+			goto out;
+		cp->nr_pages++;
+		__bio_add_page(bio, cp->pages[i], PAGE_SIZE, 0);
+	}
+	bio->bi_iter.bi_sector = block << sc->block_shift;
+	r = submit_bio_wait(bio);
+out:
+	bio_put(bio);
+	if (!r)
+		return cp;
+	for (i = 0; i < cp->nr_pages; i++)
+		__free_page(cp->pages[i]);
+	kfree(cp);
+	return ERR_PTR(r);
+}
+
+/* Drop every copy kept for consumer @c.  Caller holds snap_lock. */
+static void __drop_copies(struct stream_c *sc, unsigned int c)
+{
+	struct stream_copy *cp;
+	unsigned long idx;
+
+	lockdep_assert_held(&sc->snap_lock);
+	xa_for_each(&sc->copies, idx, cp) {
+		if ((idx & (DSM_MAX_CONSUMERS - 1)) != c)
+			continue;
+		xa_erase(&sc->copies, idx);
+		kref_put(&cp->kref, copy_release);
+	}
+	if (sc->undrained[c])
+		bitmap_zero(sc->undrained[c], sc->nr_blocks);
+}
+
+/*
+ * A snapshot that can no longer be served at its cut: abort it (its blocks
+ * are dirty again).  Caller holds snap_lock.
+ */
+static void __break_snapshot(struct stream_c *sc, unsigned int c,
+			     const char *why)
+{
+	u64 gen = dsm_snap_gen(sc->md, c), nr;
+
+	lockdep_assert_held(&sc->snap_lock);
+	if (dsm_abort(sc->md, c, gen, &nr))
+		return;
+	__drop_copies(sc, c);
+	DMWARN("%s: snapshot %llu of consumer %u aborted: %s",
+	       dm_device_name(dm_table_get_md(sc->ti->table)), gen, c, why);
+	dm_table_event(sc->ti->table);
+}
+
+/*
+ * Worker, before a write to present @block: keep the block's content at
+ * the cut for every snapshot that has not got it yet.
+ */
+static void preserve(struct stream_c *sc, u64 block)
+{
+	u64 bytes = (u64)sc->block_sectors << SECTOR_SHIFT;
+	struct stream_copy *cp;
+	unsigned int c, mask = 0;
+	int r;
+
+	mutex_lock(&sc->snap_lock);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+		if (sc->undrained[c] && dsm_snap_gen(sc->md, c) &&
+		    test_bit(block, sc->undrained[c]))
+			mask |= 1U << c;
+	if (!mask)
+		goto out;
+
+	if (sc->copy_bytes + bytes > sc->copy_budget) {
+		cp = ERR_PTR(-ENOSPC);
+	} else {
+		cp = read_copy(sc, block);
+		if (!IS_ERR(cp))
+			sc->copy_bytes += bytes;
+	}
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		if (!(mask & (1U << c)))
+			continue;
+		if (IS_ERR(cp)) {
+			__break_snapshot(sc, c, PTR_ERR(cp) == -ENOSPC ?
+					 "preserve_mb budget exhausted" :
+					 "cannot read a block to preserve");
+			continue;
+		}
+		kref_get(&cp->kref);
+		r = xa_err(xa_store(&sc->copies, copy_index(block, c), cp,
+				    GFP_NOIO));
+		if (r) {
+			kref_put(&cp->kref, copy_release);
+			__break_snapshot(sc, c, "out of memory");
+			continue;
+		}
+		clear_bit(block, sc->undrained[c]);
+	}
+	if (!IS_ERR(cp))
+		kref_put(&cp->kref, copy_release);
+out:
+	mutex_unlock(&sc->snap_lock);
+}
+
 /*
  * A bio to a present block.  Returns a DM_MAPIO_* code; with
  * DM_MAPIO_REMAPPED the caller submits (map) or the dm core does.
+ * @worker: called from the worker, which may sleep to preserve the block.
  */
-static int handle_present(struct stream_c *sc, struct bio *bio, u64 block)
+static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
+			  bool worker)
 {
 	if (!is_write(bio))
 		goto remap;
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW)
 		return DM_MAPIO_KILL;
+	if (needs_preserve(sc, block)) {
+		if (!worker) {
+			atomic_inc(&sc->parked);
+			defer_bio(sc, &sc->deferred, bio);
+			return DM_MAPIO_SUBMITTED;
+		}
+		preserve(sc, block);
+	}
 	dsm_set_dirty(sc->md, block);
 	if ((bio->bi_opf & REQ_FUA) && dsm_changed(sc->md)) {
 		/* Its dirty bit must be durable before it completes. */
@@ -168,12 +362,12 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	block = bio_block(sc, bio);
 	if (dsm_test(dsm_present_map(sc->md), block)) {
 		if (!is_write(bio) ||
-		    (dsm_test(dsm_dirty_map(sc->md), block) &&
+		    (dsm_dirty_all(sc->md, block) &&
 		     !(bio->bi_opf & REQ_FUA))) {
 			remap(sc, bio);
 			return DM_MAPIO_REMAPPED;
 		}
-		return handle_present(sc, bio, block);
+		return handle_present(sc, bio, block, false);
 	}
 
 	if (mode != STREAM_MODE_RW)
@@ -238,7 +432,7 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	if (dsm_test(dsm_present_map(sc->md), block)) {
 		mutex_unlock(&sc->fetch_lock);
 		atomic_dec(&sc->parked);
-		submit_mapped(sc, bio, handle_present(sc, bio, block));
+		submit_mapped(sc, bio, handle_present(sc, bio, block, true));
 		return;
 	}
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
@@ -254,7 +448,9 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		return;
 	}
 
-	fill = is_write(bio) && bio_covers_block(sc, bio);
+	/* A block a snapshot still needs is fetched before it is written. */
+	fill = is_write(bio) && bio_covers_block(sc, bio) &&
+		!needs_preserve(sc, block);
 	f = alloc_fetch(sc, block);
 	r = f ? xa_insert(&sc->fetches, block, f, GFP_NOIO) : -ENOMEM;
 	if (r) {
@@ -305,9 +501,16 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 	mutex_lock(&sc->fetch_lock);
 	if (!r) {
 		r = dsm_set_present(sc->md, f->block);
-		if (r)
+		if (r < 0)
 			DMERR_LIMIT("cannot record block %llu present: %d",
 				    f->block, r);
+		if (r > 0) {
+			DMINFO("%s: all %llu blocks present",
+			       dm_device_name(dm_table_get_md(sc->ti->table)),
+			       sc->nr_blocks);
+			dm_table_event(sc->ti->table);
+			r = 0;
+		}
 	}
 	xa_erase(&sc->fetches, f->block);
 	waiters = f->waiters;
@@ -440,7 +643,7 @@ static void do_worker(struct work_struct *ws)
 		if (dsm_test(dsm_present_map(sc->md), bio_block(sc, bio))) {
 			submit_mapped(sc, bio,
 				      handle_present(sc, bio,
-						     bio_block(sc, bio)));
+						     bio_block(sc, bio), true));
 		} else {
 			atomic_inc(&sc->parked);
 			process_parked(sc, bio);
@@ -483,6 +686,76 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	return DM_ENDIO_INCOMPLETE;
 }
 
+static int copy_out(void __user *buf, struct page **pages, unsigned int n)
+{
+	unsigned int i;
+	void *p;
+	int r = 0;
+
+	for (i = 0; i < n && !r; i++) {
+		p = kmap_local_page(pages[i]);
+		if (copy_to_user(buf + ((size_t)i << PAGE_SHIFT), p, PAGE_SIZE))
+			r = -EFAULT;
+		kunmap_local(p);
+	}
+	return r;
+}
+
+/*
+ * DM_STREAM_IOC_SNAP_READ: copy @block as it was at the cut of snapshot
+ * @gen of consumer @c to @buf.  Process context; the caller holds
+ * stream_chan_lock, which keeps @sc alive.
+ */
+int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
+		     void __user *buf, u32 len)
+{
+	struct stream_copy *cp;
+	int r;
+
+	if (c >= DSM_MAX_CONSUMERS || !gen)
+		return -EINVAL;
+	if (len != sc->block_sectors << SECTOR_SHIFT)
+		return -EINVAL;
+	if (block >= sc->nr_blocks)
+		return -ERANGE;
+
+	mutex_lock(&sc->snap_lock);
+	if (dsm_snap_gen(sc->md, c) != gen) {
+		r = -ESTALE;
+		goto out;
+	}
+	if (!test_bit(block, dsm_snap_map(sc->md, c))) {
+		r = -ENOENT;
+		goto out;
+	}
+	cp = xa_load(&sc->copies, copy_index(block, c));
+	if (cp) {
+		r = copy_out(buf, cp->pages, cp->nr_pages);
+		goto out;
+	}
+	if (!test_bit(block, sc->undrained[c])) {
+		r = -ESTALE;	/* cannot happen: preserved blocks have copies */
+		goto out;
+	}
+	/* Absent: its content at the cut is the image's; read the device. */
+	if (!dsm_test(dsm_present_map(sc->md), block)) {
+		r = -ENODATA;
+		goto out;
+	}
+	/* Writes to the block are held while it is undrained: read it. */
+	cp = read_copy(sc, block);
+	if (IS_ERR(cp)) {
+		r = PTR_ERR(cp);
+		goto out;
+	}
+	r = copy_out(buf, cp->pages, cp->nr_pages);
+	sc->copy_bytes += (u64)cp->nr_pages << PAGE_SHIFT;
+	kref_put(&cp->kref, copy_release);
+out:
+	mutex_unlock(&sc->snap_lock);
+	return r;
+}
+
 /*
  * Construct a stream mapping:
  *
@@ -491,13 +764,15 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
  *
  * block size: sectors, power of two in [8, 2048].
  * feature args: fetch_timeout <seconds>
+ *                preserve_mb <MiB>   memory for snapshot copies (64)
  */
 static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 			  char **error)
 {
 	static const struct dm_arg _args[] = {
-		{0, 2, "Invalid number of feature arguments"},
+		{0, 4, "Invalid number of feature arguments"},
 		{0, 86400, "Invalid fetch_timeout (0-86400 seconds)"},
+		{1, 65536, "Invalid preserve_mb (1-65536 MiB)"},
 	};
 	unsigned int argc, v;
 	const char *arg;
@@ -521,6 +796,16 @@ static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 				return r;
 			argc--;
 			sc->fetch_timeout = v;
+		} else if (!strcasecmp(arg, "preserve_mb")) {
+			if (!argc) {
+				*error = "preserve_mb needs a value";
+				return -EINVAL;
+			}
+			r = dm_read_arg(&_args[2], as, &v, error);
+			if (r)
+				return r;
+			argc--;
+			sc->copy_budget = (u64)v << 20;
 		} else {
 			*error = "Unknown feature argument";
 			return -EINVAL;
@@ -550,6 +835,7 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		return -ENOMEM;
 	}
 	sc->ti = ti;
+	sc->copy_budget = (u64)DEFAULT_PRESERVE_MB << 20;
 
 	if (sscanf(argv[2], "%u%c", &bs, &dummy) != 1 ||
 	    bs < MIN_BLOCK_SECTORS || bs > MAX_BLOCK_SECTORS ||
@@ -620,6 +906,8 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_LIST_HEAD(&sc->pending);
 	INIT_LIST_HEAD(&sc->sent);
 	INIT_LIST_HEAD(&sc->node);
+	mutex_init(&sc->snap_lock);
+	xa_init(&sc->copies);
 
 	sc->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 1);
 	if (!sc->wq) {
@@ -670,6 +958,7 @@ static void stream_dtr(struct dm_target *ti)
 	struct stream_c *sc = ti->private;
 	struct stream_fetch *f;
 	unsigned long idx;
+	unsigned int i;
 
 	stream_chan_unregister(sc);
 	cancel_delayed_work_sync(&sc->waker);
@@ -684,6 +973,13 @@ static void stream_dtr(struct dm_target *ti)
 		free_fetch(f);
 	}
 	xa_destroy(&sc->fetches);
+	mutex_lock(&sc->snap_lock);
+	for (i = 0; i < DSM_MAX_CONSUMERS; i++) {
+		__drop_copies(sc, i);
+		kvfree(sc->undrained[i]);
+	}
+	mutex_unlock(&sc->snap_lock);
+	xa_destroy(&sc->copies);
 	dsm_close(sc->md);
 	dm_put_device(ti, sc->data_dev);
 	dm_put_device(ti, sc->metadata_dev);
@@ -717,13 +1013,18 @@ static void stream_resume(struct dm_target *ti)
  *
  * INFO: <block size> <present>/<total> <dirty> <parked misses>
  *       <attached|detached> <rw|ro|fail> <fetched> <zero fetched>
- *       <fetch errors> <generation>
+ *       <fetch errors> <generation> <fill on|off> <fill rate>
+ *       <image id|-> <consumer 0> <consumer 1> <consumer 2> <consumer 3>
  *
- *   block size in sectors; present, total and dirty in blocks; parked
- *   misses is the number of bios waiting for a block now; fetched counts
- *   blocks written from helper replies (zero fetched of them sent as
- *   zeroes), fetch errors the failed or timed-out ones; generation is the
- *   metadata commit generation.
+ *   block size in sectors; present, total and dirty in blocks (dirty: not
+ *   yet acknowledged by consumer 0, the repository, including a snapshot
+ *   in progress); parked misses is the number of bios waiting for a block
+ *   now; fetched counts blocks written from helper replies (zero fetched
+ *   of them sent as zeroes), fetch errors the failed or timed-out ones;
+ *   generation is the metadata commit generation; fill rate in bytes/s
+ *   (0: unlimited); each consumer is <dirty>:<snapshot id>:<snapshot
+ *   blocks>, dirty not counting the snapshot's blocks, id 0 when no
+ *   snapshot is in progress.
  *
  * TABLE: <metadata dev> <data dev> <block size>
  *        [<#feature args> [<feature arg>]*]
@@ -733,26 +1034,45 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 			  unsigned int maxlen)
 {
 	struct stream_c *sc = ti->private;
-	unsigned int sz = 0;
+	struct dm_stream_metadata *md = sc->md;
+	unsigned int sz = 0, c;
+	const char *id;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		DMEMIT("%u %llu/%llu %llu %d %s %s %lld %lld %lld %llu",
-		       sc->block_sectors, dsm_nr_present(sc->md),
-		       sc->nr_blocks, dsm_nr_dirty(sc->md),
+		id = dsm_image_id(md);
+		DMEMIT("%u %llu/%llu %llu %d %s %s %lld %lld %lld %llu %s %llu %s",
+		       sc->block_sectors, dsm_nr_present(md),
+		       sc->nr_blocks,
+		       dsm_nr_dirty(md, 0) + dsm_snap_blocks(md, 0),
 		       atomic_read(&sc->parked),
 		       READ_ONCE(sc->helper) ? "attached" : "detached",
 		       mode_name(READ_ONCE(sc->mode)),
 		       atomic64_read(&sc->nr_fetched),
 		       atomic64_read(&sc->nr_zero),
 		       atomic64_read(&sc->nr_fetch_errors),
-		       dsm_generation(sc->md));
+		       dsm_generation(md),
+		       READ_ONCE(sc->fill_on) ? "on" : "off",
+		       READ_ONCE(sc->fill_rate), *id ? id : "-");
+		for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+			DMEMIT(" %llu:%llu:%llu", dsm_nr_dirty(md, c),
+			       dsm_snap_gen(md, c), dsm_snap_blocks(md, c));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", sc->metadata_dev->name, sc->data_dev->name,
 		       sc->block_sectors);
-		if (sc->fetch_timeout)
-			DMEMIT(" 2 fetch_timeout %u", sc->fetch_timeout);
+		{
+			unsigned int nf = (sc->fetch_timeout ? 2 : 0) +
+				(sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20 ?
+				 2 : 0);
+
+			if (nf)
+				DMEMIT(" %u", nf);
+			if (sc->fetch_timeout)
+				DMEMIT(" fetch_timeout %u", sc->fetch_timeout);
+			if (sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20)
+				DMEMIT(" preserve_mb %llu", sc->copy_budget >> 20);
+		}
 		break;
 	case STATUSTYPE_IMA:
 		*result = '\0';
@@ -760,55 +1080,418 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
+static const char *dev_name_of(struct stream_c *sc)
+{
+	return dm_device_name(dm_table_get_md(sc->ti->table));
+}
+
+static bool is_active(struct stream_c *sc)
+{
+	bool active;
+
+	mutex_lock(&stream_chan_lock);
+	active = sc->active;
+	mutex_unlock(&stream_chan_lock);
+	return active;
+}
+
 /*
- * Messages:
+ * Messages that change what is present need a quiesced device and rw
+ * mode.  Returns 0 or the errno to answer.
+ */
+static int check_quiesced(struct stream_c *sc, const char *what)
+{
+	if (is_active(sc)) {
+		DMERR("%s: %s: suspend the device first", dev_name_of(sc), what);
+		return -EBUSY;
+	}
+	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
+		DMERR("%s: %s: target is in %s mode", dev_name_of(sc), what,
+		      mode_name(READ_ONCE(sc->mode)));
+		return -EROFS;
+	}
+	flush_workqueue(sc->wq);
+	if (!xa_empty(&sc->fetches)) {
+		DMERR("%s: %s: fetches still in flight", dev_name_of(sc), what);
+		return -EBUSY;
+	}
+	return 0;
+}
+
+static int parse_u64(const char *s, u64 *v)
+{
+	return kstrtoull(s, 10, v);
+}
+
+static int parse_consumer(struct stream_c *sc, const char *s,
+			  unsigned int *c)
+{
+	if (kstrtouint(s, 10, c) || *c >= DSM_MAX_CONSUMERS) {
+		DMERR("%s: invalid consumer '%s' (0-%u)", dev_name_of(sc), s,
+		      DSM_MAX_CONSUMERS - 1);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * Answer "<next cursor> <first>+<count>..." with the runs of set (@set) or
+ * clear bits of @map from @cursor on, as many as fit in @maxlen; the next
+ * cursor is the total number of blocks once the map is exhausted.
+ */
+static int emit_ranges(struct stream_c *sc, const unsigned long *map,
+		       bool set, u64 cursor, char *result, unsigned int maxlen)
+{
+	unsigned int sz, room = maxlen > 48 ? maxlen - 48 : 0;
+	char *ranges;
+	u64 start, len, next = cursor;
+	int n;
+
+	if (cursor > sc->nr_blocks)
+		return -ERANGE;
+	ranges = kmalloc(maxlen, GFP_KERNEL);
+	if (!ranges)
+		return -ENOMEM;
+	sz = 0;
+	while (dsm_next_range(map, sc->nr_blocks, next, set, &start, &len)) {
+		n = snprintf(ranges + sz, maxlen - sz, " %llu+%llu", start, len);
+		if (sz + n >= room)
+			break;
+		sz += n;
+		next = start + len;
+	}
+	if (!dsm_next_range(map, sc->nr_blocks, next, set, &start, &len))
+		next = sc->nr_blocks;
+	ranges[sz] = '\0';
+	if (!sz && next < sc->nr_blocks) {
+		kfree(ranges);
+		return -ENOSPC;		/* buffer too small for one range */
+	}
+	snprintf(result, maxlen, "%llu%s", next, ranges);
+	kfree(ranges);
+	return 1;
+}
+
+static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
+			char *result, unsigned int maxlen)
+{
+	unsigned int sz = 0, c;
+	u64 gen, nr;
+	int r;
+
+	if (argc != 2)
+		return -EINVAL;
+	r = parse_consumer(sc, argv[1], &c);
+	if (!r)
+		r = check_quiesced(sc, "snapshot");
+	if (r)
+		return r;
+	mutex_lock(&sc->snap_lock);
+	if (!sc->undrained[c]) {
+		unsigned long *u = kvcalloc(BITS_TO_LONGS(sc->nr_blocks),
+					    sizeof(unsigned long), GFP_KERNEL);
+
+		if (!u) {
+			r = -ENOMEM;
+			goto out;
+		}
+		WRITE_ONCE(sc->undrained[c], u);
+	}
+	r = dsm_snapshot(sc->md, sc->data_dev->bdev, c, &gen, &nr);
+	if (r == -EBUSY) {
+		DMERR("%s: snapshot: consumer %u has snapshot %llu in progress",
+		      dev_name_of(sc), c, dsm_snap_gen(sc->md, c));
+		goto out;
+	}
+	if (r) {
+		DMERR("%s: snapshot failed: %d", dev_name_of(sc), r);
+		set_mode(sc, STREAM_MODE_RO);
+		goto out;
+	}
+	bitmap_copy(sc->undrained[c], dsm_snap_map(sc->md, c), sc->nr_blocks);
+	DMINFO("%s: consumer %u snapshot %llu: %llu blocks", dev_name_of(sc),
+	       c, gen, nr);
+	DMEMIT("%llu %llu", gen, nr);
+	r = 1;
+out:
+	mutex_unlock(&sc->snap_lock);
+	return r;
+}
+
+/* ack|abort <consumer> <id> */
+static int msg_end_snapshot(struct stream_c *sc, bool ack, unsigned int argc,
+			    char **argv, char *result, unsigned int maxlen)
+{
+	unsigned int sz = 0, c;
+	u64 gen, nr = 0;
+	int r;
+
+	if (argc != 3)
+		return -EINVAL;
+	r = parse_consumer(sc, argv[1], &c);
+	if (r)
+		return r;
+	if (parse_u64(argv[2], &gen)) {
+		DMERR("%s: %s: invalid snapshot id '%s'", dev_name_of(sc),
+		      argv[0], argv[2]);
+		return -EINVAL;
+	}
+	if (ack && READ_ONCE(sc->mode) != STREAM_MODE_RW)
+		return -EROFS;
+	mutex_lock(&sc->snap_lock);
+	r = ack ? dsm_ack(sc->md, c, gen, &nr) : dsm_abort(sc->md, c, gen, &nr);
+	if (!r)
+		__drop_copies(sc, c);
+	mutex_unlock(&sc->snap_lock);
+	if (r == -ESTALE) {
+		DMERR("%s: %s: consumer %u has no snapshot %llu (current: %llu)",
+		      dev_name_of(sc), argv[0], c, gen, dsm_snap_gen(sc->md, c));
+		return r;
+	}
+	if (r) {
+		DMERR("%s: %s failed: %d", dev_name_of(sc), argv[0], r);
+		set_mode(sc, STREAM_MODE_RO);
+		return r;
+	}
+	DMEMIT("%s %llu", ack ? "acked" : "aborted", nr);
+	return 1;
+}
+
+/* ranges <consumer> <id> <cursor> */
+static int msg_ranges(struct stream_c *sc, unsigned int argc, char **argv,
+		      char *result, unsigned int maxlen)
+{
+	unsigned int c;
+	u64 gen, cursor;
+	int r;
+
+	if (argc != 4)
+		return -EINVAL;
+	r = parse_consumer(sc, argv[1], &c);
+	if (r)
+		return r;
+	if (parse_u64(argv[2], &gen) || parse_u64(argv[3], &cursor)) {
+		DMERR("%s: ranges: invalid snapshot id or cursor",
+		      dev_name_of(sc));
+		return -EINVAL;
+	}
+	mutex_lock(&sc->snap_lock);
+	if (!gen || dsm_snap_gen(sc->md, c) != gen)
+		r = -ESTALE;
+	else
+		r = emit_ranges(sc, dsm_snap_map(sc->md, c), true, cursor,
+				result, maxlen);
+	mutex_unlock(&sc->snap_lock);
+	if (r == -ESTALE)
+		DMERR("%s: ranges: consumer %u has no snapshot %llu",
+		      dev_name_of(sc), c, gen);
+	return r;
+}
+
+/* Parse "<first>+<count>". */
+static int parse_range(const char *s, u64 *first, u64 *count)
+{
+	char buf[48], *plus;
+
+	if (strscpy(buf, s, sizeof(buf)) < 0)
+		return -EINVAL;
+	plus = strchr(buf, '+');
+	if (!plus)
+		return -EINVAL;
+	*plus = '\0';
+	if (kstrtoull(buf, 10, first) || kstrtoull(plus + 1, 10, count))
+		return -EINVAL;
+	return 0;
+}
+
+static bool valid_image_id(const char *id)
+{
+	size_t n = strlen(id), i;
+
+	if (!n || n >= DSM_IMAGE_ID_LEN)
+		return false;
+	for (i = 0; i < n; i++)
+		if (!isalnum(id[i]) && !strchr("._:-", id[i]))
+			return false;
+	return true;
+}
+
+/*
+ * invalidate add <first>+<count>...
+ * invalidate clear
+ * invalidate commit <image id> keep|discard
+ */
+static int msg_invalidate(struct stream_c *sc, unsigned int argc,
+			  char **argv, char *result, unsigned int maxlen)
+{
+	unsigned int sz = 0, i;
+	u64 first, count;
+	bool keep;
+	long r;
+
+	if (argc < 2)
+		return -EINVAL;
+	if (!strcasecmp(argv[1], "add") && argc > 2) {
+		/* Check every range before taking any. */
+		for (i = 2; i < argc; i++) {
+			if (parse_range(argv[i], &first, &count) || !count ||
+			    first >= sc->nr_blocks ||
+			    count > sc->nr_blocks - first) {
+				DMERR("%s: invalidate: bad range '%s' (device has %llu blocks)",
+				      dev_name_of(sc), argv[i], sc->nr_blocks);
+				return -EINVAL;
+			}
+		}
+		for (i = 2; i < argc; i++) {
+			parse_range(argv[i], &first, &count);
+			r = dsm_inval_add(sc->md, first, count);
+			if (r)
+				return r;
+		}
+		DMEMIT("%llu", dsm_inval_count(sc->md));
+		return 1;
+	}
+	if (!strcasecmp(argv[1], "clear") && argc == 2) {
+		dsm_inval_clear(sc->md);
+		return 0;
+	}
+	if (strcasecmp(argv[1], "commit") || argc != 4)
+		return -EINVAL;
+	if (!valid_image_id(argv[2])) {
+		DMERR("%s: invalidate: invalid image id '%s' (1-%u of [A-Za-z0-9._:-])",
+		      dev_name_of(sc), argv[2], DSM_IMAGE_ID_LEN - 1);
+		return -EINVAL;
+	}
+	if (!strcasecmp(argv[3], "keep")) {
+		keep = true;
+	} else if (!strcasecmp(argv[3], "discard")) {
+		keep = false;
+	} else {
+		DMERR("%s: invalidate: policy must be keep or discard",
+		      dev_name_of(sc));
+		return -EINVAL;
+	}
+	r = check_quiesced(sc, "invalidate");
+	if (r)
+		return r;
+	r = dsm_invalidate(sc->md, sc->data_dev->bdev, argv[2], keep);
+	if (r == -EBUSY) {
+		DMERR("%s: invalidate: a snapshot is in progress",
+		      dev_name_of(sc));
+		return r;
+	}
+	if (r < 0) {
+		DMERR("%s: invalidate failed: %ld", dev_name_of(sc), r);
+		set_mode(sc, STREAM_MODE_RO);
+		return r;
+	}
+	DMINFO("%s: image %s: %ld blocks invalidated (%s)", dev_name_of(sc),
+	       argv[2], r, keep ? "keep" : "discard");
+	DMEMIT("invalidated %ld", r);
+	return 1;
+}
+
+/* fill on|off, fill rate <bytes/s> */
+static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
+{
+	u64 rate;
+
+	if (argc == 2 && !strcasecmp(argv[1], "on")) {
+		WRITE_ONCE(sc->fill_on, true);
+	} else if (argc == 2 && !strcasecmp(argv[1], "off")) {
+		WRITE_ONCE(sc->fill_on, false);
+	} else if (argc == 3 && !strcasecmp(argv[1], "rate") &&
+		   !parse_u64(argv[2], &rate)) {
+		WRITE_ONCE(sc->fill_rate, rate);
+	} else {
+		DMERR("%s: fill: expected on, off or rate <bytes/s>",
+		      dev_name_of(sc));
+		return -EINVAL;
+	}
+	dm_table_event(sc->ti->table);
+	return 0;
+}
+
+/*
+ * Messages (answers through the message response):
  *
- *   revert   Make every block written on this machine (dirty for consumer
- *            0) absent and clean again, so that its next read fetches the
- *            image's content.  Only while suspended (no I/O in flight, and
- *            nothing mounted can be looking); answers "reverted <n>".
- *            Time is proportional to the metadata, not the data.
+ *   revert
+ *	Make every block written on this machine (dirty for consumer 0)
+ *	absent and clean again, so that its next read fetches the image's
+ *	content; the blocks become dirty for consumers 1-3.  Suspended
+ *	only.  Answers "reverted <n>".
+ *   snapshot <consumer>
+ *	Cut a snapshot of the consumer's dirty blocks.  Suspended only.
+ *	Answers "<id> <blocks>".
+ *   ranges <consumer> <id> <cursor>
+ *	Block ranges of the snapshot from block <cursor> on: "<next
+ *	cursor> <first>+<count>...", next cursor = total blocks at the end.
+ *   ack <consumer> <id>, abort <consumer> <id>
+ *	The consumer holds the snapshot's content (ack: its blocks become
+ *	clean for it unless written since the cut) or does not (abort:
+ *	they are dirty again).  Answer "acked <n>" / "aborted <n>".
+ *   absent <cursor>
+ *	Ranges of absent blocks, like ranges.
+ *   invalidate add <first>+<count>..., invalidate clear,
+ *   invalidate commit <image id> keep|discard
+ *	Image update, see dm-stream.rst.  commit: suspended only.
+ *   fill on|off, fill rate <bytes/s>
+ *	Switch for the helper's background fill (read from the status).
  */
 static int stream_message(struct dm_target *ti, unsigned int argc,
 			  char **argv, char *result, unsigned int maxlen)
 {
 	struct stream_c *sc = ti->private;
 	unsigned int sz = 0;
-	bool active;
+	u64 cursor;
 	long r;
 
+	if (!argc)
+		goto unknown;
 	if (argc == 1 && !strcasecmp(argv[0], "revert")) {
-		mutex_lock(&stream_chan_lock);
-		active = sc->active;
-		mutex_unlock(&stream_chan_lock);
-		if (active) {
-			DMERR("%s: revert: suspend the device first",
-			      dm_device_name(dm_table_get_md(ti->table)));
-			return -EBUSY;
-		}
-		if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
-			DMERR("%s: revert: target is in %s mode",
-			      dm_device_name(dm_table_get_md(ti->table)),
-			      mode_name(READ_ONCE(sc->mode)));
-			return -EROFS;
-		}
-		flush_workqueue(sc->wq);
-		if (!xa_empty(&sc->fetches))
-			return -EBUSY;
+		r = check_quiesced(sc, "revert");
+		if (r)
+			return r;
 		r = dsm_revert(sc->md, sc->data_dev->bdev);
+		if (r == -EBUSY) {
+			DMERR("%s: revert: a snapshot is in progress",
+			      dev_name_of(sc));
+			return r;
+		}
 		if (r < 0) {
-			DMERR("%s: revert failed: %ld",
-			      dm_device_name(dm_table_get_md(ti->table)), r);
+			DMERR("%s: revert failed: %ld", dev_name_of(sc), r);
 			set_mode(sc, STREAM_MODE_RO);
 			return r;
 		}
-		DMINFO("%s: reverted %ld blocks",
-		       dm_device_name(dm_table_get_md(ti->table)), r);
+		DMINFO("%s: reverted %ld blocks", dev_name_of(sc), r);
 		DMEMIT("reverted %ld", r);
 		return 1;
 	}
-	DMERR("%s: unsupported message '%s'",
-	      dm_device_name(dm_table_get_md(ti->table)),
+	if (!strcasecmp(argv[0], "snapshot"))
+		r = msg_snapshot(sc, argc, argv, result, maxlen);
+	else if (!strcasecmp(argv[0], "ack"))
+		r = msg_end_snapshot(sc, true, argc, argv, result, maxlen);
+	else if (!strcasecmp(argv[0], "abort"))
+		r = msg_end_snapshot(sc, false, argc, argv, result, maxlen);
+	else if (!strcasecmp(argv[0], "ranges"))
+		r = msg_ranges(sc, argc, argv, result, maxlen);
+	else if (!strcasecmp(argv[0], "absent") && argc == 2 &&
+		 !parse_u64(argv[1], &cursor))
+		r = emit_ranges(sc, dsm_present_map(sc->md), false, cursor,
+				result, maxlen);
+	else if (!strcasecmp(argv[0], "invalidate"))
+		r = msg_invalidate(sc, argc, argv, result, maxlen);
+	else if (!strcasecmp(argv[0], "fill"))
+		r = msg_fill(sc, argc, argv);
+	else
+		goto unknown;
+	if (r == -EINVAL)
+		DMERR("%s: invalid '%s' message (%u arguments)",
+		      dev_name_of(sc), argv[0], argc - 1);
+	return r;
+
+unknown:
+	DMERR("%s: unsupported message '%s'", dev_name_of(sc),
 	      argc ? argv[0] : "");
 	return -EINVAL;
 }
@@ -831,7 +1514,7 @@ static void stream_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type stream_target = {
 	.name = "stream",
-	.version = {1, 1, 0},
+	.version = {1, 2, 0},
 	.module = THIS_MODULE,
 	.ctr = stream_ctr,
 	.dtr = stream_dtr,

@@ -165,7 +165,7 @@ static void stream_bitmap_test(struct kunit *test)
 		if (i < c->first || i > c->last)
 			__clear_bit(i, in);
 
-	dsm_bitmap_pack(in, c->nr_bits, c->slice, 7, 1234, buf);
+	dsm_bitmap_pack(in, NULL, c->nr_bits, c->slice, 7, 1234, buf);
 	KUNIT_ASSERT_EQ(test, dsm_bitmap_unpack(buf, 1234, 7, out, c->nr_bits,
 						c->slice, &why), 0);
 	for (i = 0; i < c->nr_bits; i++) {
@@ -220,7 +220,7 @@ static void stream_bitmap_damage_test(struct kunit *test)
 	buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, buf);
 	__set_bit(5, bits);
-	dsm_bitmap_pack(bits, 1000, 0, 3, 20, buf);
+	dsm_bitmap_pack(bits, NULL, 1000, 0, 3, 20, buf);
 	buf[c->off] ^= c->xor;
 	if (c->reseal)
 		dsm_bitmap_reseal(buf);

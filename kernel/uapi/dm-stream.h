@@ -25,8 +25,14 @@
  *   4. close(2) (or the helper's death) hands every request it had read but
  *      not answered back to the queue for the next helper.
  *
+ * Snapshot readers (streamctl) use DM_STREAM_IOC_SNAP_READ on an
+ * unattached /dev/dm-stream file: it copies one block of a snapshot in
+ * progress as it was at the cut (see dm-stream.rst, Snapshots).
+ *
  * Changelog:
- *   1: initial version.
+ *   1: initial version.  DM_STREAM_IOC_SNAP_READ was added later without
+ *      a version change: a new ioctl number, which an older module
+ *      answers with -ENOTTY.
  */
 #ifndef _UAPI_DM_STREAM_H
 #define _UAPI_DM_STREAM_H
@@ -63,6 +69,34 @@ struct dm_stream_attach {
 };
 
 #define DM_STREAM_IOC_ATTACH	_IOWR('S', 0x01, struct dm_stream_attach)
+
+/*
+ * DM_STREAM_IOC_SNAP_READ
+ * in:  magic, version, size, flags (BY_UUID), id, consumer, gen (the
+ *      snapshot id), block, buf (user address of len bytes), len (the
+ *      block size in bytes).
+ * Errors: -ESTALE the snapshot is not in progress (acknowledged, aborted,
+ * or lost by a reload), -ENOENT the block is not in the snapshot or no
+ * such device, -ENODATA the block is absent (its content is the image's:
+ * read it through the device, which fetches it, and retry), -ERANGE block
+ * beyond the device, -EINVAL bad consumer or length, -EIO.
+ */
+struct dm_stream_snap_read {
+	__u32 magic;
+	__u32 version;
+	__u32 size;		/* sizeof(struct dm_stream_snap_read) */
+	__u32 flags;
+	char id[DM_STREAM_UUID_LEN];
+	__u8 pad[3];
+	__u32 consumer;
+	__u64 gen;
+	__u64 block;
+	__u64 buf;
+	__u32 len;
+	__u32 reserved[3];
+};
+
+#define DM_STREAM_IOC_SNAP_READ	_IOW('S', 0x02, struct dm_stream_snap_read)
 
 /* dm_stream_request.type */
 #define DM_STREAM_REQ_FETCH	1	/* fetch one whole block */
