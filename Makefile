@@ -30,10 +30,10 @@ modules:
 programs: $(PROGS)
 
 userspace/streamd: userspace/streamd.c kernel/uapi/dm-stream.h
-	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd)
+	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
 
-userspace/streamctl: userspace/streamctl.c
-	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs devmapper)
+userspace/streamctl: userspace/streamctl.c kernel/uapi/dm-stream.h
+	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs devmapper libnbd)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8

@@ -3,14 +3,25 @@
  * streamctl - control a dm-stream device through libdevmapper.
  *
  *   streamctl status [--json] <device>
+ *   streamctl snapshot <device> --consumer N --to <NBD URI> [--no-ack]
+ *   streamctl ack|abort <device> --consumer N <snapshot id>
  *   streamctl revert <device>
+ *   streamctl invalidate <device> --image-id ID [--keep|--discard] <file|->
+ *   streamctl fill <device> on|off|--rate R
  *
- * Every operation is a libdevmapper task (create, set name, run, read the
- * response, destroy); nothing shells out to dmsetup.
+ * Every device-mapper operation is a libdevmapper task (create, set name,
+ * run, read the response, destroy); nothing shells out to dmsetup.  The
+ * snapshot drain reads blocks through DM_STREAM_IOC_SNAP_READ (their
+ * content at the cut, see kernel/uapi/dm-stream.h) and writes them with
+ * libnbd's synchronous API.
  *
- * Exit status: 0 success, 1 the operation failed, 2 usage error, 3 the
+ * Exit status: 0 success, 1 the operation failed (for snapshot: the
+ * snapshot was aborted, its blocks are still dirty), 2 usage error, 3 the
  * device is not a stream device.
+ *
+ * No global mutable state.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -26,27 +37,47 @@
 #include <linux/fs.h>
 
 #include <libdevmapper.h>
+#include <libnbd.h>
+
+#include "uapi/dm-stream.h"
 
 #define EXIT_USAGE	2
 #define EXIT_NOT_STREAM	3
+#define NR_CONSUMERS	4
+#define RESP_LEN	65536
+#define RANGES_PER_MSG	64
+
+struct consumer {
+	uint64_t dirty, snap_id, snap_blocks;
+};
 
 struct stream_status {
 	unsigned int block_sectors;
 	uint64_t present, total, dirty;
 	int parked;
-	char helper[16], mode[8];
-	uint64_t fetched, zero, errors, generation;
+	char helper[16], mode[8], fill[4], image[64];
+	uint64_t fetched, zero, errors, generation, fill_rate;
+	struct consumer c[NR_CONSUMERS];
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 "Usage: streamctl status [--json] <device>\n"
+"       streamctl snapshot <device> --consumer N --to <NBD URI> [--no-ack]\n"
+"       streamctl ack|abort <device> --consumer N <snapshot id>\n"
 "       streamctl revert <device>\n"
+"       streamctl invalidate <device> --image-id ID [--keep|--discard]\n"
+"                 <ranges file|->\n"
+"       streamctl fill <device> on|off|--rate BYTES[K|M|G]\n"
 "\n"
-"status  print presence, dirty blocks, helper and mode of a stream device\n"
-"revert  make every block written on this machine absent again (suspends\n"
-"        the device for the duration; nothing may have it mounted)\n");
+"status      presence, dirty blocks per consumer, fill progress\n"
+"snapshot    cut a snapshot for consumer N, write its blocks (content at\n"
+"            the cut) to the NBD export, flush, then acknowledge\n"
+"ack/abort   acknowledge or abort a snapshot drained by other means\n"
+"revert      make every block written on this machine absent again\n"
+"invalidate  make the blocks changed by a new image version absent\n"
+"fill        switch the helper's background fill, or set its rate\n");
 }
 
 /* Returns 0, -ENOENT (no such device) or -EMEDIUMTYPE (not stream). */
@@ -56,7 +87,7 @@ static int get_status(const char *dev, struct stream_status *st)
 	uint64_t start, length;
 	char *type = NULL, *params = NULL;
 	struct dm_info info;
-	int r = -EIO;
+	int r = -EIO, n, i, off;
 
 	dmt = dm_task_create(DM_DEVICE_STATUS);
 	if (!dmt)
@@ -78,19 +109,40 @@ static int get_status(const char *dev, struct stream_status *st)
 		r = -EMEDIUMTYPE;
 		goto out;
 	}
-	if (sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %" SCNu64 " %d %15s %7s %"
-		   SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64,
+	n = sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %" SCNu64 " %d %15s %7s %"
+		   SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %3s %" SCNu64
+		   " %63s%n",
 		   &st->block_sectors, &st->present, &st->total, &st->dirty,
 		   &st->parked, st->helper, st->mode, &st->fetched, &st->zero,
-		   &st->errors, &st->generation) != 11) {
-		fprintf(stderr, "streamctl: %s: cannot parse status '%s'\n",
+		   &st->errors, &st->generation, st->fill, &st->fill_rate,
+		   st->image, &off);
+	for (i = 0; n == 14 && i < NR_CONSUMERS; i++) {
+		int used;
+
+		if (sscanf(params + off, " %" SCNu64 ":%" SCNu64 ":%" SCNu64 "%n",
+			   &st->c[i].dirty, &st->c[i].snap_id,
+			   &st->c[i].snap_blocks, &used) != 3) {
+			n = -1;
+			break;
+		}
+		off += used;
+	}
+	if (n != 14) {
+		fprintf(stderr, "streamctl: %s: cannot parse status '%s' (module version?)\n",
 			dev, params);
 		goto out;
 	}
+	if (!strcmp(st->image, "-"))
+		st->image[0] = '\0';
 	r = 0;
 out:
 	dm_task_destroy(dmt);
 	return r;
+}
+
+static int status_exit(int r)
+{
+	return r == -EMEDIUMTYPE || r == -ENOENT ? EXIT_NOT_STREAM : 1;
 }
 
 static int simple_task(int type, const char *dev, const char *what)
@@ -126,16 +178,40 @@ static int message(const char *dev, const char *msg, char *resp, size_t len)
 		return -ENOMEM;
 	if (!dm_task_set_name(dmt, dev) || !dm_task_set_sector(dmt, 0) ||
 	    !dm_task_set_message(dmt, msg) || !dm_task_run(dmt)) {
-		fprintf(stderr, "streamctl: message '%s' to %s failed (see the kernel log)\n",
+		fprintf(stderr, "streamctl: message '%.60s' to %s failed (see the kernel log)\n",
 			msg, dev);
 		r = -EIO;
 		goto out;
 	}
 	out = dm_task_get_message_response(dmt);
-	snprintf(resp, len, "%s", out ? out : "");
+	if (resp)
+		snprintf(resp, len, "%s", out ? out : "");
 out:
 	dm_task_destroy(dmt);
 	return r;
+}
+
+/* Suspend, send @msg, resume (always), then drop stale cached pages. */
+static int suspended_message(const char *dev, const char *msg, char *resp,
+			     size_t len)
+{
+	char path[PATH_MAX];
+	int r, fd;
+
+	if (simple_task(DM_DEVICE_SUSPEND, dev, "suspend"))
+		return -EIO;
+	r = message(dev, msg, resp, len);
+	if (simple_task(DM_DEVICE_RESUME, dev, "resume"))
+		return -EIO;
+	if (r)
+		return r;
+	snprintf(path, sizeof(path), "%s/%s", dm_dir(), dev);
+	fd = open(path, O_RDONLY);
+	if (fd < 0 || ioctl(fd, BLKFLSBUF, 0) < 0)
+		fprintf(stderr, "streamctl: flush page cache of %s: %m\n", path);
+	if (fd >= 0)
+		close(fd);
+	return 0;
 }
 
 static double ms_since(const struct timespec *t0)
@@ -150,99 +226,601 @@ static int cmd_revert(const char *dev)
 {
 	struct stream_status st;
 	struct timespec t0;
-	char resp[128], path[PATH_MAX];
-	int r, fd;
+	char resp[128];
+	int r;
 
 	r = get_status(dev, &st);
 	if (r)
-		return r == -EMEDIUMTYPE || r == -ENOENT ? EXIT_NOT_STREAM : 1;
+		return status_exit(r);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (simple_task(DM_DEVICE_SUSPEND, dev, "suspend"))
+	if (suspended_message(dev, "revert", resp, sizeof(resp)))
 		return 1;
-	r = message(dev, "revert", resp, sizeof(resp));
-	if (simple_task(DM_DEVICE_RESUME, dev, "resume"))
-		return 1;
-	if (r)
-		return 1;
-	/* Drop any cached pages of the old content. */
-	snprintf(path, sizeof(path), "%s/%s", dm_dir(), dev);
-	fd = open(path, O_RDONLY);
-	if (fd < 0 || ioctl(fd, BLKFLSBUF, 0) < 0)
-		fprintf(stderr, "streamctl: flush page cache of %s: %m\n", path);
-	if (fd >= 0)
-		close(fd);
 	printf("%s: %s blocks in %.1f ms\n", dev, resp, ms_since(&t0));
 	return 0;
+}
+
+/* While filling: sample the present count twice, a second apart. */
+static void measure_rate(const char *dev, struct stream_status *st,
+			 double *rate, double *eta)
+{
+	struct stream_status st2;
+	struct timespec t0;
+	double ms;
+
+	*rate = 0;
+	*eta = -1;
+	if (st->present >= st->total || strcmp(st->fill, "on"))
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	usleep(1000 * 1000);
+	if (get_status(dev, &st2))
+		return;
+	ms = ms_since(&t0);
+	if (st2.present > st->present)
+		*rate = (st2.present - st->present) * 1000.0 / ms;
+	*st = st2;
+	if (*rate > 0)
+		*eta = (st->total - st->present) / *rate;
 }
 
 static int cmd_status(const char *dev, bool json)
 {
 	struct stream_status st;
-	int r = get_status(dev, &st);
+	double rate, eta, pct;
+	int r = get_status(dev, &st), i, bar;
 
 	if (r)
-		return r == -EMEDIUMTYPE || r == -ENOENT ? EXIT_NOT_STREAM : 1;
+		return status_exit(r);
+	measure_rate(dev, &st, &rate, &eta);
+	pct = st.total ? 100.0 * st.present / st.total : 100.0;
 	if (json) {
 		printf("{\"device\": \"%s\", \"block_size\": %u, "
 		       "\"present\": %" PRIu64 ", \"total\": %" PRIu64 ", "
 		       "\"dirty\": %" PRIu64 ", \"parked\": %d, "
 		       "\"helper\": \"%s\", \"mode\": \"%s\", "
 		       "\"fetched\": %" PRIu64 ", \"fetch_errors\": %" PRIu64
-		       ", \"generation\": %" PRIu64 "}\n",
+		       ", \"generation\": %" PRIu64 ", \"image\": \"%s\", "
+		       "\"fill\": \"%s\", \"fill_rate_limit\": %" PRIu64
+		       ", \"blocks_per_second\": %.1f, \"eta_seconds\": %.0f, "
+		       "\"consumers\": [",
 		       dev, st.block_sectors * 512, st.present, st.total,
 		       st.dirty, st.parked, st.helper, st.mode, st.fetched,
-		       st.errors, st.generation);
+		       st.errors, st.generation, st.image, st.fill,
+		       st.fill_rate, rate, eta);
+		for (i = 0; i < NR_CONSUMERS; i++)
+			printf("%s{\"dirty\": %" PRIu64 ", \"snapshot\": %"
+			       PRIu64 ", \"snapshot_blocks\": %" PRIu64 "}",
+			       i ? ", " : "", st.c[i].dirty, st.c[i].snap_id,
+			       st.c[i].snap_blocks);
+		printf("]}\n");
 		return 0;
 	}
-	printf("%s: %" PRIu64 "/%" PRIu64 " blocks present (%.1f%%), %"
-	       PRIu64 " dirty, %d parked, helper %s, mode %s\n", dev,
-	       st.present, st.total,
-	       st.total ? 100.0 * st.present / st.total : 100.0, st.dirty,
-	       st.parked, st.helper, st.mode);
+	printf("%s: image %s, helper %s, mode %s, %d parked\n", dev,
+	       st.image[0] ? st.image : "(unnamed)", st.helper, st.mode,
+	       st.parked);
+	bar = (int)(pct * 40 / 100);
+	printf("  present [%.*s%.*s] %5.1f%%  %" PRIu64 "/%" PRIu64 " blocks",
+	       bar, "########################################", 40 - bar,
+	       "........................................", pct, st.present,
+	       st.total);
+	if (rate > 0)
+		printf(", %.0f blocks/s, ETA %.0f s", rate, eta);
+	printf("\n  fill %s", st.fill);
+	if (st.fill_rate)
+		printf(" (limit %" PRIu64 " bytes/s)", st.fill_rate);
+	printf(", %" PRIu64 " fetched, %" PRIu64 " fetch errors\n",
+	       st.fetched, st.errors);
+	for (i = 0; i < NR_CONSUMERS; i++) {
+		printf("  consumer %d: %" PRIu64 " dirty", i, st.c[i].dirty);
+		if (st.c[i].snap_id)
+			printf(", snapshot %" PRIu64 " in progress (%" PRIu64
+			       " blocks)", st.c[i].snap_id,
+			       st.c[i].snap_blocks);
+		printf("\n");
+	}
 	return 0;
+}
+
+/*
+ * Page through "<next> <first>+<count>..." answers of @query (a message
+ * taking a trailing cursor), calling @fn for each range.
+ */
+static int for_each_range(const char *dev, const char *query, uint64_t total,
+			  int (*fn)(void *ctx, uint64_t first, uint64_t count),
+			  void *ctx)
+{
+	char *resp = malloc(RESP_LEN), msg[128], *p, *end;
+	uint64_t cursor = 0, next, first, count;
+	int r = 0;
+
+	if (!resp)
+		return -ENOMEM;
+	while (cursor < total) {
+		snprintf(msg, sizeof(msg), "%s %" PRIu64, query, cursor);
+		r = message(dev, msg, resp, RESP_LEN);
+		if (r)
+			break;
+		errno = 0;
+		next = strtoull(resp, &end, 10);
+		if (end == resp || errno || next <= cursor || next > total) {
+			fprintf(stderr, "streamctl: %s: bad answer to '%s': '%.60s'\n",
+				dev, msg, resp);
+			r = -EPROTO;
+			break;
+		}
+		for (p = end; *p == ' '; ) {
+			first = strtoull(p + 1, &end, 10);
+			if (*end != '+')
+				break;
+			count = strtoull(end + 1, &p, 10);
+			r = fn(ctx, first, count);
+			if (r)
+				goto out;
+		}
+		if (*p) {
+			fprintf(stderr, "streamctl: %s: bad range list '%.60s'\n",
+				dev, p);
+			r = -EPROTO;
+			break;
+		}
+		cursor = next;
+	}
+out:
+	free(resp);
+	return r;
+}
+
+struct drain {
+	const char *dev;
+	char path[PATH_MAX];
+	int chan, devfd;
+	struct nbd_handle *nbd;
+	struct dm_stream_snap_read rd;
+	void *buf;
+	uint32_t bs;
+	uint64_t blocks, bytes;
+};
+
+static int snap_read(struct drain *d, uint64_t block)
+{
+	d->rd.block = block;
+	if (ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd) == 0)
+		return 0;
+	if (errno != ENODATA)
+		return -errno;
+	/* Absent: its content is the image's; reading it fetches it. */
+	if (pread(d->devfd, d->buf, d->bs, (off_t)block * d->bs) != d->bs)
+		return errno ? -errno : -EIO;
+	return ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd) ? -errno : 0;
+}
+
+static int drain_range(void *ctx, uint64_t first, uint64_t count)
+{
+	struct drain *d = ctx;
+	uint64_t b;
+	int r;
+
+	for (b = first; b < first + count; b++) {
+		r = snap_read(d, b);
+		if (r) {
+			fprintf(stderr, "streamctl: %s: read block %" PRIu64
+				" of the snapshot: %s\n", d->dev, b,
+				strerror(-r));
+			return r;
+		}
+		if (nbd_pwrite(d->nbd, d->buf, d->bs, b * d->bs, 0) == -1) {
+			fprintf(stderr, "streamctl: write block %" PRIu64
+				": %s\n", b, nbd_get_error());
+			return -EIO;
+		}
+		d->blocks++;
+		d->bytes += d->bs;
+	}
+	return 0;
+}
+
+static int cmd_snapshot(const char *dev, int consumer, const char *uri,
+			bool ack)
+{
+	struct stream_status st;
+	struct drain d = { .dev = dev, .chan = -1, .devfd = -1 };
+	char msg[128], resp[256], query[64];
+	uint64_t gen, nr;
+	struct timespec t0;
+	int64_t size;
+	int r, ret = 1;
+
+	r = get_status(dev, &st);
+	if (r)
+		return status_exit(r);
+	d.bs = st.block_sectors * 512;
+	if (posix_memalign(&d.buf, 4096, d.bs))
+		return 1;
+	d.nbd = nbd_create();
+	if (!d.nbd || nbd_connect_uri(d.nbd, uri) == -1) {
+		fprintf(stderr, "streamctl: connect %s: %s\n", uri,
+			nbd_get_error());
+		goto out_nbd;
+	}
+	size = nbd_get_size(d.nbd);
+	if (size < 0 || (uint64_t)size < st.total * d.bs) {
+		fprintf(stderr, "streamctl: %s: export has %" PRId64
+			" bytes, the device %" PRIu64 "\n", uri, size,
+			st.total * d.bs);
+		goto out_nbd;
+	}
+	if (nbd_is_read_only(d.nbd) == 1) {
+		fprintf(stderr, "streamctl: %s: export is read-only\n", uri);
+		goto out_nbd;
+	}
+	d.chan = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_CLOEXEC);
+	snprintf(d.path, sizeof(d.path), "%s/%s", dm_dir(), dev);
+	d.devfd = open(d.path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	if (d.chan < 0 || d.devfd < 0) {
+		fprintf(stderr, "streamctl: open %s: %m\n",
+			d.chan < 0 ? "/dev/" DM_STREAM_DEVNAME : d.path);
+		goto out_fds;
+	}
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	snprintf(msg, sizeof(msg), "snapshot %d", consumer);
+	if (suspended_message(dev, msg, resp, sizeof(resp)))
+		goto out_fds;
+	if (sscanf(resp, "%" SCNu64 " %" SCNu64, &gen, &nr) != 2) {
+		fprintf(stderr, "streamctl: %s: bad answer to '%s': '%s'\n",
+			dev, msg, resp);
+		goto out_fds;
+	}
+	fprintf(stderr, "streamctl: %s: consumer %d snapshot %" PRIu64
+		": %" PRIu64 " blocks, cut in %.1f ms\n", dev, consumer, gen,
+		nr, ms_since(&t0));
+
+	d.rd.magic = DM_STREAM_MAGIC;
+	d.rd.version = DM_STREAM_VERSION;
+	d.rd.size = sizeof(d.rd);
+	snprintf(d.rd.id, sizeof(d.rd.id), "%s", dev);
+	d.rd.consumer = consumer;
+	d.rd.gen = gen;
+	d.rd.buf = (uintptr_t)d.buf;
+	d.rd.len = d.bs;
+	snprintf(query, sizeof(query), "ranges %d %" PRIu64, consumer, gen);
+	r = for_each_range(dev, query, st.total, drain_range, &d);
+	if (!r && nbd_flush(d.nbd, 0) == -1) {
+		fprintf(stderr, "streamctl: flush %s: %s\n", uri,
+			nbd_get_error());
+		r = -EIO;
+	}
+	if (r) {
+		snprintf(msg, sizeof(msg), "abort %d %" PRIu64, consumer, gen);
+		if (!message(dev, msg, NULL, 0))
+			fprintf(stderr, "streamctl: %s: snapshot %" PRIu64
+				" aborted, its blocks stay dirty\n", dev, gen);
+		goto out_fds;
+	}
+	if (ack) {
+		snprintf(msg, sizeof(msg), "ack %d %" PRIu64, consumer, gen);
+		if (message(dev, msg, resp, sizeof(resp)))
+			goto out_fds;
+	}
+	printf("%s: consumer %d snapshot %" PRIu64 ": %" PRIu64
+	       " blocks, %" PRIu64 " bytes sent, %s in %.1f ms\n", dev,
+	       consumer, gen, d.blocks, d.bytes,
+	       ack ? "flushed and acknowledged" : "flushed, not acknowledged",
+	       ms_since(&t0));
+	ret = 0;
+out_fds:
+	if (d.chan >= 0)
+		close(d.chan);
+	if (d.devfd >= 0)
+		close(d.devfd);
+out_nbd:
+	if (d.nbd)
+		nbd_close(d.nbd);
+	free(d.buf);
+	return ret;
+}
+
+static int cmd_end(const char *dev, const char *what, int consumer,
+		   const char *id)
+{
+	struct stream_status st;
+	char msg[128], resp[128], *end;
+	uint64_t gen;
+	int r = get_status(dev, &st);
+
+	if (r)
+		return status_exit(r);
+	errno = 0;
+	gen = strtoull(id, &end, 10);
+	if (!*id || *end || errno || !gen) {
+		fprintf(stderr, "streamctl: invalid snapshot id '%s'\n", id);
+		return EXIT_USAGE;
+	}
+	snprintf(msg, sizeof(msg), "%s %d %" PRIu64, what, consumer, gen);
+	if (message(dev, msg, resp, sizeof(resp)))
+		return 1;
+	printf("%s: consumer %d snapshot %" PRIu64 ": %s blocks\n", dev,
+	       consumer, gen, resp);
+	return 0;
+}
+
+static int parse_size(const char *s, uint64_t *v)
+{
+	char *end;
+	uint64_t mul = 1;
+
+	errno = 0;
+	if (!isdigit((unsigned char)*s))
+		return -EINVAL;
+	*v = strtoull(s, &end, 0);
+	if (errno)
+		return -errno;
+	switch (toupper((unsigned char)*end)) {
+	case 'K':
+		mul = 1ULL << 10;
+		end++;
+		break;
+	case 'M':
+		mul = 1ULL << 20;
+		end++;
+		break;
+	case 'G':
+		mul = 1ULL << 30;
+		end++;
+		break;
+	}
+	if (*end || *v > UINT64_MAX / mul)
+		return -EINVAL;
+	*v *= mul;
+	return 0;
+}
+
+static int cmd_fill(const char *dev, const char *arg, const char *rate)
+{
+	struct stream_status st;
+	char msg[64];
+	uint64_t v;
+	int r = get_status(dev, &st);
+
+	if (r)
+		return status_exit(r);
+	if (rate) {
+		if (parse_size(rate, &v)) {
+			fprintf(stderr, "streamctl: invalid rate '%s'\n", rate);
+			return EXIT_USAGE;
+		}
+		snprintf(msg, sizeof(msg), "fill rate %" PRIu64, v);
+		if (message(dev, msg, NULL, 0))
+			return 1;
+	}
+	if (arg) {
+		if (strcmp(arg, "on") && strcmp(arg, "off")) {
+			fprintf(stderr, "streamctl: fill: on or off, not '%s'\n",
+				arg);
+			return EXIT_USAGE;
+		}
+		snprintf(msg, sizeof(msg), "fill %s", arg);
+		if (message(dev, msg, NULL, 0))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Ranges file: one "<offset> <length>" per line, bytes, decimal or 0x
+ * hex; '#' starts a comment; blank lines are ignored.  Every block a range
+ * touches is invalidated.
+ */
+struct ranges {
+	uint64_t (*r)[2];	/* first block, count */
+	size_t n, max;
+};
+
+static int read_ranges(FILE *f, const char *name, uint64_t bs,
+		       uint64_t total, struct ranges *rs)
+{
+	char line[256], *p, *end;
+	uint64_t off, len, first, last;
+	unsigned int lineno = 0;
+	void *grow;
+
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		if (!strchr(line, '\n') && !feof(f)) {
+			fprintf(stderr, "streamctl: %s:%u: line too long\n",
+				name, lineno);
+			return -EINVAL;
+		}
+		p = strchr(line, '#');
+		if (p)
+			*p = '\0';
+		for (p = line; isspace((unsigned char)*p); p++)
+			;
+		if (!*p)
+			continue;
+		errno = 0;
+		off = strtoull(p, &end, 0);
+		if (end == p || errno || !isspace((unsigned char)*end))
+			goto bad;
+		p = end;
+		len = strtoull(p, &end, 0);
+		if (end == p || errno)
+			goto bad;
+		for (; isspace((unsigned char)*end); end++)
+			;
+		if (*end)
+			goto bad;
+		if (!len || off >= total * bs || len > total * bs - off) {
+			fprintf(stderr, "streamctl: %s:%u: range %" PRIu64 "+%"
+				PRIu64 " is empty or beyond the device (%"
+				PRIu64 " bytes)\n", name, lineno, off, len,
+				total * bs);
+			return -ERANGE;
+		}
+		first = off / bs;
+		last = (off + len - 1) / bs;
+		if (rs->n == rs->max) {
+			rs->max = rs->max ? rs->max * 2 : 64;
+			grow = realloc(rs->r, rs->max * sizeof(*rs->r));
+			if (!grow)
+				return -ENOMEM;
+			rs->r = grow;
+		}
+		rs->r[rs->n][0] = first;
+		rs->r[rs->n][1] = last - first + 1;
+		rs->n++;
+	}
+	if (ferror(f)) {
+		fprintf(stderr, "streamctl: read %s: %m\n", name);
+		return -EIO;
+	}
+	return 0;
+bad:
+	fprintf(stderr, "streamctl: %s:%u: expected '<offset> <length>' in bytes\n",
+		name, lineno);
+	return -EINVAL;
+}
+
+static int cmd_invalidate(const char *dev, const char *file,
+			  const char *image_id, bool keep)
+{
+	struct stream_status st;
+	struct ranges rs = { 0 };
+	struct timespec t0;
+	char *msg = NULL, resp[128];
+	size_t i, j, len;
+	FILE *f;
+	int r, ret = 1;
+
+	r = get_status(dev, &st);
+	if (r)
+		return status_exit(r);
+	f = strcmp(file, "-") ? fopen(file, "r") : stdin;
+	if (!f) {
+		fprintf(stderr, "streamctl: open %s: %m\n", file);
+		return 1;
+	}
+	/* Parse everything before sending anything. */
+	r = read_ranges(f, file, st.block_sectors * 512ULL, st.total, &rs);
+	if (f != stdin)
+		fclose(f);
+	if (r)
+		goto out;
+	msg = malloc(64 + RANGES_PER_MSG * 48);
+	if (!msg)
+		goto out;
+	if (message(dev, "invalidate clear", NULL, 0))
+		goto out;
+	for (i = 0; i < rs.n; i += RANGES_PER_MSG) {
+		len = snprintf(msg, 64, "invalidate add");
+		for (j = i; j < rs.n && j < i + RANGES_PER_MSG; j++)
+			len += sprintf(msg + len, " %" PRIu64 "+%" PRIu64,
+				       rs.r[j][0], rs.r[j][1]);
+		if (message(dev, msg, NULL, 0))
+			goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	snprintf(msg, 64 + RANGES_PER_MSG * 48, "invalidate commit %s %s",
+		 image_id, keep ? "keep" : "discard");
+	if (suspended_message(dev, msg, resp, sizeof(resp)))
+		goto out;
+	printf("%s: image %s: %s blocks (%zu ranges, %s locally changed blocks) in %.1f ms\n",
+	       dev, image_id, resp, rs.n, keep ? "kept" : "discarded",
+	       ms_since(&t0));
+	ret = 0;
+out:
+	free(msg);
+	free(rs.r);
+	return ret;
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "consumer", required_argument, NULL, 'c' },
+		{ "to", required_argument, NULL, 't' },
+		{ "no-ack", no_argument, NULL, 'n' },
+		{ "image-id", required_argument, NULL, 'i' },
+		{ "keep", no_argument, NULL, 'k' },
+		{ "discard", no_argument, NULL, 'd' },
+		{ "rate", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	bool json = false;
-	const char *cmd;
-	int c;
+	const char *cmd, *to = NULL, *image_id = NULL, *rate = NULL;
+	bool json = false, ack = true, keep = true;
+	int c, consumer = -1, nargs;
+	char *end;
 
-	while ((c = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
-		if (c == 'h') {
+	if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+		usage(stdout);
+		return 0;
+	}
+	if (argc < 2 || argv[1][0] == '-') {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	cmd = argv[1];
+	optind = 2;
+	while ((c = getopt_long(argc, argv, "jc:t:ni:kdr:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'c':
+			errno = 0;
+			consumer = strtol(optarg, &end, 10);
+			if (*end || errno || consumer < 0 ||
+			    consumer >= NR_CONSUMERS) {
+				fprintf(stderr, "streamctl: --consumer: 0-%d\n",
+					NR_CONSUMERS - 1);
+				return EXIT_USAGE;
+			}
+			break;
+		case 't':
+			to = optarg;
+			break;
+		case 'n':
+			ack = false;
+			break;
+		case 'i':
+			image_id = optarg;
+			break;
+		case 'k':
+			keep = true;
+			break;
+		case 'd':
+			keep = false;
+			break;
+		case 'r':
+			rate = optarg;
+			break;
+		case 'h':
 			usage(stdout);
 			return 0;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
 		}
-		usage(stderr);
-		return EXIT_USAGE;
 	}
-	if (optind >= argc) {
-		usage(stderr);
-		return EXIT_USAGE;
-	}
-	cmd = argv[optind++];
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-		if (c == 'j' && !strcmp(cmd, "status")) {
-			json = true;
-			continue;
-		}
-		usage(stderr);
-		return EXIT_USAGE;
-	}
-	if (argc - optind != 1) {
-		usage(stderr);
-		return EXIT_USAGE;
-	}
-	if (!strcmp(cmd, "status"))
+	nargs = argc - optind;
+	if (!strcmp(cmd, "status") && nargs == 1)
 		return cmd_status(argv[optind], json);
-	if (!strcmp(cmd, "revert"))
+	if (!strcmp(cmd, "revert") && nargs == 1)
 		return cmd_revert(argv[optind]);
-	fprintf(stderr, "streamctl: unknown command '%s'\n", cmd);
+	if (!strcmp(cmd, "snapshot") && nargs == 1 && to && consumer >= 0)
+		return cmd_snapshot(argv[optind], consumer, to, ack);
+	if ((!strcmp(cmd, "ack") || !strcmp(cmd, "abort")) && nargs == 2 &&
+	    consumer >= 0)
+		return cmd_end(argv[optind], cmd, consumer, argv[optind + 1]);
+	if (!strcmp(cmd, "invalidate") && nargs == 2 && image_id)
+		return cmd_invalidate(argv[optind], argv[optind + 1], image_id,
+				      keep);
+	if (!strcmp(cmd, "fill") && (nargs == 2 || (nargs == 1 && rate)))
+		return cmd_fill(argv[optind], nargs == 2 ? argv[optind + 1] :
+				NULL, rate);
+	fprintf(stderr, "streamctl: bad command line for '%s'\n", cmd);
 	usage(stderr);
 	return EXIT_USAGE;
 }

@@ -25,9 +25,21 @@
  *
  * Memory: the helper serves I/O the kernel may need to reclaim memory, so it
  * sets PR_SET_IO_FLUSHER and locks its pages.
+ *
+ * Background fill: a second thread (struct filler) makes every absent
+ * block present by reading it through the dm device with O_DIRECT, one
+ * block at a time, so each of its reads becomes an ordinary miss that the
+ * main loop serves; a demand miss waits behind at most one fill block.
+ * The switch and the rate limit live in the kernel target ("fill on|off",
+ * "fill rate", shown in the status line), so streamctl can change them at
+ * run time and they survive a helper restart; the thread reads them
+ * through libdevmapper and pages through the absent ranges with the
+ * "absent <cursor>" message.  --fill turns the switch on at start.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -46,6 +58,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
+#include <libdevmapper.h>
 #include <libnbd.h>
 
 #include "uapi/dm-stream.h"
@@ -108,11 +121,31 @@ struct streamd {
 	unsigned int nr_inflight;
 
 	struct stats st;
+	struct filler *fill;
 };
 
 /*
- * Set by the signal handlers, read by the main loop: the only global
- * mutable state, owned by main().
+ * The fill thread.  The plain fields are written by main() before the
+ * thread starts and read-only afterwards; the atomics pass state between
+ * the thread and the main loop, which keeps serving the thread's in-flight
+ * read until the thread has exited.
+ */
+struct filler {
+	const char *name;
+	bool by_uuid;
+	bool enable;			/* --fill: switch on at start */
+	uint64_t rate;			/* --fill-rate, 0: leave as is */
+	bool exit_when_complete;
+	pthread_t thread;
+	bool started;
+	atomic_bool complete;		/* thread -> main */
+	atomic_bool stop;		/* main -> thread */
+	atomic_bool exited;		/* thread -> main */
+};
+
+/*
+ * Set by the signal handlers, read by the main loop and the fill thread:
+ * the only global mutable state, owned by main().
  */
 static volatile sig_atomic_t got_stop, got_usr1;
 
@@ -585,12 +618,34 @@ static int run(struct streamd *sd)
 	bool warned = false;
 	int r;
 
+	struct timespec stop_by = { 0, 0 };
+
 	sd->queue_tail = &sd->queue;
 	sd->fd = -1;
-	while (!got_stop) {
+	for (;;) {
 		struct pollfd pfd[2];
 		int nfds = 0, timeout = 1000, dm_idx = -1, nbd_idx = -1;
 		long wait;
+
+		if (sd->fill->exit_when_complete &&
+		    atomic_load(&sd->fill->complete) && !got_stop) {
+			info("%s: every block is present: exiting", sd->name);
+			got_stop = 1;
+		}
+		if (got_stop) {
+			/* Serve the fill thread's last read, for 10 s at most. */
+			atomic_store(&sd->fill->stop, true);
+			if (!sd->fill->started || atomic_load(&sd->fill->exited))
+				break;
+			if (!stop_by.tv_sec) {
+				clock_gettime(CLOCK_MONOTONIC, &stop_by);
+				stop_by.tv_sec += 10;
+			} else if (ms_until(&stop_by) <= 0) {
+				err("fill thread did not stop; exiting anyway");
+				break;
+			}
+			timeout = 100;
+		}
 
 		if (got_usr1) {
 			got_usr1 = 0;
@@ -691,6 +746,271 @@ static int run(struct streamd *sd)
 	return 0;
 }
 
+
+/* A libdevmapper task on the target; @resp gets a message's answer. */
+static int dm_run(const struct filler *fl, int type, const char *msg,
+		  char *resp, size_t len, char **params)
+{
+	struct dm_task *dmt = dm_task_create(type);
+	uint64_t start, length;
+	char *ttype = NULL, *p = NULL;
+	const char *out;
+	int r = -EIO;
+
+	if (!dmt)
+		return -ENOMEM;
+	if (!(fl->by_uuid ? dm_task_set_uuid(dmt, fl->name) :
+	      dm_task_set_name(dmt, fl->name)))
+		goto out;
+	if (msg && (!dm_task_set_sector(dmt, 0) ||
+		    !dm_task_set_message(dmt, msg)))
+		goto out;
+	if (!dm_task_run(dmt))
+		goto out;
+	if (msg) {
+		out = dm_task_get_message_response(dmt);
+		snprintf(resp, len, "%s", out ? out : "");
+	} else {
+		dm_get_next_target(dmt, NULL, &start, &length, &ttype, &p);
+		if (!ttype || strcmp(ttype, "stream") || !p)
+			goto out;
+		snprintf(resp, len, "%s", dm_task_get_name(dmt));
+		*params = strdup(p);
+		if (!*params) {
+			r = -ENOMEM;
+			goto out;
+		}
+	}
+	r = 0;
+out:
+	dm_task_destroy(dmt);
+	return r;
+}
+
+struct fill_state {
+	bool on;
+	uint64_t rate, present, total;
+	char name[DM_STREAM_NAME_LEN];
+};
+
+static int fill_status(const struct filler *fl, struct fill_state *fs)
+{
+	char *params = NULL, on[4];
+	unsigned int bs, parked;
+	int r;
+
+	r = dm_run(fl, DM_DEVICE_STATUS, NULL, fs->name, sizeof(fs->name),
+		   &params);
+	if (r)
+		return r;
+	if (sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %*u %u %*s %*s %*u %*u %*u %*u %3s %" SCNu64,
+		   &bs, &fs->present, &fs->total, &parked, on, &fs->rate) != 6)
+		r = -EPROTO;
+	fs->on = !strcmp(on, "on");
+	free(params);
+	return r;
+}
+
+static void sleep_ms(struct filler *fl, long ms)
+{
+	/* In slices, so that a stop request is seen quickly. */
+	while (ms > 0 && !atomic_load(&fl->stop)) {
+		long n = ms < 100 ? ms : 100;
+		struct timespec ts = { 0, n * 1000000L };
+
+		nanosleep(&ts, NULL);
+		ms -= n;
+	}
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/*
+ * One pass over the absent ranges.  Returns 0 when the pass ended (switch
+ * off, or end of the device), -errno on failure.
+ */
+static int fill_pass(struct filler *fl, struct fill_state *fs, int fd,
+		     void *buf, uint32_t bs)
+{
+	char msg[64], *resp, *p, *end;
+	uint64_t cursor = 0, next, first, count, b, done = 0;
+	double t0 = now_s(), checked = t0;
+	int r = 0;
+
+	resp = malloc(8192);
+	if (!resp)
+		return -ENOMEM;
+	while (cursor < fs->total && !atomic_load(&fl->stop)) {
+		snprintf(msg, sizeof(msg), "absent %" PRIu64, cursor);
+		r = dm_run(fl, DM_DEVICE_TARGET_MSG, msg, resp, 8192, NULL);
+		if (r)
+			break;
+		next = strtoull(resp, &end, 10);
+		if (end == resp || next <= cursor) {
+			r = -EPROTO;
+			break;
+		}
+		for (p = end; *p == ' ' && !atomic_load(&fl->stop); ) {
+			first = strtoull(p + 1, &end, 10);
+			if (*end != '+') {
+				r = -EPROTO;
+				goto out;
+			}
+			count = strtoull(end + 1, &p, 10);
+			for (b = first; b < first + count && !atomic_load(&fl->stop); b++) {
+				if (pread(fd, buf, bs, (off_t)b * bs) != bs) {
+					r = errno ? -errno : -EIO;
+					goto out;
+				}
+				done += bs;
+				/* The switch and the rate, once a second. */
+				if (now_s() - checked >= 1.0) {
+					checked = now_s();
+					r = fill_status(fl, fs);
+					if (r || !fs->on)
+						goto out;
+				}
+				if (fs->rate) {
+					double due = t0 + (double)done / fs->rate;
+					double wait = due - now_s();
+
+					if (wait > 0)
+						sleep_ms(fl, (long)(wait * 1000));
+				}
+			}
+		}
+		cursor = next;
+	}
+out:
+	free(resp);
+	return r;
+}
+
+static int fill_apply_options(struct filler *fl);
+
+static void *fill_main(void *arg)
+{
+	struct filler *fl = arg;
+	struct fill_state fs;
+	char path[PATH_MAX];
+	void *buf = NULL;
+	uint32_t bs = 0;
+	int fd = -1, r;
+	bool told = false, applied = false;
+
+	while (!atomic_load(&fl->stop)) {
+		r = fill_status(fl, &fs);
+		if (!r && !applied) {
+			r = fill_apply_options(fl);
+			if (r)
+				err("%s: cannot set the fill switch or rate",
+				    fl->name);
+			applied = !r;
+			if (!r)
+				r = fill_status(fl, &fs);
+		}
+		if (r) {
+			sleep_ms(fl, 1000);
+			continue;
+		}
+		if (fs.present >= fs.total) {
+			if (!told)
+				info("%s: all %" PRIu64 " blocks present",
+				     fs.name, fs.total);
+			told = true;
+			atomic_store(&fl->complete, true);
+			if (fl->exit_when_complete)
+				break;
+			sleep_ms(fl, 1000);
+			continue;
+		}
+		told = false;
+		atomic_store(&fl->complete, false);
+		if (!fs.on) {
+			sleep_ms(fl, 1000);
+			continue;
+		}
+		if (fd < 0) {
+			char *params = NULL, name[DM_STREAM_NAME_LEN];
+			unsigned int sectors;
+
+			if (dm_run(fl, DM_DEVICE_STATUS, NULL, name,
+				   sizeof(name), &params) ||
+			    sscanf(params, "%u", &sectors) != 1) {
+				free(params);
+				sleep_ms(fl, 1000);
+				continue;
+			}
+			free(params);
+			bs = sectors * 512;
+			free(buf);
+			buf = NULL;
+			if (posix_memalign(&buf, 4096, bs)) {
+				buf = NULL;
+				sleep_ms(fl, 1000);
+				continue;
+			}
+			snprintf(path, sizeof(path), "%s/%s", dm_dir(), name);
+			fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+			if (fd < 0) {
+				err("fill: open %s: %m", path);
+				sleep_ms(fl, 1000);
+				continue;
+			}
+			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent",
+			     name, fs.total - fs.present, fs.total);
+		}
+		r = fill_pass(fl, &fs, fd, buf, bs);
+		if (r) {
+			err("fill: %s", strerror(-r));
+			/* The device may have been reloaded: reopen it. */
+			close(fd);
+			fd = -1;
+			sleep_ms(fl, 1000);
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	atomic_store(&fl->exited, true);
+	return NULL;
+}
+
+/* --fill and --fill-rate, once the device exists. */
+static int fill_apply_options(struct filler *fl)
+{
+	char msg[64], resp[16];
+
+	if (fl->rate) {
+		snprintf(msg, sizeof(msg), "fill rate %" PRIu64, fl->rate);
+		if (dm_run(fl, DM_DEVICE_TARGET_MSG, msg, resp, sizeof(resp),
+			   NULL))
+			return -EIO;
+	}
+	if (fl->enable && dm_run(fl, DM_DEVICE_TARGET_MSG, "fill on", resp,
+				 sizeof(resp), NULL))
+		return -EIO;
+	return 0;
+}
+
+static int fill_start(struct filler *fl)
+{
+	int r = -pthread_create(&fl->thread, NULL, fill_main, fl);
+
+	if (r) {
+		err("fill thread: %s", strerror(-r));
+		return r;
+	}
+	fl->started = true;
+	return 0;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -699,6 +1019,10 @@ static void usage(FILE *f)
 "Fetch absent blocks of a dm-stream device from an NBD server.\n"
 "\n"
 "  -q, --queue-depth N   reads in flight to the server (default %d)\n"
+"  -f, --fill            switch the background fill on (see streamctl fill)\n"
+"  -r, --fill-rate R     limit the fill to R bytes/s (K, M, G suffixes)\n"
+"  -x, --exit-when-complete\n"
+"                        exit once every block is present\n"
 "  -u, --uuid            <dm device name> is a dm uuid\n"
 "  -s, --stats FILE      write counters to FILE on SIGUSR1 and at exit\n"
 "  -d, --daemon          detach and log to syslog\n"
@@ -715,6 +1039,9 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "queue-depth", required_argument, NULL, 'q' },
+		{ "fill", no_argument, NULL, 'f' },
+		{ "fill-rate", required_argument, NULL, 'r' },
+		{ "exit-when-complete", no_argument, NULL, 'x' },
 		{ "uuid", no_argument, NULL, 'u' },
 		{ "stats", required_argument, NULL, 's' },
 		{ "daemon", no_argument, NULL, 'd' },
@@ -725,13 +1052,14 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	struct streamd sd = { .depth = DEFAULT_DEPTH };
+	struct filler fl = { 0 };
 	const char *pidfile = NULL;
 	bool daemonize = false;
 	struct sigaction sa;
 	char *end;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "q:us:dp:vhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "q:fr:xus:dp:vhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'q':
 			errno = 0;
@@ -741,6 +1069,34 @@ int main(int argc, char **argv)
 				    optarg);
 				return 2;
 			}
+			break;
+		case 'f':
+			fl.enable = true;
+			break;
+		case 'r':
+			errno = 0;
+			fl.rate = strtoull(optarg, &end, 10);
+			switch (*end) {
+			case 'K': case 'k':
+				fl.rate <<= 10;
+				end++;
+				break;
+			case 'M': case 'm':
+				fl.rate <<= 20;
+				end++;
+				break;
+			case 'G': case 'g':
+				fl.rate <<= 30;
+				end++;
+				break;
+			}
+			if (errno || *end || !fl.rate) {
+				err("invalid fill rate '%s'", optarg);
+				return 2;
+			}
+			break;
+		case 'x':
+			fl.exit_when_complete = true;
 			break;
 		case 'u':
 			sd.by_uuid = true;
@@ -809,7 +1165,16 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	r = run(&sd);
+	fl.name = sd.name;
+	fl.by_uuid = sd.by_uuid;
+	sd.fill = &fl;
+	r = fill_start(&fl);
+	if (!r)
+		r = run(&sd);
+	got_stop = 1;
+	atomic_store(&fl.stop, true);
+	if (fl.started && atomic_load(&fl.exited))
+		pthread_join(fl.thread, NULL);
 	write_stats(&sd);
 	disconnect(&sd);
 	detach(&sd);
