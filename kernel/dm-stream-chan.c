@@ -73,6 +73,23 @@ static void __detach(struct stream_c *sc)
 	up_write(&hf->sem);
 }
 
+/*
+ * Drop the helper (it re-attaches): after an image update its cached view
+ * of the image, such as which blocks read as zero, is stale.
+ */
+void stream_chan_detach(struct stream_c *sc)
+{
+	struct stream_file *hf;
+
+	mutex_lock(&stream_chan_lock);
+	hf = sc->helper;
+	if (hf) {
+		__detach(sc);
+		wake_up_interruptible(&hf->wait);
+	}
+	mutex_unlock(&stream_chan_lock);
+}
+
 void stream_chan_unregister(struct stream_c *sc)
 {
 	mutex_lock(&stream_chan_lock);

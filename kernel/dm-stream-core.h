@@ -139,6 +139,7 @@ int stream_chan_init(void);
 void stream_chan_exit(void);
 void stream_chan_register(struct stream_c *sc);
 void stream_chan_unregister(struct stream_c *sc);
+void stream_chan_detach(struct stream_c *sc);
 void __stream_chan_kick(struct stream_c *sc);
 
 #endif

@@ -1387,6 +1387,8 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 	}
 	DMINFO("%s: image %s: %ld blocks invalidated (%s)", dev_name_of(sc),
 	       argv[2], r, keep ? "keep" : "discard");
+	/* Whatever the helper knows about the old image is stale now. */
+	stream_chan_detach(sc);
 	DMEMIT("invalidated %ld", r);
 	return 1;
 }

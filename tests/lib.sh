@@ -102,6 +102,8 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v nbdkit)"
 	copy_bin "$root" "$(command -v qemu-nbd)"
 	copy_bin "$root" "$(command -v nbdcopy)"
+	copy_bin "$root" "$(command -v qemu-img)"
+	copy_bin "$root" "$(command -v mke2fs)" /opt/bin
 	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do

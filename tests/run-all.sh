@@ -1,7 +1,8 @@
 #!/bin/bash
 # Run every dm-stream suite: build, then for each kernel (Debian 6.1, Debian
 # 6.12, the KUnit/KASAN/lockdep debug kernel) boot the main integration
-# suite, the clean-reboot pair and the power-cut pair; on the debug kernel
+# suite, the clean-reboot pair and the power-cut pairs (after fsync'd
+# writes, and in the middle of a snapshot drain); on the debug kernel
 # also collect the KUnit results.  Ends with "N passed, N failed".
 #
 # Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels.
@@ -84,6 +85,29 @@ make_disks() {
 	       "$d/scratch.raw" "$d/big.raw" "$d/bigmeta.raw")
 }
 
+# Power-cut pair: phase 1 ends with READY_FOR_KILL and QEMU is killed
+# without any shutdown; phase 2 boots on the same disks.
+crash_pair() {	# crash_pair <kernel> <initrd> <log dir> <suite>
+	local k=$1 initrd=$2 logs=$3 suite=$4 rc
+	make_disks
+	run_vm "$k" "$initrd" "$logs/${suite}1.log" \
+		"stream.suite=$suite stream.phase=1" \
+		--kill-on READY_FOR_KILL -- "${DISKS[@]}"
+	rc=$?
+	if [ $rc = 137 ]; then
+		record "$k" "$suite-hard-kill" PASS
+		# collect without the end marker: the guest never finished
+		while read -r _ name res why; do
+			record "$k" "$name" "$res" "$why"
+		done < <(grep -a "^STREAMTEST " "$logs/${suite}1.log" | tr -d '\r')
+	else
+		record "$k" "$suite-hard-kill" FAIL "guest never reached READY_FOR_KILL"
+	fi
+	run_vm "$k" "$initrd" "$logs/${suite}2.log" \
+		"stream.suite=$suite stream.phase=2" -- "${DISKS[@]}"
+	collect "$k" "${suite}2" "$logs/${suite}2.log"
+}
+
 build_tools
 make_disks
 for k in $KERNELS; do
@@ -105,20 +129,8 @@ for k in $KERNELS; do
 	run_vm "$k" "$initrd" "$logs/reboot2.log" "stream.suite=reboot stream.phase=2" -- "${DISKS[@]}"
 	collect "$k" reboot2 "$logs/reboot2.log"
 
-	make_disks
-	run_vm "$k" "$initrd" "$logs/crash1.log" "stream.suite=crash stream.phase=1" \
-		--kill-on READY_FOR_KILL -- "${DISKS[@]}"
-	if [ $? = 137 ]; then
-		record "$k" crash-hard-kill PASS
-		# collect without the end marker: the guest never finished
-		while read -r _ name res why; do
-			record "$k" "$name" "$res" "$why"
-		done < <(grep -a "^STREAMTEST " "$logs/crash1.log" | tr -d '\r')
-	else
-		record "$k" crash-hard-kill FAIL "guest never reached READY_FOR_KILL"
-	fi
-	run_vm "$k" "$initrd" "$logs/crash2.log" "stream.suite=crash stream.phase=2" -- "${DISKS[@]}"
-	collect "$k" crash2 "$logs/crash2.log"
+	crash_pair "$k" "$initrd" "$logs" crash
+	crash_pair "$k" "$initrd" "$logs" crashdrain
 	echo "[$k] done in $(($(date +%s) - t0)) s"
 	SUMMARY="$SUMMARY $k:pass=$PASS,fail=$FAIL"
 done

@@ -414,6 +414,8 @@ static void build_zero_map(struct streamd *sd, struct nbd_handle *h)
 		if (!sd->zero_map)
 			return;
 	}
+	/* A rebuild must not keep bits of an older image. */
+	memset(sd->zero_map, 0, (sd->nr_blocks + 7) / 8);
 	while (off < size) {
 		uint64_t count = size - off > (1ULL << 30) ? (1ULL << 30) :
 				 size - off;
@@ -453,6 +455,18 @@ static void disconnect(struct streamd *sd)
 	}
 	sd->inflight = NULL;
 	sd->nr_inflight = 0;
+}
+
+/*
+ * The kernel dropped us: the target was reloaded or removed, or the image
+ * was updated (invalidate).  Re-attach, and reconnect so that the zero
+ * map describes the image as it is now.
+ */
+static void reattach(struct streamd *sd)
+{
+	sd->st.reattaches++;
+	detach(sd);
+	disconnect(sd);
 }
 
 static void schedule_connect(struct streamd *sd)
@@ -726,15 +740,13 @@ static int run(struct streamd *sd)
 
 			if (re & (POLLHUP | POLLERR)) {
 				info("%s went away; re-attaching", sd->name);
-				sd->st.reattaches++;
-				detach(sd);
+				reattach(sd);
 				continue;
 			}
 			if (re & POLLIN) {
 				r = read_requests(sd);
 				if (r == -ENODEV) {
-					sd->st.reattaches++;
-					detach(sd);
+					reattach(sd);
 				} else if (r && r != -ENOMEM) {
 					err("read /dev/%s: %s",
 					    DM_STREAM_DEVNAME, strerror(-r));

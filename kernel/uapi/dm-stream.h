@@ -24,6 +24,9 @@
  *      of this file is refused (-EINVAL, -ENOENT) and changes nothing.
  *   4. close(2) (or the helper's death) hands every request it had read but
  *      not answered back to the queue for the next helper.
+ *   5. The kernel also drops the helper (POLLHUP, -ENODEV) after an image
+ *      update: the helper MUST re-attach and forget what it knew about the
+ *      image (for streamd, which blocks read as zero).
  *
  * Snapshot readers (streamctl) use DM_STREAM_IOC_SNAP_READ on an
  * unattached /dev/dm-stream file: it copies one block of a snapshot in

@@ -185,13 +185,18 @@ t_fetch_timeout() {
 
 t_status_table() {
 	fresh
-	create 2 fetch_timeout 30
+	create 4 fetch_timeout 30 preserve_mb 8
 	# shellcheck disable=SC2046 # split the table into words
 	set -- $(dmsetup table s)
-	expect_eq "table" "stream $(cat /sys/block/vdc/dev) $(cat /sys/block/vdb/dev) $BS 2 fetch_timeout 30" "$3 $4 $5 $6 $7 $8 $9"
+	shift 2
+	expect_eq "table" "stream $(cat /sys/block/vdc/dev) $(cat /sys/block/vdb/dev) $BS 4 fetch_timeout 30 preserve_mb 8" "$*"
 	# shellcheck disable=SC2046 # split the status into words
 	set -- $(dmsetup status s)
-	expect_eq "status" "$BS 0/$NBLOCKS 0 0 detached rw" "$4 $5 $6 $7 $8 $9"
+	shift 3
+	expect_eq "status" "$BS 0/$NBLOCKS 0 0 detached rw 0 0 0" "$1 $2 $3 $4 $5 $6 $7 $8 $9"
+	shift 10
+	expect_eq "status (fill, image, consumers)" \
+		"off 0 - 0:0:0 0:0:0 0:0:0 0:0:0" "$*"
 }
 
 is_mode() { [ "$(st 6)" = "$1" ]; }
@@ -371,7 +376,11 @@ bad_tables() {
 	expect_refused table_no_data "Cannot open data device" \
 		"$tbl $META /dev/nonexistent $BS"
 	expect_refused table_feature_count "Invalid number of feature arguments" \
-		"$tbl $META $DATA $BS 3 a b c"
+		"$tbl $META $DATA $BS 5 a b c d e"
+	expect_refused table_preserve_missing "preserve_mb needs a value" \
+		"$tbl $META $DATA $BS 1 preserve_mb"
+	expect_refused table_preserve_range "Invalid preserve_mb" \
+		"$tbl $META $DATA $BS 2 preserve_mb 0"
 	expect_refused table_feature_unknown "Unknown feature argument" \
 		"$tbl $META $DATA $BS 1 bogus"
 	expect_refused table_timeout_missing "fetch_timeout needs a value" \
@@ -415,6 +424,9 @@ bad_superblocks() {
 	done
 }
 
+# shellcheck source=lifecycle.sh
+. /tests/lifecycle.sh
+
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run read_whole t_read_whole
 run read_whole_qemu_nbd t_read_whole_qemu_nbd
@@ -434,8 +446,20 @@ run channel_validation t_channel_validation
 run revert t_revert
 run revert_interrupted t_revert_interrupted
 run revert_1tib t_revert_1tib
+run snapshot_qcow2 t_snapshot_qcow2
+run consumers t_consumers
+run lifecycle_bad_input t_lifecycle_bad_input
+run snapshot_server_dies t_snapshot_server_dies
+run snapshot_budget t_snapshot_budget
+run snapshot_absent t_snapshot_absent
+run ack_power_cut t_ack_power_cut
+run kiosk t_kiosk
+run invalidate t_invalidate
+run invalidate_interrupted t_invalidate_interrupted
+run fill t_fill
+run fill_switch t_fill_switch
 run status_table t_status_table
 run mode_ro_on_metadata_error t_mode_ro
 run mode_fail_on_data_flush_error t_mode_fail
-bad_tables
-bad_superblocks
+[ -n "${ONLY:-}" ] || bad_tables
+[ -n "${ONLY:-}" ] || bad_superblocks

@@ -7,18 +7,26 @@
  *
  *   stream-meta <dev> csum|magic|version|blocknr|geometry|bitmap|flags|
  *                     reverting|show
+ *   stream-meta <dev> invalidating <block>
  *
  * "reverting" is not damage: it sets the flag an interrupted revert leaves
  * behind, so that the test can check the revert is completed on load.
+ * "invalidating" likewise leaves what an image update interrupted after
+ * its first step leaves: <block> in the invalidate set (bitmap 2), the
+ * INVALIDATING flag and the image id "interrupted".
  */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #define BS 4096
 #define SB_CSUM_XOR 0x5e7a11edU
+#define BITMAP_CSUM_XOR 0x0b17c0deU
+#define BITMAP_BITS_OFF 24	/* struct stream_bitmap_disk.bits */
+#define SB_IMAGE_ID_OFF 112	/* struct stream_sb_disk.image_id */
 #define FIRST_BITMAP 16
 
 static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n)
@@ -43,13 +51,39 @@ static void reseal(uint8_t *b)
 	put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ SB_CSUM_XOR);
 }
 
+/* Bitmap 2 gets @block, the superblock the flag: an interrupted update. */
+static int invalidating(int fd, uint8_t *sb, unsigned long block)
+{
+	uint8_t b[BS];
+	uint32_t bitmap_blocks;
+	off_t where;
+
+	memcpy(&bitmap_blocks, sb + 72, 4);
+	if (block >= 509 * 64) {
+		fprintf(stderr, "block %lu not in the first bitmap block\n", block);
+		return 2;
+	}
+	where = (off_t)(FIRST_BITMAP + 2 * bitmap_blocks) * BS;
+	if (pread(fd, b, BS, where) != BS)
+		return 1;
+	b[BITMAP_BITS_OFF + block / 8] |= 1 << (block % 8);
+	put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ BITMAP_CSUM_XOR);
+	if (pwrite(fd, b, BS, where) != BS)
+		return 1;
+	put32(sb, 4, 2);
+	memset(sb + SB_IMAGE_ID_OFF, 0, 64);
+	strcpy((char *)sb + SB_IMAGE_ID_OFF, "interrupted");
+	reseal(sb);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	uint8_t b[BS];
 	off_t where = 0;
 	int fd;
 
-	if (argc != 3) {
+	if (argc != 3 && !(argc == 4 && !strcmp(argv[2], "invalidating"))) {
 		fprintf(stderr, "usage: stream-meta <dev> <damage>\n");
 		return 2;
 	}
@@ -78,6 +112,11 @@ int main(int argc, char **argv)
 	} else if (!strcmp(argv[2], "flags")) {
 		put32(b, 4, 0x80);
 		reseal(b);
+	} else if (!strcmp(argv[2], "invalidating")) {
+		int r = invalidating(fd, b, strtoul(argv[3], NULL, 10));
+
+		if (r)
+			return r;
 	} else if (!strcmp(argv[2], "reverting")) {
 		put32(b, 4, 1);
 		reseal(b);
