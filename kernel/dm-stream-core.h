@@ -68,12 +68,14 @@ struct stream_c {
 	enum stream_mode mode;		/* READ_ONCE; changed by the worker */
 
 	/*
-	 * Guards deferred, deferred_flush, flush_completions and completed.
+	 * Guards deferred, deferred_flush, deferred_dirty, flush_completions
+	 * and completed.
 	 * Taken from bio completion (interrupt) context: irqsave.
 	 */
 	spinlock_t lock;
 	struct bio_list deferred;	/* bios needing the worker */
 	struct bio_list deferred_flush;	/* issue after the next commit */
+	struct bio_list deferred_dirty;	/* writes waiting for their dirty bits */
 	struct bio_list flush_completions; /* complete after next commit */
 	struct list_head completed;	/* fetches whose I/O ended */
 

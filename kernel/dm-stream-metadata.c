@@ -47,12 +47,19 @@
  * flush of step 2, which was issued after the block's data write completed:
  * the data is durable first.
  *
- * Rule 2 (dirty): dsm_set_dirty() runs in the map path before the write is
- * issued.  The target holds every REQ_PREFLUSH bio, and completes every
- * REQ_FUA write, only after a commit that began after that point, so the
- * dirty bit of every write a flush covers is durable when the flush
- * completes.  Dirty bits copied from the live map may include bits of
- * writes still in flight; a dirty bit without new data only costs a
+ * Rule 2 (dirty): a write to a present block is issued only once the
+ * block's dirty bits are on disk.  The map path remaps it at once only if
+ * the block is in md->durable (its bits for every consumer were set before
+ * a commit that has completed); otherwise dsm_set_dirty() sets them in
+ * core and the bio waits in the worker for the next commit, which writes
+ * them, then dsm_mark_durable() and the bio is issued.  (dm-era holds
+ * writes the same way.)  So no data write reaches the data device before
+ * the metadata says its block is dirty -- stronger than "durable before a
+ * flush covering the write completes", and what revert needs after a power
+ * cut.  Writes to absent blocks (whole-block fills) need no wait: until a
+ * commit records the block present, a crash makes it absent and it reads
+ * as the image again.  Dirty bits copied from the live map may include
+ * bits of writes still waiting; a dirty bit without new data only costs a
  * redundant transfer later, so over-approximating is safe.
  *
  * Snapshots.  Every write marks its block dirty for every consumer.
@@ -161,6 +168,14 @@ struct dm_stream_metadata {
 	 */
 	unsigned long *changed_present;
 	unsigned long *changed_dirty[DSM_MAX_CONSUMERS];
+
+	/*
+	 * Blocks whose dirty bits, for every consumer, are on disk: writes
+	 * to them need no commit first.  Atomic bitops, any context; set
+	 * only after a commit (dsm_mark_durable()), cleared wholesale while
+	 * the device is quiesced.
+	 */
+	unsigned long *durable;
 
 	/*
 	 * Serialises dsm_commit() and every other metadata write; protects
@@ -500,6 +515,7 @@ static void free_maps(struct dm_stream_metadata *md)
 	unsigned int c;
 
 	kvfree(md->present);
+	kvfree(md->durable);
 	kvfree(md->present_commit);
 	kvfree(md->changed_present);
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
@@ -632,6 +648,7 @@ static long __revert(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
+	bitmap_zero(md->durable, nr);
 	md->sb.flags &= ~SB_F_REVERTING;
 	md->sb.generation++;
 	r = write_sb(md);
@@ -709,6 +726,7 @@ static long __invalidate(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
+	bitmap_zero(md->durable, nr);
 	md->sb.flags &= ~(SB_F_INVALIDATING | SB_F_INVAL_KEEP);
 	md->sb.generation++;
 	r = write_sb(md);
@@ -866,6 +884,8 @@ int dsm_snapshot(struct dm_stream_metadata *md, struct block_device *data,
 		goto out;
 	*gen = md->sb.consumer_gen[c];
 	*nr = dsm_snapshot_cut(md, c);
+	/* Quiesced: the next write to a snapshot block must commit again. */
+	bitmap_andnot(md->durable, md->durable, md->snap[c], md->sb.nr_blocks);
 	md->snap_blocks[c] = *nr;
 	WRITE_ONCE(md->snap_gen[c], *gen);
 out:
@@ -975,9 +995,11 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
 	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
 	md->present = alloc_bitmap(nr_blocks);
+	md->durable = alloc_bitmap(nr_blocks);
 	md->present_commit = alloc_bitmap(nr_blocks);
 	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
-	ok = md->present && md->present_commit && md->changed_present;
+	ok = md->present && md->durable && md->present_commit &&
+		md->changed_present;
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
 		md->dirty[c] = alloc_bitmap(nr_blocks);
 		md->changed_dirty[c] = alloc_bitmap(md->sb.bitmap_blocks);
@@ -1023,6 +1045,9 @@ static int load(struct dm_stream_metadata *md, const char **error)
 		return r;
 	bitmap_copy(md->present_commit, md->present, nr);
 	recount(md);
+	bitmap_copy(md->durable, md->dirty[0], nr);
+	for (c = 1; c < DSM_MAX_CONSUMERS; c++)
+		bitmap_and(md->durable, md->durable, md->dirty[c], nr);
 
 	mutex_lock(&md->commit_lock);
 	if (md->sb.flags & SB_F_INVALIDATING) {
@@ -1175,6 +1200,22 @@ bool dsm_changed(struct dm_stream_metadata *md)
 		if (!bitmap_empty(md->changed_dirty[c], md->sb.bitmap_blocks))
 			return true;
 	return READ_ONCE(md->nr_pending);
+}
+
+bool dsm_durable(struct dm_stream_metadata *md, u64 block)
+{
+	return test_bit(block, md->durable);
+}
+
+void dsm_mark_durable(struct dm_stream_metadata *md, u64 block)
+{
+	if (dsm_dirty_all(md, block))
+		set_bit(block, md->durable);
+}
+
+bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block)
+{
+	return test_bit(block, md->dirty[c]);
 }
 
 bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)

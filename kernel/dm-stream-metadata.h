@@ -75,6 +75,17 @@ u64 dsm_generation(struct dm_stream_metadata *md);
 const char *dsm_image_id(struct dm_stream_metadata *md);
 bool dsm_changed(struct dm_stream_metadata *md);
 
+/* Lockless, any context: is @block dirty for consumer @c (snapshot aside)? */
+bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block);
+
+/*
+ * Lockless, any context: are @block's dirty bits on disk for every
+ * consumer (a write may go straight down)?  dsm_mark_durable() records
+ * that after a commit that began once they were set in core.
+ */
+bool dsm_durable(struct dm_stream_metadata *md, u64 block);
+void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);
+
 /* Lockless, any context: is @block dirty for every consumer? */
 bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block);
 

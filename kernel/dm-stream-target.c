@@ -34,8 +34,9 @@
  *
  * Crash ordering is the metadata's business; see the commit protocol in
  * dm-stream-metadata.c.  The target's part is to hold REQ_PREFLUSH bios
- * until a commit, to commit before issuing (or, for whole-block fills,
- * before completing) REQ_FUA writes, and to commit periodically.
+ * until a commit, to hold a write to a present block whose dirty bits are
+ * not yet on disk until a commit (rule 2), to commit before completing a
+ * REQ_FUA whole-block fill, and to commit periodically.
  */
 #include <linux/blkdev.h>
 #include <linux/ctype.h>
@@ -309,12 +310,12 @@ static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
 		}
 		preserve(sc, block);
 	}
+	if (dsm_durable(sc->md, block))
+		goto remap;
+	/* Rule 2: its dirty bits reach the disk before its data does. */
 	dsm_set_dirty(sc->md, block);
-	if ((bio->bi_opf & REQ_FUA) && dsm_changed(sc->md)) {
-		/* Its dirty bit must be durable before it completes. */
-		defer_bio(sc, &sc->deferred_flush, bio);
-		return DM_MAPIO_SUBMITTED;
-	}
+	defer_bio(sc, &sc->deferred_dirty, bio);
+	return DM_MAPIO_SUBMITTED;
 remap:
 	remap(sc, bio);
 	return DM_MAPIO_REMAPPED;
@@ -362,8 +363,7 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	block = bio_block(sc, bio);
 	if (dsm_test(dsm_present_map(sc->md), block)) {
 		if (!is_write(bio) ||
-		    (dsm_dirty_all(sc->md, block) &&
-		     !(bio->bi_opf & REQ_FUA))) {
+		    (mode == STREAM_MODE_RW && dsm_durable(sc->md, block))) {
 			remap(sc, bio);
 			return DM_MAPIO_REMAPPED;
 		}
@@ -592,7 +592,7 @@ static int stream_commit(struct stream_c *sc)
 static void do_worker(struct work_struct *ws)
 {
 	struct stream_c *sc = container_of(ws, struct stream_c, worker);
-	struct bio_list bios, flush_bios, completions;
+	struct bio_list bios, flush_bios, completions, dirty_bios;
 	struct stream_fetch *f, *tmp;
 	LIST_HEAD(done);
 	struct bio *bio;
@@ -613,15 +613,28 @@ static void do_worker(struct work_struct *ws)
 	bio_list_init(&sc->deferred_flush);
 	completions = sc->flush_completions;
 	bio_list_init(&sc->flush_completions);
+	dirty_bios = sc->deferred_dirty;
+	bio_list_init(&sc->deferred_dirty);
 	spin_unlock_irq(&sc->lock);
 
 	while ((bio = bio_list_pop(&bios)))
 		process_parked(sc, bio);
 
-	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions))
+	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions) &&
+	    bio_list_empty(&dirty_bios))
 		return;
 
 	r = stream_commit(sc);
+	while ((bio = bio_list_pop(&dirty_bios))) {
+		if (r) {
+			bio_io_error(bio);
+			continue;
+		}
+		/* The commit began after its dirty bits were set. */
+		dsm_mark_durable(sc->md, bio_block(sc, bio));
+		remap(sc, bio);
+		submit_bio_noacct(bio);
+	}
 	while ((bio = bio_list_pop(&completions))) {
 		if (r)
 			bio->bi_status = BLK_STS_IOERR;
@@ -900,6 +913,7 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	bio_list_init(&sc->deferred);
 	bio_list_init(&sc->deferred_flush);
 	bio_list_init(&sc->flush_completions);
+	bio_list_init(&sc->deferred_dirty);
 	INIT_LIST_HEAD(&sc->completed);
 	mutex_init(&sc->fetch_lock);
 	xa_init(&sc->fetches);

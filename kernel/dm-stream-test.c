@@ -383,6 +383,159 @@ static struct kunit_suite stream_commit_suite = {
 	.test_cases = stream_commit_cases,
 };
 
+
+/*
+ * Per-consumer dirty maps and in-core snapshots.  Script steps:
+ *   'D' - b  block b written: dsm_set_dirty(b)
+ *   'X' c -  cut a snapshot of consumer c (in core)
+ *   'M' c -  merge (abort) consumer c's snapshot
+ *   'd' c n  expect n blocks dirty for c (snapshot not counted)
+ *   'y' c b  expect b dirty for c; 'n' c b not dirty for c
+ *   's' c b  expect b in c's snapshot
+ *   'A' - b  expect b dirty for every consumer; 'a' - b not for all
+ */
+struct snap_step {
+	char op;
+	unsigned int c;
+	u64 arg;
+};
+
+struct snap_case {
+	const char *desc;
+	struct snap_step steps[14];
+};
+
+static const struct snap_case snap_cases[] = {
+	{ "a write marks every consumer",
+	  { {'D', 0, 5}, {'d', 0, 1}, {'d', 3, 1}, {'A', 0, 5},
+	    {'a', 0, 6} } },
+	{ "a cut moves the dirty set into the snapshot",
+	  { {'D', 0, 5}, {'D', 0, 7}, {'X', 1}, {'d', 1, 0}, {'s', 1, 5},
+	    {'s', 1, 7}, {'n', 1, 5}, {'d', 0, 2}, {'a', 0, 5} } },
+	{ "a rewrite after the cut is dirty again",
+	  { {'D', 0, 5}, {'X', 1}, {'D', 0, 5}, {'d', 1, 1}, {'y', 1, 5},
+	    {'s', 1, 5}, {'A', 0, 5} } },
+	{ "abort restores the set without counting twice",
+	  { {'D', 0, 5}, {'D', 0, 7}, {'X', 1}, {'D', 0, 7}, {'M', 1},
+	    {'d', 1, 2}, {'y', 1, 5}, {'y', 1, 7} } },
+	{ "a cut of one consumer leaves the others",
+	  { {'D', 0, 5}, {'X', 2}, {'d', 0, 1}, {'d', 1, 1}, {'d', 2, 0},
+	    {'d', 3, 1} } },
+	{ "a cut across bitmap slices",
+	  { {'D', 0, 1}, {'D', 0, BPB + 1}, {'D', 0, 2 * BPB + 7},
+	    {'X', 3}, {'s', 3, BPB + 1}, {'s', 3, 2 * BPB + 7},
+	    {'d', 3, 0}, {'M', 3}, {'d', 3, 3} } },
+};
+
+static void snap_case_desc(const struct snap_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(snap, snap_cases, snap_case_desc);
+
+static void stream_snapshot_test(struct kunit *test)
+{
+	const struct snap_case *c = test->param_value;
+	struct dm_stream_metadata *md = dsm_create_incore(3 * BPB);
+	const struct snap_step *s;
+	u64 gen = 1;
+
+	KUNIT_ASSERT_NOT_NULL(test, md);
+	for (s = c->steps; s->op; s++) {
+		switch (s->op) {
+		case 'D':
+			dsm_set_dirty(md, s->arg);
+			break;
+		case 'X':
+			KUNIT_ASSERT_EQ(test, dsm_snapshot_incore(md, s->c, gen++),
+					0);
+			break;
+		case 'M':
+			dsm_snapshot_merge(md, s->c);
+			break;
+		case 'd':
+			KUNIT_EXPECT_EQ(test, dsm_nr_dirty(md, s->c), s->arg);
+			break;
+		case 'y':
+		case 'n':
+			KUNIT_EXPECT_EQ(test, dsm_dirty_test(md, s->c, s->arg),
+					s->op == 'y');
+			break;
+		case 's':
+			KUNIT_EXPECT_TRUE(test, dsm_test(dsm_snap_map(md, s->c),
+							 s->arg));
+			break;
+		case 'A':
+		case 'a':
+			KUNIT_EXPECT_EQ(test, dsm_dirty_all(md, s->arg),
+					s->op == 'A');
+			break;
+		}
+	}
+	dsm_destroy_incore(md);
+}
+
+/* dsm_next_range over a fixed map: bits 3-5, 10, 63-65 and 99 of 100. */
+struct range_case {
+	const char *desc;
+	u64 from;
+	bool set;
+	bool found;
+	u64 start, len;
+};
+
+static const struct range_case range_cases[] = {
+	{ "first set run", 0, true, true, 3, 3 },
+	{ "from inside a run", 4, true, true, 4, 2 },
+	{ "single bit", 6, true, true, 10, 1 },
+	{ "run across a word edge", 11, true, true, 63, 3 },
+	{ "last bit of the map", 66, true, true, 99, 1 },
+	{ "cursor at the end", 100, true, false, 0, 0 },
+	{ "cursor beyond the end", 1000, true, false, 0, 0 },
+	{ "first clear run", 0, false, true, 0, 3 },
+	{ "clear run up to the end", 98, false, true, 98, 1 },
+	{ "no clear bit left", 99, false, false, 0, 0 },
+};
+
+static void range_case_desc(const struct range_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(range, range_cases, range_case_desc);
+
+static void stream_range_test(struct kunit *test)
+{
+	const struct range_case *c = test->param_value;
+	unsigned long *map = kunit_kzalloc(test, BITS_TO_LONGS(100) *
+					   sizeof(long), GFP_KERNEL);
+	u64 start = 0, len = 0;
+
+	KUNIT_ASSERT_NOT_NULL(test, map);
+	bitmap_set(map, 3, 3);
+	bitmap_set(map, 10, 1);
+	bitmap_set(map, 63, 3);
+	bitmap_set(map, 99, 1);
+	KUNIT_EXPECT_EQ(test, dsm_next_range(map, 100, c->from, c->set,
+					     &start, &len), c->found);
+	if (c->found) {
+		KUNIT_EXPECT_EQ(test, start, c->start);
+		KUNIT_EXPECT_EQ(test, len, c->len);
+	}
+}
+
+static struct kunit_case stream_snapshot_cases[] = {
+	KUNIT_CASE_PARAM(stream_snapshot_test, snap_gen_params),
+	KUNIT_CASE_PARAM(stream_range_test, range_gen_params),
+	{}
+};
+
+static struct kunit_suite stream_snapshot_suite = {
+	.name = "dm_stream_snapshot",
+	.test_cases = stream_snapshot_cases,
+};
+
 static struct kunit_case stream_format_cases[] = {
 	KUNIT_CASE_PARAM(stream_sb_test, sb_gen_params),
 	KUNIT_CASE(stream_sb_zero_test),
@@ -407,4 +560,4 @@ static struct kunit_suite stream_bitmap_suite = {
 };
 
 kunit_test_suites(&stream_format_suite, &stream_bitmap_suite,
-		  &stream_commit_suite);
+		  &stream_commit_suite, &stream_snapshot_suite);

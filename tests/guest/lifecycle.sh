@@ -20,6 +20,11 @@ consumer() {
 
 msg() { dmsetup message s 0 "$@"; }
 
+# blk_sum for a file on tmpfs (no O_DIRECT there before Linux 6.6).
+file_blk_sum() {
+	dd if="$1" bs=$BB skip="$2" count=1 2>/dev/null | md5sum | cut -d' ' -f1
+}
+
 # A message that must be refused, leaving the status line unchanged
 # (the generation aside: refusals write nothing, but a timer commit may).
 refused() {
@@ -324,6 +329,7 @@ t_snapshot_absent() {
 # between sessions; the filesystem and the whole device are the image's.
 t_kiosk() {
 	fresh
+	SRC=/tmp/fs.img		# this test's export (a subshell variable)
 	rm -f $SRC
 	truncate -s $((SZ * 512)) $SRC
 	/opt/bin/mke2fs -q -F -t ext4 -b 4096 -E lazy_itable_init=0 $SRC >/dev/null
@@ -357,20 +363,22 @@ t_kiosk() {
 	expect_eq "app.bin after revert" "$sum_app" \
 		"$(md5sum </mnt/s/app.bin | cut -d' ' -f1)"
 	umount /mnt/s
+	server_stop
 	rm -f $SRC
-	prepare_image
 }
 
 # Image update: blocks changed by a new version become absent and are
 # fetched from it; keep leaves locally changed blocks alone, discard drops
 # them; the image id is recorded and survives a reload.
 t_invalidate() {
+	prepare_image
+	cp $SRC /tmp/v2.raw
+	SRC=/tmp/v2.raw		# this test's export (a subshell variable)
 	stream_up
 	dev_sum $DEV >/dev/null		# everything present
 	expect_eq "present" $NBLOCKS "$(present)"
 	apply_writes $DEV			# blocks 3 and 5: local
 	# Version 2 of the image changes blocks 3, 10 and 11.
-	cp $SRC /tmp/v1.raw
 	dd if=/dev/urandom of=$SRC bs=$BB seek=10 count=2 conv=notrunc 2>/dev/null
 	dd if=/dev/urandom of=$SRC bs=$BB seek=3 count=1 conv=notrunc 2>/dev/null
 	printf '# changed in v2\n%s %s\n%s 1\n\n' $((10 * BB)) $((2 * BB)) \
@@ -386,23 +394,21 @@ t_invalidate() {
 	expect_eq "present" $((NBLOCKS - 2)) "$(present)"
 	expect_eq "absent ranges" "$NBLOCKS 10+2" "$(msg absent 0)"
 	wait_for 10 is_attached
-	expect_eq "block 10 from v2" "$(blk_sum $SRC 10)" "$(blk_sum $DEV 10)"
+	expect_eq "block 10 from v2" "$(file_blk_sum $SRC 10)" "$(blk_sum $DEV 10)"
 	expect_eq "block 3 kept" "$local3" "$(blk_sum $DEV 3)"
 	expect_eq "consumer 0 dirty" 2 "$(consumer 0 1)"
 	expect_eq "consumer 1 dirty (local + new image)" 4 "$(consumer 1 1)"
 	# discard: block 3 follows the image now, block 5 stays local.
 	printf '%s 1\n' $((3 * BB)) | streamctl invalidate s --image-id v2.1 \
 		--discard -
-	expect_eq "block 3 from v2" "$(blk_sum $SRC 3)" "$(blk_sum $DEV 3)"
+	expect_eq "block 3 from v2" "$(file_blk_sum $SRC 3)" "$(blk_sum $DEV 3)"
 	expect_eq "consumer 0 dirty" 1 "$(consumer 0 1)"
 	helper_stop
 	dmsetup remove s
 	create
 	expect_eq "image id after reload" v2.1 "$(st 13)"
-	rm -f /tmp/v1.raw
-	# Restore the export for the next tests.
+	server_stop
 	rm -f $SRC
-	prepare_image
 }
 
 # An image update interrupted by a power cut (SB_F_INVALIDATING set with
