@@ -327,9 +327,10 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 
 /*
  * Encode bits [slice * DSM_BITS_PER_BLOCK, +DSM_BITS_PER_BLOCK) of @bits
- * (or'ed with @more unless it is NULL) into metadata block @blocknr.  @index is the global number of the bitmap
- * block (bitmap * bitmap_blocks + slice), stored so that a block copied to
- * the wrong bitmap is detected too.
+ * (or'ed with @more unless it is NULL) into metadata block @blocknr.
+ * @index is the global number of the bitmap block (bitmap * bitmap_blocks +
+ * slice), stored so that a block copied to the wrong bitmap is detected
+ * too.
  */
 void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
 		     u64 nr_bits, u32 slice, u32 index, u64 blocknr, void *buf)

@@ -271,7 +271,7 @@ static void preserve(struct stream_c *sc, u64 block)
 		if (IS_ERR(cp)) {
 			__break_snapshot(sc, c, PTR_ERR(cp) == -ENOSPC ?
 					 "preserve_mb budget exhausted" :
-					 "cannot read a block to preserve");
+					 "cannot read a block to keep");
 			continue;
 		}
 		kref_get(&cp->kref);

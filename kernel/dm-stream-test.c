@@ -383,7 +383,6 @@ static struct kunit_suite stream_commit_suite = {
 	.test_cases = stream_commit_cases,
 };
 
-
 /*
  * Per-consumer dirty maps and in-core snapshots.  Script steps:
  *   'D' - b  block b written: dsm_set_dirty(b)

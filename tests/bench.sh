@@ -19,4 +19,5 @@ run_vm "$tag" "$initrd" "$log" "stream.suite=bench" -- \
 	"$d/image.raw" "$d/data.raw" "$d/meta.raw" "$d/tiny.raw" "$d/scratch.raw"
 echo "dm-stream benchmark, kernel $tag under QEMU/TCG (ratio = stream / reference; 1.00 = same speed)"
 grep -a "^BENCH " "$log" | tr -d '\r' | awk '{printf "  %-48s %s\n", $2, $3}'
+grep -a "^BENCHNOTE " "$log" | tr -d '\r' | sed 's/^BENCHNOTE /  note: /'
 grep -aq "^STREAMTEST-END" "$log" || { echo "bench: guest did not finish, see $log"; exit 1; }

@@ -46,6 +46,38 @@ helper_start
 c_rand=$(timed rand_read $DEV)
 n_rand=$(timed stream-io nbdrand "$URI" 4096 $N 7)
 ratio cold_rand4k_read_stream_vs_libnbd "$c_rand" "$n_rand"
+teardown
+# Demand-miss latency while the background fill runs: the same 200 cold
+# reads from the end of the device, with the fill off and with it on at
+# full speed (the fill works upwards from block 0 and does not reach them).
+fresh
+server_start nbdkit
+create
+helper_start
+idle=$(timed stream-io tail $DEV $BB 200)
+teardown
+fresh
+server_start nbdkit
+create
+helper_start --fill
+wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
+busy=$(timed stream-io tail $DEV $BB 200)
+filled=$(present)
+ratio demand_miss_while_filling_vs_idle "$busy" "$idle"
+echo "BENCHNOTE the fill made $filled of $NBLOCKS blocks present meanwhile"
+teardown
+fresh
+server_start nbdkit
+create
+helper_start --fill --fill-rate 4M
+wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
+busy=$(timed stream-io tail $DEV $BB 200)
+ratio demand_miss_while_filling_4MiBps_vs_idle "$busy" "$idle"
+teardown
+fresh
+server_start nbdkit
+create
+helper_start
 # Make every block present, then compare with dm-linear on the same data
 # device (only one table is live at a time).
 seq_read $DEV >/dev/null 2>&1

@@ -1,5 +1,6 @@
 # shellcheck shell=sh
 # shellcheck disable=SC2086 # device paths and numbers never hold spaces
+# shellcheck disable=SC2046 # "set -- $(...)" splits answers into words
 # Lifecycle tests (issue 3): snapshots per consumer, drains to an NBD
 # export, ack/abort, revert of a mounted-then-unmounted filesystem, image
 # update, background fill.  Sourced by main.sh; uses tests/guest/lib.sh.

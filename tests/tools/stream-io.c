@@ -8,6 +8,10 @@
  *       I/O error.
  *   stream-io rand <dev> <r|w> <block bytes> <count> <seed>
  *       random aligned O_DIRECT reads or writes, for the benchmark.
+ *   stream-io tail <dev> <stride bytes> <count>
+ *       one 4 KiB O_DIRECT read at the start of each of the last <count>
+ *       strides of <dev>, from the end backwards: demand misses far from
+ *       a background fill, which works upwards from block 0.
  *   stream-io nbdrand <uri> <block bytes> <count> <seed>
  *       the same random reads (same seed, same offsets) straight from an
  *       NBD server through libnbd: the physical limit for cold reads.
@@ -150,6 +154,35 @@ static int cmd_rand(char **argv)
 	return 0;
 }
 
+static int cmd_tail(char **argv)
+{
+	int fd = open(argv[0], O_RDONLY | O_DIRECT);
+	unsigned int stride = atoi(argv[1]), count = atoi(argv[2]), i;
+	uint64_t size;
+	void *buf;
+
+	if (fd < 0 || posix_memalign(&buf, 4096, 4096)) {
+		perror(argv[0]);
+		return 2;
+	}
+	size = dev_size(fd);
+	if (!stride || (uint64_t)count * stride > size) {
+		fprintf(stderr, "tail: %u strides of %u exceed the device\n",
+			count, stride);
+		return 2;
+	}
+	for (i = 0; i < count; i++) {
+		off_t off = (off_t)(size / stride - 1 - i) * stride;
+
+		if (pread(fd, buf, 4096, off) != 4096) {
+			perror("tail read");
+			return 1;
+		}
+	}
+	close(fd);
+	return 0;
+}
+
 static int cmd_nbdrand(char **argv)
 {
 	struct nbd_handle *h = nbd_create();
@@ -185,6 +218,8 @@ int main(int argc, char **argv)
 		return cmd_verify(argv + 2);
 	if (argc == 7 && !strcmp(argv[1], "rand"))
 		return cmd_rand(argv + 2);
+	if (argc == 5 && !strcmp(argv[1], "tail"))
+		return cmd_tail(argv + 2);
 	fprintf(stderr, "usage: see the comment at the top of stream-io.c\n");
 	return 2;
 }
