@@ -123,6 +123,12 @@ teardown() {
 	if dmsetup info s >/dev/null 2>&1; then
 		dmsetup remove s
 	fi
+	# Devices some tests stack or add; gone unless a test failed.
+	for _d in big m d; do
+		if dmsetup info $_d >/dev/null 2>&1; then
+			dmsetup remove $_d
+		fi
+	done
 	server_stop
 }
 

@@ -453,6 +453,7 @@ run snapshot_server_dies t_snapshot_server_dies
 run snapshot_budget t_snapshot_budget
 run snapshot_absent t_snapshot_absent
 run ack_power_cut t_ack_power_cut
+run ranges_paging t_ranges_paging
 run kiosk t_kiosk
 run invalidate t_invalidate
 run invalidate_interrupted t_invalidate_interrupted
