@@ -145,6 +145,24 @@ static bool target_matches(struct stream_c *sc, const char *id, bool by_uuid)
 	return !strcmp(by_uuid ? uuid : name, id);
 }
 
+/*
+ * The head shared by the ioctls naming a target: magic, version, size,
+ * flags (BY_UUID only) and a terminated, non-empty id of
+ * DM_STREAM_UUID_LEN bytes.
+ */
+static long check_head(u32 magic, u32 version, u32 size, size_t want,
+		       u32 flags, const char *id)
+{
+	if (magic != DM_STREAM_MAGIC || version != DM_STREAM_VERSION ||
+	    size != want)
+		return -EPROTO;
+	if (flags & ~DM_STREAM_ATTACH_BY_UUID)
+		return -EINVAL;
+	if (strnlen(id, DM_STREAM_UUID_LEN) == DM_STREAM_UUID_LEN || !id[0])
+		return -EINVAL;
+	return 0;
+}
+
 /* The target named @id; a reload briefly has two: prefer the live one. */
 static struct stream_c *__find_target(const char *id, bool by_uuid)
 {
@@ -169,13 +187,9 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 
 	if (copy_from_user(&a, argp, sizeof(a)))
 		return -EFAULT;
-	if (a.magic != DM_STREAM_MAGIC || a.version != DM_STREAM_VERSION ||
-	    a.size != sizeof(a))
-		return -EPROTO;
-	if (a.flags & ~DM_STREAM_ATTACH_BY_UUID)
-		return -EINVAL;
-	if (strnlen(a.id, sizeof(a.id)) == sizeof(a.id) || !a.id[0])
-		return -EINVAL;
+	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	if (r)
+		return r;
 	by_uuid = a.flags & DM_STREAM_ATTACH_BY_UUID;
 
 	mutex_lock(&stream_chan_lock);
@@ -220,13 +234,9 @@ static long chan_snap_read(void __user *argp)
 
 	if (copy_from_user(&a, argp, sizeof(a)))
 		return -EFAULT;
-	if (a.magic != DM_STREAM_MAGIC || a.version != DM_STREAM_VERSION ||
-	    a.size != sizeof(a))
-		return -EPROTO;
-	if (a.flags & ~DM_STREAM_ATTACH_BY_UUID)
-		return -EINVAL;
-	if (strnlen(a.id, sizeof(a.id)) == sizeof(a.id) || !a.id[0])
-		return -EINVAL;
+	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	if (r)
+		return r;
 
 	/* stream_chan_lock keeps the target alive (the dtr waits for it). */
 	mutex_lock(&stream_chan_lock);

@@ -567,6 +567,22 @@ static int __write_present(struct dm_stream_metadata *md)
 	return 0;
 }
 
+/*
+ * Write the changed blocks of the present map and of the dirty maps of
+ * consumers @first and up, then flush.
+ */
+static int __write_maps(struct dm_stream_metadata *md, unsigned int first)
+{
+	unsigned int c;
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	r = __write_present(md);
+	for (c = first; c < DSM_MAX_CONSUMERS && !r; c++)
+		r = __write_dirty(md, c);
+	return r ? r : flush_buffers(md);
+}
+
 static bool slice_has_bits(struct dm_stream_metadata *md,
 			   const unsigned long *map, u32 i)
 {
@@ -608,6 +624,24 @@ static bool any_snapshot(struct dm_stream_metadata *md)
 }
 
 /*
+ * Last step of revert and image update: drop @flags from the superblock.
+ * Dirty bits went from 1 to 0, so no block counts as durable any more.
+ */
+static int __finish_flagged(struct dm_stream_metadata *md, u32 flags)
+{
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	bitmap_zero(md->durable, md->sb.nr_blocks);
+	md->sb.flags &= ~flags;
+	md->sb.generation++;
+	r = write_sb(md);
+	if (!r)
+		recount(md);
+	return r;
+}
+
+/*
  * The revert steps (see the protocol at the top).  Returns the number of
  * blocks made absent, or -errno.  Nothing may be pending: the caller
  * committed first, and I/O is quiesced, so plain bitmap operations are
@@ -630,14 +664,11 @@ static long __revert(struct dm_stream_metadata *md)
 	bitmap_andnot(md->present, md->present, md->dirty[0], nr);
 	bitmap_andnot(md->present_commit, md->present_commit, md->dirty[0],
 		      nr);
-	r = __write_present(md);
-	for (c = 1; c < DSM_MAX_CONSUMERS && !r; c++) {
+	for (c = 1; c < DSM_MAX_CONSUMERS; c++) {
 		mark_slices(md, md->dirty[0], md->changed_dirty[c]);
 		bitmap_or(md->dirty[c], md->dirty[c], md->dirty[0], nr);
-		r = __write_dirty(md, c);
 	}
-	if (!r)
-		r = flush_buffers(md);
+	r = __write_maps(md, 1);
 	if (r)
 		return r;
 
@@ -649,14 +680,8 @@ static long __revert(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
-	bitmap_zero(md->durable, nr);
-	md->sb.flags &= ~SB_F_REVERTING;
-	md->sb.generation++;
-	r = write_sb(md);
-	if (r)
-		return r;
-	recount(md);
-	return reverted;
+	r = __finish_flagged(md, SB_F_REVERTING);
+	return r ? r : reverted;
 }
 
 long dsm_revert(struct dm_stream_metadata *md, struct block_device *data)
@@ -701,11 +726,7 @@ static long __invalidate(struct dm_stream_metadata *md)
 		for (c = 1; c < DSM_MAX_CONSUMERS; c++)
 			md->dirty[c][w] |= e;
 	}
-	r = __write_present(md);
-	for (c = 1; c < DSM_MAX_CONSUMERS && !r; c++)
-		r = __write_dirty(md, c);
-	if (!r)
-		r = flush_buffers(md);
+	r = __write_maps(md, 1);
 	if (r)
 		return r;
 
@@ -727,14 +748,8 @@ static long __invalidate(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
-	bitmap_zero(md->durable, nr);
-	md->sb.flags &= ~(SB_F_INVALIDATING | SB_F_INVAL_KEEP);
-	md->sb.generation++;
-	r = write_sb(md);
-	if (r)
-		return r;
-	recount(md);
-	return count;
+	r = __finish_flagged(md, SB_F_INVALIDATING | SB_F_INVAL_KEEP);
+	return r ? r : count;
 }
 
 static int __alloc_inval(struct dm_stream_metadata *md)
@@ -894,6 +909,22 @@ out:
 	return r;
 }
 
+/*
+ * End @c's snapshot @gen in core (the caller handles its bits); *@nr gets
+ * its size.  -ESTALE when @gen is not the snapshot in progress.
+ */
+static int __end_snapshot(struct dm_stream_metadata *md, unsigned int c,
+			  u64 gen, u64 *nr)
+{
+	lockdep_assert_held(&md->commit_lock);
+	if (!gen || md->snap_gen[c] != gen)
+		return -ESTALE;
+	*nr = md->snap_blocks[c];
+	md->snap_blocks[c] = 0;
+	WRITE_ONCE(md->snap_gen[c], 0);
+	return 0;
+}
+
 int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr)
 {
 	int r;
@@ -901,15 +932,11 @@ int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr)
 	if (c >= DSM_MAX_CONSUMERS)
 		return -EINVAL;
 	mutex_lock(&md->commit_lock);
-	if (!gen || md->snap_gen[c] != gen) {
-		r = -ESTALE;
+	r = __end_snapshot(md, c, gen, nr);
+	if (r)
 		goto out;
-	}
 	mark_slices(md, md->snap[c], md->changed_dirty[c]);
 	bitmap_zero(md->snap[c], md->sb.nr_blocks);
-	*nr = md->snap_blocks[c];
-	md->snap_blocks[c] = 0;
-	WRITE_ONCE(md->snap_gen[c], 0);
 	/* In place, 1 -> 0: each bit is old (dirty) or new (acked). */
 	r = __write_dirty(md, c);
 	if (!r)
@@ -926,21 +953,15 @@ out:
 int dsm_abort(struct dm_stream_metadata *md, unsigned int c, u64 gen,
 	      u64 *nr)
 {
-	int r = 0;
+	int r;
 
 	if (c >= DSM_MAX_CONSUMERS)
 		return -EINVAL;
 	mutex_lock(&md->commit_lock);
-	if (!gen || md->snap_gen[c] != gen) {
-		r = -ESTALE;
-		goto out;
-	}
+	r = __end_snapshot(md, c, gen, nr);
 	/* On disk, dirty[c] already covers the snapshot: nothing to write. */
-	dsm_snapshot_merge(md, c);
-	*nr = md->snap_blocks[c];
-	md->snap_blocks[c] = 0;
-	WRITE_ONCE(md->snap_gen[c], 0);
-out:
+	if (!r)
+		dsm_snapshot_merge(md, c);
 	mutex_unlock(&md->commit_lock);
 	return r;
 }
@@ -1333,7 +1354,6 @@ bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error)
 {
-	unsigned int c;
 	u64 *list;
 	size_t n;
 	int r;
@@ -1361,11 +1381,7 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 		*data_error = true;
 		goto out;
 	}
-	r = __write_present(md);
-	for (c = 0; c < DSM_MAX_CONSUMERS && !r; c++)
-		r = __write_dirty(md, c);
-	if (!r)
-		r = flush_buffers(md);
+	r = __write_maps(md, 0);
 	if (r)
 		goto out;
 

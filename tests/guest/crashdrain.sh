@@ -50,16 +50,7 @@ drain_phase2() {
 
 case "$PHASE" in
 1)
-	( set -e; drain_phase1 ) >/tmp/test.out 2>&1
-	# shellcheck disable=SC2181
-	if [ $? = 0 ]; then
-		echo "STREAMTEST crashdrain_phase1 PASS"
-	else
-		cat /tmp/test.out
-		echo "STREAMTEST crashdrain_phase1 FAIL"
-	fi
-	echo "READY_FOR_KILL"
-	sleep 600
+	phase1_then_kill crashdrain_phase1 drain_phase1
 	;;
 2)
 	run crashdrain_phase2 drain_phase2

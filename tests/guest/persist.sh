@@ -35,21 +35,12 @@ phase2() {
 }
 
 case "$SUITE_KIND:$PHASE" in
-*:1)
-	# Not inside "if": set -e must stay in force in the subshell.
-	( set -e; phase1 ) >/tmp/test.out 2>&1
-	# shellcheck disable=SC2181
-	if [ $? = 0 ]; then
-		echo "STREAMTEST ${SUITE_KIND}_phase1 PASS"
-	else
-		cat /tmp/test.out
-		echo "STREAMTEST ${SUITE_KIND}_phase1 FAIL"
-	fi
-	if [ "$SUITE_KIND" = crash ]; then
-		echo "READY_FOR_KILL"
-		sleep 600
-	fi
+reboot:1)
+	run_phase reboot_phase1 phase1
 	teardown
+	;;
+crash:1)
+	phase1_then_kill crash_phase1 phase1
 	;;
 *:2)
 	run "${SUITE_KIND}_phase2" phase2
