@@ -191,9 +191,13 @@ out:
 	return r;
 }
 
-/* Suspend, send @msg, resume (always), then drop stale cached pages. */
+/*
+ * Suspend (which also freezes a mounted filesystem, so a snapshot cut is
+ * consistent), send @msg, resume (always); with @drop_cache, then drop
+ * cached pages that the message made stale.
+ */
 static int suspended_message(const char *dev, const char *msg, char *resp,
-			     size_t len)
+			     size_t len, bool drop_cache)
 {
 	char path[PATH_MAX];
 	int r, fd;
@@ -203,7 +207,7 @@ static int suspended_message(const char *dev, const char *msg, char *resp,
 	r = message(dev, msg, resp, len);
 	if (simple_task(DM_DEVICE_RESUME, dev, "resume"))
 		return -EIO;
-	if (r)
+	if (r || !drop_cache)
 		return r;
 	snprintf(path, sizeof(path), "%s/%s", dm_dir(), dev);
 	fd = open(path, O_RDONLY);
@@ -233,7 +237,7 @@ static int cmd_revert(const char *dev)
 	if (r)
 		return status_exit(r);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (suspended_message(dev, "revert", resp, sizeof(resp)))
+	if (suspended_message(dev, "revert", resp, sizeof(resp), true))
 		return 1;
 	printf("%s: %s blocks in %.1f ms\n", dev, resp, ms_since(&t0));
 	return 0;
@@ -464,7 +468,7 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	snprintf(msg, sizeof(msg), "snapshot %d", consumer);
-	if (suspended_message(dev, msg, resp, sizeof(resp)))
+	if (suspended_message(dev, msg, resp, sizeof(resp), false))
 		goto out_fds;
 	if (sscanf(resp, "%" SCNu64 " %" SCNu64, &gen, &nr) != 2) {
 		fprintf(stderr, "streamctl: %s: bad answer to '%s': '%s'\n",
@@ -722,7 +726,7 @@ static int cmd_invalidate(const char *dev, const char *file,
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	snprintf(msg, 64 + RANGES_PER_MSG * 48, "invalidate commit %s %s",
 		 image_id, keep ? "keep" : "discard");
-	if (suspended_message(dev, msg, resp, sizeof(resp)))
+	if (suspended_message(dev, msg, resp, sizeof(resp), true))
 		goto out;
 	printf("%s: image %s: %s blocks (%zu ranges, %s locally changed blocks) in %.1f ms\n",
 	       dev, image_id, resp, rs.n, keep ? "kept" : "discarded",
