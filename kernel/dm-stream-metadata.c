@@ -326,6 +326,35 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 }
 
 /*
+ * 64 bits of an in-core bitmap of @nr bits from bit @bit, a multiple of 64
+ * (slices start at multiples of 64: DSM_BITS_PER_BLOCK is 509 * 64).  Bits
+ * at and beyond @nr read as zero.
+ */
+static u64 get_word(const unsigned long *bits, u64 nr, u64 bit)
+{
+	u64 word;
+
+	if (BITS_PER_LONG == 64) {
+		word = bits[bit / BITS_PER_LONG];
+	} else {
+		word = bits[bit / BITS_PER_LONG];
+		if (bit + 32 < nr)
+			word |= (u64)bits[bit / BITS_PER_LONG + 1] << 32;
+	}
+	if (nr - bit < 64)
+		word &= (1ULL << (nr - bit)) - 1;
+	return word;
+}
+
+/* OR @word into the 64 bits from @bit (a multiple of 64, within the map). */
+static void or_word(unsigned long *bits, u64 bit, u64 word)
+{
+	bits[bit / BITS_PER_LONG] |= (unsigned long)word;
+	if (BITS_PER_LONG == 32 && word >> 32)
+		bits[bit / BITS_PER_LONG + 1] |= (unsigned long)(word >> 32);
+}
+
+/*
  * Encode bits [slice * DSM_BITS_PER_BLOCK, +DSM_BITS_PER_BLOCK) of @bits
  * (or'ed with @more unless it is NULL) into metadata block @blocknr.
  * @index is the global number of the bitmap block (bitmap * bitmap_blocks +
@@ -337,24 +366,18 @@ void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
 {
 	struct stream_bitmap_disk *d = buf;
 	u64 first = (u64)slice * DSM_BITS_PER_BLOCK;
-	unsigned int w, b;
+	unsigned int w;
 
 	memset(buf, 0, DSM_BLOCK_SIZE);
 	d->index = cpu_to_le32(index);
 	d->blocknr = cpu_to_le64(blocknr);
 	d->magic = cpu_to_le32(BITMAP_MAGIC);
 	d->version = cpu_to_le32(DSM_FORMAT_VERSION);
-	for (w = 0; w < DSM_BITMAP_WORDS; w++) {
-		u64 word = 0;
+	for (w = 0; w < DSM_BITMAP_WORDS && first + w * 64 < nr_bits; w++) {
+		u64 word = get_word(bits, nr_bits, first + w * 64);
 
-		for (b = 0; b < 64; b++) {
-			u64 bit = first + (u64)w * 64 + b;
-
-			if (bit >= nr_bits)
-				break;
-			if (test_bit(bit, bits) || (more && test_bit(bit, more)))
-				word |= 1ULL << b;
-		}
+		if (more)
+			word |= get_word(more, nr_bits, first + w * 64);
 		d->bits[w] = cpu_to_le64(word);
 	}
 	d->csum = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
@@ -367,7 +390,7 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 	const struct stream_bitmap_disk *d = buf;
 	u64 first = (u64)slice * DSM_BITS_PER_BLOCK;
 	u32 csum = block_csum(buf, BITMAP_CSUM_XOR);
-	unsigned int w, b;
+	unsigned int w;
 
 	if (le32_to_cpu(d->csum) != csum) {
 		DMERR("bitmap block %llu checksum: expected %08x, found %08x",
@@ -396,19 +419,16 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		return -ENXIO;
 	}
 	for (w = 0; w < DSM_BITMAP_WORDS; w++) {
-		u64 word = le64_to_cpu(d->bits[w]);
+		u64 word = le64_to_cpu(d->bits[w]), bit = first + (u64)w * 64;
 
-		for (b = 0; b < 64; b++) {
-			u64 bit = first + (u64)w * 64 + b;
-
-			if (!(word & (1ULL << b)))
-				continue;
-			if (bit >= nr_bits) {
-				*why = "Metadata bitmap has bits beyond the device";
-				return -EUCLEAN;
-			}
-			__set_bit(bit, bits);
+		if (!word)
+			continue;
+		if (bit >= nr_bits || (nr_bits - bit < 64 &&
+				       word >> (nr_bits - bit))) {
+			*why = "Metadata bitmap has bits beyond the device";
+			return -EUCLEAN;
 		}
+		or_word(bits, bit, word);
 	}
 	return 0;
 }
