@@ -1219,7 +1219,9 @@ static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 	}
 	if (r) {
 		DMERR("%s: snapshot failed: %d", dev_name_of(sc), r);
-		set_mode(sc, STREAM_MODE_RO);
+		/* Only a metadata write error says the device is unwritable. */
+		if (r != -ENOMEM)
+			set_mode(sc, STREAM_MODE_RO);
 		goto out;
 	}
 	bitmap_copy(sc->undrained[c], dsm_snap_map(sc->md, c), sc->nr_blocks);
@@ -1254,7 +1256,8 @@ static int msg_end_snapshot(struct stream_c *sc, bool ack, unsigned int argc,
 		return -EROFS;
 	mutex_lock(&sc->snap_lock);
 	r = ack ? dsm_ack(sc->md, c, gen, &nr) : dsm_abort(sc->md, c, gen, &nr);
-	if (!r)
+	/* Even a failed ack ended the snapshot in core. */
+	if (!dsm_snap_gen(sc->md, c))
 		__drop_copies(sc, c);
 	mutex_unlock(&sc->snap_lock);
 	if (r == -ESTALE) {

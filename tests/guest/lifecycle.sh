@@ -434,11 +434,24 @@ t_fill() {
 	fresh
 	server_start nbdkit
 	create
+	helper_start
+	# All but the last 32 blocks by demand; the fill does the rest at
+	# 1 MiB/s, so it completes a couple of seconds after it is switched
+	# on: the event counter read in between is before completion.
+	dd if=$DEV of=/dev/null bs=$BB count=$((NBLOCKS - 32)) iflag=direct \
+		2>/dev/null
+	streamctl fill s --rate 1M
+	streamctl fill s on
 	ev=$(dmsetup info -c --noheadings -o events s)
-	helper_start --fill
+	# Progress with rate and ETA while the fill runs.
+	wait_for 30 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt $((NBLOCKS - 32)) ]"
+	out=$(streamctl status s)
+	echo "$out"
+	echo "$out" | grep -q "blocks/s, ETA [0-9]* s"
 	wait_for 200 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = $NBLOCKS ]"
 	dmesg | grep -q "all $NBLOCKS blocks present"
-	[ "$(dmsetup info -c --noheadings -o events s)" -gt "$ev" ]
+	expect_eq "completion raised one table event" $((ev + 1)) \
+		"$(dmsetup info -c --noheadings -o events s)"
 	expect_eq "fill switch" on "$(st 11)"
 	kill -9 "$(cat /tmp/streamd.pid)"
 	wait "$(cat /tmp/streamd.pid)" 2>/dev/null || true
