@@ -35,6 +35,14 @@ collect() {	# collect <kernel> <boot name> <log>
 	if ! grep -aq "^STREAMTEST-END" "$log"; then
 		record "$k" "$b-completed" FAIL "boot did not finish (log $log)"
 	fi
+	# A guest shell error (a missing command or function, a syntax
+	# error) can silently skip checks: it fails the boot.
+	if grep -aE "^/init: .*(not found|syntax error|parameter not set)" \
+		"$log" | head -3 | grep .; then
+		record "$k" "$b-guest-shell-clean" FAIL "see $log"
+	else
+		record "$k" "$b-guest-shell-clean" PASS
+	fi
 	if kernel_log_bad "$log" >/dev/null; then
 		kernel_log_bad "$log" | head -5
 		record "$k" "$b-kernel-log-clean" FAIL "see $log"

@@ -234,3 +234,22 @@ phase1_then_kill() {	# phase1_then_kill <name> <function>
 	echo "READY_FOR_KILL"
 	sleep 600
 }
+# expect_refused <name> <message> <table...>: the load must fail with a
+# kernel log line naming <message>.
+expect_refused() {
+	_name=$1 _msg=$2
+	shift 2
+	T=$_name
+	_n=$(dmesg | wc -l)
+	if dmsetup create s --table "$*" >/tmp/test.out 2>&1; then
+		dmsetup remove s
+		echo "# table accepted: $*"
+		echo "STREAMTEST $T FAIL"
+	elif dmesg | tail -n +$((_n + 1)) | grep -q "stream: $_msg"; then
+		echo "STREAMTEST $T PASS"
+	else
+		echo "# wanted '$_msg', kernel said:"; dmesg | tail -n 3
+		echo "STREAMTEST $T FAIL"
+	fi
+	dmsetup remove s >/dev/null 2>&1 || true
+}
