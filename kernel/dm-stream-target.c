@@ -159,16 +159,23 @@ static bool needs_preserve(struct stream_c *sc, u64 block)
 	return false;
 }
 
-static void copy_release(struct kref *kref)
+static void copy_free(struct stream_copy *cp)
 {
-	struct stream_copy *cp = container_of(kref, struct stream_copy, kref);
 	unsigned int i;
 
-	lockdep_assert_held(&cp->sc->snap_lock);
-	cp->sc->copy_bytes -= (u64)cp->nr_pages << PAGE_SHIFT;
 	for (i = 0; i < cp->nr_pages; i++)
 		__free_page(cp->pages[i]);
 	kfree(cp);
+}
+
+/* The last reference to a copy kept for a snapshot (counted in copy_bytes). */
+static void copy_release(struct kref *kref)
+{
+	struct stream_copy *cp = container_of(kref, struct stream_copy, kref);
+
+	lockdep_assert_held(&cp->sc->snap_lock);
+	cp->sc->copy_bytes -= (u64)cp->nr_pages << PAGE_SHIFT;
+	copy_free(cp);
 }
 
 /* Read @block of the data device into a new copy.  May sleep. */
@@ -198,9 +205,7 @@ out:
 	bio_put(bio);
 	if (!r)
 		return cp;
-	for (i = 0; i < cp->nr_pages; i++)
-		__free_page(cp->pages[i]);
-	kfree(cp);
+	copy_free(cp);
 	return ERR_PTR(r);
 }
 
@@ -762,8 +767,7 @@ int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
 		goto out;
 	}
 	r = copy_out(buf, cp->pages, cp->nr_pages);
-	sc->copy_bytes += (u64)cp->nr_pages << PAGE_SHIFT;
-	kref_put(&cp->kref, copy_release);
+	copy_free(cp);		/* never kept: not counted in copy_bytes */
 out:
 	mutex_unlock(&sc->snap_lock);
 	return r;
@@ -1051,6 +1055,7 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	struct dm_stream_metadata *md = sc->md;
 	unsigned int sz = 0, c;
 	const char *id;
+	bool budget;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
@@ -1075,18 +1080,13 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", sc->metadata_dev->name, sc->data_dev->name,
 		       sc->block_sectors);
-		{
-			unsigned int nf = (sc->fetch_timeout ? 2 : 0) +
-				(sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20 ?
-				 2 : 0);
-
-			if (nf)
-				DMEMIT(" %u", nf);
-			if (sc->fetch_timeout)
-				DMEMIT(" fetch_timeout %u", sc->fetch_timeout);
-			if (sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20)
-				DMEMIT(" preserve_mb %llu", sc->copy_budget >> 20);
-		}
+		budget = sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20;
+		if (sc->fetch_timeout || budget)
+			DMEMIT(" %u", (sc->fetch_timeout ? 2 : 0) + (budget ? 2 : 0));
+		if (sc->fetch_timeout)
+			DMEMIT(" fetch_timeout %u", sc->fetch_timeout);
+		if (budget)
+			DMEMIT(" preserve_mb %llu", sc->copy_budget >> 20);
 		break;
 	case STATUSTYPE_IMA:
 		*result = '\0';
