@@ -29,10 +29,10 @@ modules:
 
 programs: $(PROGS)
 
-userspace/streamd: userspace/streamd.c kernel/uapi/dm-stream.h
+userspace/streamd: userspace/streamd.c userspace/size.h kernel/uapi/dm-stream.h
 	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
 
-userspace/streamctl: userspace/streamctl.c kernel/uapi/dm-stream.h
+userspace/streamctl: userspace/streamctl.c userspace/size.h kernel/uapi/dm-stream.h
 	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs devmapper libnbd)
 
 install: all

@@ -40,6 +40,7 @@
 #include <libnbd.h>
 
 #include "uapi/dm-stream.h"
+#include "size.h"
 
 #define EXIT_USAGE	2
 #define EXIT_NOT_STREAM	3
@@ -545,37 +546,6 @@ static int cmd_end(const char *dev, const char *what, int consumer,
 		return 1;
 	printf("%s: consumer %d snapshot %" PRIu64 ": %s blocks\n", dev,
 	       consumer, gen, resp);
-	return 0;
-}
-
-static int parse_size(const char *s, uint64_t *v)
-{
-	char *end;
-	uint64_t mul = 1;
-
-	errno = 0;
-	if (!isdigit((unsigned char)*s))
-		return -EINVAL;
-	*v = strtoull(s, &end, 0);
-	if (errno)
-		return -errno;
-	switch (toupper((unsigned char)*end)) {
-	case 'K':
-		mul = 1ULL << 10;
-		end++;
-		break;
-	case 'M':
-		mul = 1ULL << 20;
-		end++;
-		break;
-	case 'G':
-		mul = 1ULL << 30;
-		end++;
-		break;
-	}
-	if (*end || *v > UINT64_MAX / mul)
-		return -EINVAL;
-	*v *= mul;
 	return 0;
 }
 

@@ -62,6 +62,7 @@
 #include <libnbd.h>
 
 #include "uapi/dm-stream.h"
+#include "size.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -801,6 +802,7 @@ out:
 
 struct fill_state {
 	bool on;
+	uint32_t block_size;		/* bytes */
 	uint64_t rate, present, total;
 	char name[DM_STREAM_NAME_LEN];
 };
@@ -808,16 +810,17 @@ struct fill_state {
 static int fill_status(const struct filler *fl, struct fill_state *fs)
 {
 	char *params = NULL, on[4];
-	unsigned int bs, parked;
+	unsigned int sectors;
 	int r;
 
 	r = dm_run(fl, DM_DEVICE_STATUS, NULL, fs->name, sizeof(fs->name),
 		   &params);
 	if (r)
 		return r;
-	if (sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %*u %u %*s %*s %*u %*u %*u %*u %3s %" SCNu64,
-		   &bs, &fs->present, &fs->total, &parked, on, &fs->rate) != 6)
+	if (sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %*u %*d %*s %*s %*u %*u %*u %*u %3s %" SCNu64,
+		   &sectors, &fs->present, &fs->total, on, &fs->rate) != 5)
 		r = -EPROTO;
+	fs->block_size = sectors * 512;
 	fs->on = !strcmp(on, "on");
 	free(params);
 	return r;
@@ -949,18 +952,7 @@ static void *fill_main(void *arg)
 			continue;
 		}
 		if (fd < 0) {
-			char *params = NULL, name[DM_STREAM_NAME_LEN];
-			unsigned int sectors;
-
-			if (dm_run(fl, DM_DEVICE_STATUS, NULL, name,
-				   sizeof(name), &params) ||
-			    sscanf(params, "%u", &sectors) != 1) {
-				free(params);
-				sleep_ms(fl, 1000);
-				continue;
-			}
-			free(params);
-			bs = sectors * 512;
+			bs = fs.block_size;
 			free(buf);
 			buf = NULL;
 			if (posix_memalign(&buf, 4096, bs)) {
@@ -968,7 +960,7 @@ static void *fill_main(void *arg)
 				sleep_ms(fl, 1000);
 				continue;
 			}
-			snprintf(path, sizeof(path), "%s/%s", dm_dir(), name);
+			snprintf(path, sizeof(path), "%s/%s", dm_dir(), fs.name);
 			fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 			if (fd < 0) {
 				err("fill: open %s: %m", path);
@@ -976,7 +968,7 @@ static void *fill_main(void *arg)
 				continue;
 			}
 			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent",
-			     name, fs.total - fs.present, fs.total);
+			     fs.name, fs.total - fs.present, fs.total);
 		}
 		r = fill_pass(fl, &fs, fd, buf, bs);
 		if (r) {
@@ -1086,23 +1078,7 @@ int main(int argc, char **argv)
 			fl.enable = true;
 			break;
 		case 'r':
-			errno = 0;
-			fl.rate = strtoull(optarg, &end, 10);
-			switch (*end) {
-			case 'K': case 'k':
-				fl.rate <<= 10;
-				end++;
-				break;
-			case 'M': case 'm':
-				fl.rate <<= 20;
-				end++;
-				break;
-			case 'G': case 'g':
-				fl.rate <<= 30;
-				end++;
-				break;
-			}
-			if (errno || *end || !fl.rate) {
+			if (parse_size(optarg, &fl.rate) || !fl.rate) {
 				err("invalid fill rate '%s'", optarg);
 				return 2;
 			}
