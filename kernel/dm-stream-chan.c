@@ -146,21 +146,39 @@ static bool target_matches(struct stream_c *sc, const char *id, bool by_uuid)
 }
 
 /*
- * The head shared by the ioctls naming a target: magic, version, size,
- * flags (BY_UUID only) and a terminated, non-empty id of
- * DM_STREAM_UUID_LEN bytes.
+ * Copy an ioctl structure that may grow (see uapi/dm-stream.h): its head is
+ * magic, version and size; any size from @min (the version 1 layout) up is
+ * accepted.
  */
-static long check_head(u32 magic, u32 version, u32 size, size_t want,
-		       u32 flags, const char *id)
+static long copy_ioctl_struct(void *dst, size_t ksize, size_t min,
+			      const void __user *argp)
 {
-	if (magic != DM_STREAM_MAGIC || version != DM_STREAM_VERSION ||
-	    size != want)
+	u32 head[3];
+
+	if (copy_from_user(head, argp, sizeof(head)))
+		return -EFAULT;
+	if (head[0] != DM_STREAM_MAGIC || head[1] != DM_STREAM_VERSION ||
+	    head[2] < min || head[2] > PAGE_SIZE)
 		return -EPROTO;
+	return copy_struct_from_user(dst, ksize, argp, head[2]);
+}
+
+/*
+ * The part shared by the ioctls naming a target: flags (BY_UUID only) and
+ * a terminated, non-empty id of DM_STREAM_UUID_LEN bytes.
+ */
+static long check_id(u32 flags, const char *id)
+{
 	if (flags & ~DM_STREAM_ATTACH_BY_UUID)
 		return -EINVAL;
 	if (strnlen(id, DM_STREAM_UUID_LEN) == DM_STREAM_UUID_LEN || !id[0])
 		return -EINVAL;
 	return 0;
+}
+
+static bool all_zero(const void *p, size_t len)
+{
+	return !memchr_inv(p, 0, len);
 }
 
 /* The target named @id; a reload briefly has two: prefer the live one. */
@@ -185,11 +203,17 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	bool by_uuid;
 	long r = 0;
 
-	if (copy_from_user(&a, argp, sizeof(a)))
-		return -EFAULT;
-	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	r = copy_ioctl_struct(&a, sizeof(a),
+			      offsetofend(struct dm_stream_attach, reserved),
+			      argp);
+	if (!r)
+		r = check_id(a.flags, a.id);
 	if (r)
 		return r;
+	if (!all_zero(a.pad, sizeof(a.pad)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)) ||
+	    strnlen(a.image_id, sizeof(a.image_id)) == sizeof(a.image_id))
+		return -EINVAL;
 	by_uuid = a.flags & DM_STREAM_ATTACH_BY_UUID;
 
 	mutex_lock(&stream_chan_lock);
@@ -206,6 +230,9 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 		r = -EBUSY;
 		goto out;
 	}
+	r = stream_check_image(found, a.image_size, a.image_id);
+	if (r)
+		goto out;
 	down_write(&hf->sem);
 	mutex_lock(&found->fetch_lock);
 	found->helper = hf;
@@ -218,12 +245,19 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	a.nr_present = dsm_nr_present(found->md);
 	DMINFO("%s: helper attached",
 	       dm_device_name(dm_table_get_md(found->ti->table)));
-	if (copy_to_user(argp, &a, sizeof(a)))
+	/* Only what the caller's (possibly older) layout has room for. */
+	if (copy_to_user(argp, &a, min_t(size_t, a.size, sizeof(a))))
 		r = -EFAULT;
 	/* A failed copy leaves the helper attached; its close detaches. */
 out:
 	mutex_unlock(&stream_chan_lock);
 	return r;
+}
+
+void stream_put(struct stream_c *sc)
+{
+	if (refcount_dec_and_test(&sc->refs))
+		complete(&sc->gone);
 }
 
 static long chan_snap_read(void __user *argp)
@@ -232,21 +266,28 @@ static long chan_snap_read(void __user *argp)
 	struct stream_c *sc;
 	long r;
 
-	if (copy_from_user(&a, argp, sizeof(a)))
-		return -EFAULT;
-	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	r = copy_ioctl_struct(&a, sizeof(a),
+			      offsetofend(struct dm_stream_snap_read, reserved),
+			      argp);
+	if (!r)
+		r = check_id(a.flags, a.id);
 	if (r)
 		return r;
+	if (!all_zero(a.pad, sizeof(a.pad)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)))
+		return -EINVAL;
 
-	/* stream_chan_lock keeps the target alive (the dtr waits for it). */
+	/* A reference, not stream_chan_lock, keeps the target alive. */
 	mutex_lock(&stream_chan_lock);
 	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
 	if (sc)
-		r = stream_snap_read(sc, a.consumer, a.gen, a.block,
-				     u64_to_user_ptr(a.buf), a.len);
-	else
-		r = -ENOENT;
+		refcount_inc(&sc->refs);
 	mutex_unlock(&stream_chan_lock);
+	if (!sc)
+		return -ENOENT;
+	r = stream_snap_read(sc, a.consumer, a.gen, a.block,
+			     u64_to_user_ptr(a.buf), a.len);
+	stream_put(sc);
 	return r;
 }
 
@@ -254,10 +295,13 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct stream_file *hf = file->private_data;
 
-	switch (cmd) {
-	case DM_STREAM_IOC_ATTACH:
+	/* Type and number only: the structures may grow (uapi header). */
+	if (_IOC_TYPE(cmd) != _IOC_TYPE(DM_STREAM_IOC_ATTACH))
+		return -ENOTTY;
+	switch (_IOC_NR(cmd)) {
+	case _IOC_NR(DM_STREAM_IOC_ATTACH):
 		return chan_attach(hf, (void __user *)arg);
-	case DM_STREAM_IOC_SNAP_READ:
+	case _IOC_NR(DM_STREAM_IOC_SNAP_READ):
 		return chan_snap_read((void __user *)arg);
 	default:
 		return -ENOTTY;
@@ -267,6 +311,26 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 static bool has_requests(struct stream_c *sc)
 {
 	return !list_empty_careful(&sc->pending) || READ_ONCE(sc->dying);
+}
+
+/* Put the @n requests of @reqs that @hf was just given back in the queue. */
+static void requeue_sent(struct stream_c *sc, struct stream_file *hf,
+			 const struct dm_stream_request *reqs, size_t n)
+{
+	struct stream_fetch *f;
+	size_t i;
+
+	mutex_lock(&sc->fetch_lock);
+	for (i = n; i-- > 0; ) {
+		f = xa_load(&sc->fetches, reqs[i].block);
+		if (!f || f->state != FETCH_SENT || f->owner != hf ||
+		    f->tag != reqs[i].tag)
+			continue;
+		f->state = FETCH_QUEUED;
+		f->owner = NULL;
+		list_move(&f->list, &sc->pending);
+	}
+	mutex_unlock(&sc->fetch_lock);
 }
 
 static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
@@ -326,8 +390,11 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 		}
 	}
 	r = n * sizeof(*reqs);
-	if (copy_to_user(buf, reqs, r))
-		r = -EFAULT;	/* requests stay sent: close requeues them */
+	if (copy_to_user(buf, reqs, r)) {
+		/* Never delivered: back to the front of the queue. */
+		requeue_sent(sc, hf, reqs, n);
+		r = -EFAULT;
+	}
 out:
 	up_read(&hf->sem);
 	kfree(reqs);

@@ -7,6 +7,8 @@
 #define DM_STREAM_CORE_H
 
 #include <linux/bio.h>
+#include <linux/completion.h>
+#include <linux/refcount.h>
 #include <linux/device-mapper.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
@@ -55,6 +57,14 @@ struct stream_fetch {
 
 struct stream_c {
 	struct dm_target *ti;
+	/*
+	 * Users outside the dm core's own references (snapshot readers found
+	 * through the channel) take a reference under stream_chan_lock while
+	 * the target is registered; the dtr unregisters, drops the initial
+	 * reference and waits for @gone.
+	 */
+	refcount_t refs;
+	struct completion gone;
 	struct dm_dev *metadata_dev;
 	struct dm_dev *data_dev;
 	struct dm_stream_metadata *md;
@@ -65,7 +75,8 @@ struct stream_c {
 	unsigned int fetch_timeout;	/* seconds, 0 = forever */
 	bool discard_zeroes;		/* data dev can write zeroes */
 
-	enum stream_mode mode;		/* READ_ONCE; changed by the worker */
+	enum stream_mode mode;		/* READ_ONCE; set_mode() changes it */
+	bool requeue;			/* noflush suspend: requeue misses */
 
 	/*
 	 * Guards deferred, deferred_flush, deferred_dirty, flush_completions
@@ -77,6 +88,7 @@ struct stream_c {
 	struct bio_list deferred_flush;	/* issue after the next commit */
 	struct bio_list deferred_dirty;	/* writes waiting for their dirty bits */
 	struct bio_list flush_completions; /* complete after next commit */
+	struct bio_list starved;	/* parked bios that found no memory */
 	struct list_head completed;	/* fetches whose I/O ended */
 
 	/*
@@ -95,7 +107,15 @@ struct stream_c {
 	struct work_struct worker;
 	struct delayed_work waker;
 
-	bool active;			/* resumed; under stream_chan_lock */
+	/*
+	 * Held across a message that needs a suspended device and by
+	 * resume/postsuspend while they change @active, so that such a
+	 * message never runs on a live device.  Taken before snap_lock.
+	 */
+	struct mutex quiesce_lock;
+	bool active;			/* resumed; under quiesce_lock and
+					 * stream_chan_lock */
+	u64 snap_cut[DSM_MAX_CONSUMERS];	/* snapshot ids this table cut */
 	struct list_head node;		/* stream_targets */
 
 	/*
@@ -134,12 +154,15 @@ void stream_fetch_io_done(struct stream_c *sc, struct stream_fetch *f);
 int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
 		     void __user *buf, u32 len);
 void stream_wake_worker(struct stream_c *sc);
+int stream_check_image(struct stream_c *sc, u64 image_size,
+		       const char *image_id);
 
 /* dm-stream-chan.c */
 extern struct mutex stream_chan_lock;
 int stream_chan_init(void);
 void stream_chan_exit(void);
 void stream_chan_register(struct stream_c *sc);
+void stream_put(struct stream_c *sc);
 void stream_chan_unregister(struct stream_c *sc);
 void stream_chan_detach(struct stream_c *sc);
 void __stream_chan_kick(struct stream_c *sc);

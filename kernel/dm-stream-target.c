@@ -82,12 +82,15 @@ static const char *mode_name(enum stream_mode m)
 	}
 }
 
-/* Worker context: modes only go rw -> ro -> fail. */
+/* Any process context: modes only go rw -> ro -> fail, even when racing. */
 static void set_mode(struct stream_c *sc, enum stream_mode m)
 {
-	if (m <= READ_ONCE(sc->mode))
-		return;
-	WRITE_ONCE(sc->mode, m);
+	enum stream_mode old = READ_ONCE(sc->mode);
+
+	do {
+		if (m <= old)
+			return;
+	} while (!try_cmpxchg(&sc->mode, &old, m));
 	DMERR("%s: switching to %s mode",
 	      dm_device_name(dm_table_get_md(sc->ti->table)), mode_name(m));
 	dm_table_event(sc->ti->table);
@@ -377,6 +380,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 
 	if (mode != STREAM_MODE_RW)
 		return DM_MAPIO_KILL;
+	if (READ_ONCE(sc->requeue))
+		return DM_MAPIO_REQUEUE;
 	atomic_inc(&sc->parked);
 	defer_bio(sc, &sc->deferred, bio);
 	return DM_MAPIO_SUBMITTED;
@@ -446,6 +451,14 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		bio_io_error(bio);
 		return;
 	}
+	if (READ_ONCE(sc->requeue)) {
+		/* noflush suspend: dm core queues it until resume */
+		mutex_unlock(&sc->fetch_lock);
+		atomic_dec(&sc->parked);
+		bio->bi_status = BLK_STS_DM_REQUEUE;
+		bio_endio(bio);
+		return;
+	}
 	f = xa_load(&sc->fetches, block);
 	if (f) {
 		bio_list_add(&f->waiters, bio);
@@ -459,11 +472,19 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	f = alloc_fetch(sc, block);
 	r = f ? xa_insert(&sc->fetches, block, f, GFP_NOIO) : -ENOMEM;
 	if (r) {
+		unsigned long flags;
+
 		mutex_unlock(&sc->fetch_lock);
 		if (f)
 			free_fetch(f);
-		/* Out of memory under I/O: retry from the worker later. */
-		defer_bio(sc, &sc->deferred, bio);
+		/*
+		 * Out of memory under I/O: park the bio on the starved list,
+		 * retried when a fetch retires (freeing memory) or at the
+		 * next period, never in a loop.
+		 */
+		spin_lock_irqsave(&sc->lock, flags);
+		bio_list_add(&sc->starved, bio);
+		spin_unlock_irqrestore(&sc->lock, flags);
 		return;
 	}
 
@@ -504,18 +525,11 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 	int r = f->status ? -EIO : 0;
 
 	mutex_lock(&sc->fetch_lock);
-	if (!r) {
-		r = dsm_set_present(sc->md, f->block);
-		if (r < 0)
-			DMERR_LIMIT("cannot record block %llu present: %d",
-				    f->block, r);
-		if (r > 0) {
-			DMINFO("%s: all %llu blocks present",
-			       dm_device_name(dm_table_get_md(sc->ti->table)),
-			       sc->nr_blocks);
-			dm_table_event(sc->ti->table);
-			r = 0;
-		}
+	if (!r && dsm_set_present(sc->md, f->block)) {
+		DMINFO("%s: all %llu blocks present",
+		       dm_device_name(dm_table_get_md(sc->ti->table)),
+		       sc->nr_blocks);
+		dm_table_event(sc->ti->table);
 	}
 	xa_erase(&sc->fetches, f->block);
 	waiters = f->waiters;
@@ -533,6 +547,61 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 		}
 	}
 	free_fetch(f);
+}
+
+/* Worker: retry the bios that found no memory (a fetch was freed). */
+static void retry_starved(struct stream_c *sc)
+{
+	struct bio_list bios;
+	struct bio *bio;
+
+	spin_lock_irq(&sc->lock);
+	bios = sc->starved;
+	bio_list_init(&sc->starved);
+	spin_unlock_irq(&sc->lock);
+	while ((bio = bio_list_pop(&bios)))
+		process_parked(sc, bio);
+}
+
+/*
+ * Take every bio parked behind a fetch that waits for the helper (queued
+ * or sent; not those whose data is being written), plus the starved ones.
+ * The fetches stay: a helper may still answer them.  Returns how many.
+ */
+static unsigned int take_parked(struct stream_c *sc, struct bio_list *out)
+{
+	struct stream_fetch *f;
+	struct list_head *lists[] = { &sc->pending, &sc->sent };
+	unsigned int n = 0, i;
+	struct bio *bio;
+
+	mutex_lock(&sc->fetch_lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry(f, lists[i], list) {
+			bio_list_merge(out, &f->waiters);
+			bio_list_init(&f->waiters);
+		}
+	mutex_unlock(&sc->fetch_lock);
+	spin_lock_irq(&sc->lock);
+	bio_list_merge(out, &sc->starved);
+	bio_list_init(&sc->starved);
+	spin_unlock_irq(&sc->lock);
+	bio_list_for_each(bio, out)
+		n++;
+	return n;
+}
+
+/* End the parked bios of take_parked() with @status. */
+static void end_parked(struct stream_c *sc, struct bio_list *bios,
+		       blk_status_t status)
+{
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios))) {
+		atomic_dec(&sc->parked);
+		bio->bi_status = status;
+		bio_endio(bio);
+	}
 }
 
 /* Worker: fail fetches that waited longer than fetch_timeout. */
@@ -603,24 +672,30 @@ static void do_worker(struct work_struct *ws)
 	struct bio *bio;
 	int r;
 
+	/*
+	 * Take the bios waiting for a commit first, then the completed
+	 * fetches and fills: a flush that arrived after a fill completed (and
+	 * so after its fetch was put on sc->completed, in end_io) must find
+	 * the fill's present bit set before the commit that releases it.
+	 */
 	spin_lock_irq(&sc->lock);
-	list_splice_init(&sc->completed, &done);
-	spin_unlock_irq(&sc->lock);
-	list_for_each_entry_safe(f, tmp, &done, list) {
-		list_del_init(&f->list);
-		retire_fetch(sc, f);
-	}
-
-	spin_lock_irq(&sc->lock);
-	bios = sc->deferred;
-	bio_list_init(&sc->deferred);
 	flush_bios = sc->deferred_flush;
 	bio_list_init(&sc->deferred_flush);
 	completions = sc->flush_completions;
 	bio_list_init(&sc->flush_completions);
 	dirty_bios = sc->deferred_dirty;
 	bio_list_init(&sc->deferred_dirty);
+	list_splice_init(&sc->completed, &done);
+	bios = sc->deferred;
+	bio_list_init(&sc->deferred);
 	spin_unlock_irq(&sc->lock);
+
+	list_for_each_entry_safe(f, tmp, &done, list) {
+		list_del_init(&f->list);
+		retire_fetch(sc, f);
+	}
+	if (!list_empty(&done))
+		retry_starved(sc);
 
 	while ((bio = bio_list_pop(&bios)))
 		process_parked(sc, bio);
@@ -675,6 +750,7 @@ static void do_waker(struct work_struct *ws)
 					   struct stream_c, waker);
 
 	expire_fetches(sc);
+	retry_starved(sc);
 	if (dsm_changed(sc->md))
 		stream_commit(sc);
 	queue_delayed_work(sc->wq, &sc->waker, COMMIT_PERIOD);
@@ -721,8 +797,9 @@ static int copy_out(void __user *buf, struct page **pages, unsigned int n)
 
 /*
  * DM_STREAM_IOC_SNAP_READ: copy @block as it was at the cut of snapshot
- * @gen of consumer @c to @buf.  Process context; the caller holds
- * stream_chan_lock, which keeps @sc alive.
+ * @gen of consumer @c to @buf.  Process context; the caller holds a
+ * reference on @sc.  snap_lock is held to find (or read) the content, not
+ * while copying it to userspace.
  */
 int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
 		     void __user *buf, u32 len)
@@ -748,7 +825,11 @@ int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
 	}
 	cp = xa_load(&sc->copies, copy_index(block, c));
 	if (cp) {
+		kref_get(&cp->kref);
+		mutex_unlock(&sc->snap_lock);
 		r = copy_out(buf, cp->pages, cp->nr_pages);
+		mutex_lock(&sc->snap_lock);
+		kref_put(&cp->kref, copy_release);
 		goto out;
 	}
 	if (!test_bit(block, sc->undrained[c])) {
@@ -762,12 +843,12 @@ int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
 	}
 	/* Writes to the block are held while it is undrained: read it. */
 	cp = read_copy(sc, block);
-	if (IS_ERR(cp)) {
-		r = PTR_ERR(cp);
-		goto out;
-	}
+	mutex_unlock(&sc->snap_lock);
+	if (IS_ERR(cp))
+		return PTR_ERR(cp);
 	r = copy_out(buf, cp->pages, cp->nr_pages);
 	copy_free(cp);		/* never kept: not counted in copy_bytes */
+	return r;
 out:
 	mutex_unlock(&sc->snap_lock);
 	return r;
@@ -831,6 +912,15 @@ static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 	return 0;
 }
 
+static bool table_writable(struct dm_target *ti)
+{
+#ifdef STREAM_HAVE_BLK_OPEN_WRITE
+	return dm_table_get_mode(ti->table) & BLK_OPEN_WRITE;
+#else
+	return dm_table_get_mode(ti->table) & FMODE_WRITE;
+#endif
+}
+
 static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 {
 	struct dm_arg_set as = { .argc = argc, .argv = argv };
@@ -845,6 +935,11 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Invalid argument count";
 		return -EINVAL;
 	}
+	if (!table_writable(ti)) {
+		/* The metadata is written even to serve reads. */
+		ti->error = "Read-only tables are not supported";
+		return -EINVAL;
+	}
 
 	sc = kzalloc(sizeof(*sc), GFP_KERNEL);
 	if (!sc) {
@@ -852,12 +947,19 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		return -ENOMEM;
 	}
 	sc->ti = ti;
+	refcount_set(&sc->refs, 1);
+	init_completion(&sc->gone);
 	sc->copy_budget = (u64)DEFAULT_PRESERVE_MB << 20;
 
 	if (sscanf(argv[2], "%u%c", &bs, &dummy) != 1 ||
 	    bs < MIN_BLOCK_SECTORS || bs > MAX_BLOCK_SECTORS ||
 	    !is_power_of_2(bs)) {
 		ti->error = "Invalid block size (power of two, 8-2048 sectors)";
+		r = -EINVAL;
+		goto out_free;
+	}
+	if (((u64)bs << SECTOR_SHIFT) < PAGE_SIZE) {
+		ti->error = "Block size is smaller than a page";
 		r = -EINVAL;
 		goto out_free;
 	}
@@ -869,6 +971,13 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto out_free;
 	}
 	sc->nr_blocks = ti->len >> sc->block_shift;
+	if (sc->nr_blocks > DSM_MAX_BLOCKS) {
+		DMERR("%llu blocks; at most %llu: use a larger block size",
+		      sc->nr_blocks, DSM_MAX_BLOCKS);
+		ti->error = "Too many blocks";
+		r = -EINVAL;
+		goto out_free;
+	}
 
 	dm_consume_args(&as, 3);
 	r = parse_features(sc, &as, &ti->error);
@@ -918,7 +1027,9 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	bio_list_init(&sc->deferred_flush);
 	bio_list_init(&sc->flush_completions);
 	bio_list_init(&sc->deferred_dirty);
+	bio_list_init(&sc->starved);
 	INIT_LIST_HEAD(&sc->completed);
+	mutex_init(&sc->quiesce_lock);
 	mutex_init(&sc->fetch_lock);
 	xa_init(&sc->fetches);
 	INIT_LIST_HEAD(&sc->pending);
@@ -979,6 +1090,9 @@ static void stream_dtr(struct dm_target *ti)
 	unsigned int i;
 
 	stream_chan_unregister(sc);
+	/* Snapshot readers that found the target before it went away. */
+	stream_put(sc);
+	wait_for_completion(&sc->gone);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	if (dsm_changed(sc->md))
@@ -1004,25 +1118,88 @@ static void stream_dtr(struct dm_target *ti)
 	kfree(sc);
 }
 
+/*
+ * A noflush suspend (dmsetup suspend --noflush, multipath-style) must not
+ * wait for misses that only a helper can complete: requeue them; dm core
+ * holds them and maps them again after resume.  A flushing suspend waits
+ * for them (fetch_timeout or the fail_parked message bound the wait).
+ */
+static void stream_presuspend(struct dm_target *ti)
+{
+	struct stream_c *sc = ti->private;
+	struct bio_list bios = BIO_EMPTY_LIST;
+
+	if (!dm_noflush_suspending(ti))
+		return;
+	WRITE_ONCE(sc->requeue, true);
+	/* bios already on the way to the worker are requeued there */
+	flush_workqueue(sc->wq);
+	take_parked(sc, &bios);
+	end_parked(sc, &bios, BLK_STS_DM_REQUEUE);
+}
+
+static void stream_presuspend_undo(struct dm_target *ti)
+{
+	struct stream_c *sc = ti->private;
+
+	WRITE_ONCE(sc->requeue, false);
+}
+
+/*
+ * Invariant relied on by the dtr and by the suspended-only messages: once
+ * postsuspend returns, no bio of this table is parked or in the worker, and
+ * every fetch left has no waiters (dm core waited for in-flight bios, a
+ * noflush suspend requeued the parked ones).
+ */
 static void stream_postsuspend(struct dm_target *ti)
 {
 	struct stream_c *sc = ti->private;
 
+	mutex_lock(&sc->quiesce_lock);
 	mutex_lock(&stream_chan_lock);
 	sc->active = false;
 	mutex_unlock(&stream_chan_lock);
+	mutex_unlock(&sc->quiesce_lock);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	stream_commit(sc);
+}
+
+/*
+ * The metadata object is shared with the table this one replaces (see
+ * dsm_open()); a snapshot that table cut has no preserved copies here:
+ * abort it (its blocks are dirty again, the drain is redone).
+ */
+static int stream_preresume(struct dm_target *ti)
+{
+	struct stream_c *sc = ti->private;
+	unsigned int c;
+	u64 gen, nr;
+
+	mutex_lock(&sc->snap_lock);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
+		gen = dsm_snap_gen(sc->md, c);
+		if (!gen || gen == sc->snap_cut[c])
+			continue;
+		if (!dsm_abort(sc->md, c, gen, &nr))
+			DMINFO("%s: snapshot %llu of consumer %u aborted by the table reload",
+			       dm_device_name(dm_table_get_md(ti->table)),
+			       gen, c);
+	}
+	mutex_unlock(&sc->snap_lock);
+	return 0;
 }
 
 static void stream_resume(struct dm_target *ti)
 {
 	struct stream_c *sc = ti->private;
 
+	WRITE_ONCE(sc->requeue, false);
+	mutex_lock(&sc->quiesce_lock);
 	mutex_lock(&stream_chan_lock);
 	sc->active = true;
 	mutex_unlock(&stream_chan_lock);
+	mutex_unlock(&sc->quiesce_lock);
 	queue_delayed_work(sc->wq, &sc->waker, COMMIT_PERIOD);
 }
 
@@ -1099,23 +1276,68 @@ static const char *dev_name_of(struct stream_c *sc)
 	return dm_device_name(dm_table_get_md(sc->ti->table));
 }
 
-static bool is_active(struct stream_c *sc)
+/*
+ * Attach: is the helper's image the one this device streams?  Its size must
+ * be the device's (when the helper knows it) and its identity the one the
+ * last image update recorded (when both are known).  Caller holds
+ * stream_chan_lock.
+ */
+int stream_check_image(struct stream_c *sc, u64 image_size,
+		       const char *image_id)
 {
-	bool active;
+	u64 size = sc->nr_blocks << (sc->block_shift + SECTOR_SHIFT);
+	const char *have = dsm_image_id(sc->md);
 
-	mutex_lock(&stream_chan_lock);
-	active = sc->active;
-	mutex_unlock(&stream_chan_lock);
-	return active;
+	if (image_size && image_size != size) {
+		DMERR("%s: helper's image has %llu bytes, the device %llu: refused",
+		      dev_name_of(sc), image_size, size);
+		return -EMEDIUMTYPE;
+	}
+	if (*image_id && *have && strcmp(image_id, have)) {
+		DMERR("%s: helper serves image '%s', the device holds '%s': refused",
+		      dev_name_of(sc), image_id, have);
+		return -EMEDIUMTYPE;
+	}
+	return 0;
+}
+
+/*
+ * Suspended: drop the fetches nobody waits for (left by a noflush suspend
+ * or a fail_parked); a helper's late reply to one gets -ENOENT.  Returns
+ * true if fetches whose data is being written remain.
+ */
+static bool cancel_idle_fetches(struct stream_c *sc)
+{
+	struct stream_fetch *f, *tmp;
+	struct list_head *lists[] = { &sc->pending, &sc->sent };
+	LIST_HEAD(idle);
+	unsigned int i;
+	bool busy;
+
+	mutex_lock(&sc->fetch_lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry_safe(f, tmp, lists[i], list) {
+			if (!bio_list_empty(&f->waiters))
+				continue;
+			xa_erase(&sc->fetches, f->block);
+			list_move_tail(&f->list, &idle);
+		}
+	busy = !xa_empty(&sc->fetches);
+	mutex_unlock(&sc->fetch_lock);
+	list_for_each_entry_safe(f, tmp, &idle, list)
+		free_fetch(f);
+	return busy;
 }
 
 /*
  * Messages that change what is present need a quiesced device and rw
- * mode.  Returns 0 or the errno to answer.
+ * mode.  Returns 0 or the errno to answer.  The caller holds quiesce_lock
+ * until it is done, so a concurrent resume waits for it.
  */
 static int check_quiesced(struct stream_c *sc, const char *what)
 {
-	if (is_active(sc)) {
+	lockdep_assert_held(&sc->quiesce_lock);
+	if (sc->active) {
 		DMERR("%s: %s: suspend the device first", dev_name_of(sc), what);
 		return -EBUSY;
 	}
@@ -1125,7 +1347,7 @@ static int check_quiesced(struct stream_c *sc, const char *what)
 		return -EROFS;
 	}
 	flush_workqueue(sc->wq);
-	if (!xa_empty(&sc->fetches)) {
+	if (cancel_idle_fetches(sc)) {
 		DMERR("%s: %s: fetches still in flight", dev_name_of(sc), what);
 		return -EBUSY;
 	}
@@ -1196,10 +1418,14 @@ static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 	if (argc != 2)
 		return -EINVAL;
 	r = parse_consumer(sc, argv[1], &c);
-	if (!r)
-		r = check_quiesced(sc, "snapshot");
 	if (r)
 		return r;
+	mutex_lock(&sc->quiesce_lock);
+	r = check_quiesced(sc, "snapshot");
+	if (r) {
+		mutex_unlock(&sc->quiesce_lock);
+		return r;
+	}
 	mutex_lock(&sc->snap_lock);
 	if (!sc->undrained[c]) {
 		unsigned long *u = kvcalloc(BITS_TO_LONGS(sc->nr_blocks),
@@ -1225,12 +1451,14 @@ static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 		goto out;
 	}
 	bitmap_copy(sc->undrained[c], dsm_snap_map(sc->md, c), sc->nr_blocks);
+	sc->snap_cut[c] = gen;
 	DMINFO("%s: consumer %u snapshot %llu: %llu blocks", dev_name_of(sc),
 	       c, gen, nr);
 	DMEMIT("%llu %llu", gen, nr);
 	r = 1;
 out:
 	mutex_unlock(&sc->snap_lock);
+	mutex_unlock(&sc->quiesce_lock);
 	return r;
 }
 
@@ -1388,10 +1616,14 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 		      dev_name_of(sc));
 		return -EINVAL;
 	}
+	mutex_lock(&sc->quiesce_lock);
 	r = check_quiesced(sc, "invalidate");
-	if (r)
+	if (r) {
+		mutex_unlock(&sc->quiesce_lock);
 		return r;
+	}
 	r = dsm_invalidate(sc->md, sc->data_dev->bdev, argv[2], keep);
+	mutex_unlock(&sc->quiesce_lock);
 	if (r == -EBUSY) {
 		DMERR("%s: invalidate: a snapshot is in progress",
 		      dev_name_of(sc));
@@ -1432,6 +1664,26 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
 }
 
 /*
+ * fail_parked: fail every bio waiting for the helper with EIO now (the way
+ * out of a flushing suspend with no helper).  The fetches stay queued.
+ */
+static int msg_fail_parked(struct stream_c *sc, char *result,
+			   unsigned int maxlen)
+{
+	struct bio_list bios = BIO_EMPTY_LIST;
+	unsigned int sz = 0, n;
+
+	flush_workqueue(sc->wq);
+	n = take_parked(sc, &bios);
+	end_parked(sc, &bios, BLK_STS_IOERR);
+	if (n)
+		DMWARN("%s: failed %u parked bios on request", dev_name_of(sc),
+		       n);
+	DMEMIT("failed %u", n);
+	return 1;
+}
+
+/*
  * Messages (answers through the message response):
  *
  *   revert
@@ -1456,6 +1708,9 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
  *	Image update, see dm-stream.rst.  commit: suspended only.
  *   fill on|off, fill rate <bytes/s>
  *	Switch for the helper's background fill (read from the status).
+ *   fail_parked
+ *	Fail every bio waiting for the helper with EIO.  Answers
+ *	"failed <n>".
  */
 static int stream_message(struct dm_target *ti, unsigned int argc,
 			  char **argv, char *result, unsigned int maxlen)
@@ -1468,10 +1723,14 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 	if (!argc)
 		goto unknown;
 	if (argc == 1 && !strcasecmp(argv[0], "revert")) {
+		mutex_lock(&sc->quiesce_lock);
 		r = check_quiesced(sc, "revert");
-		if (r)
+		if (r) {
+			mutex_unlock(&sc->quiesce_lock);
 			return r;
+		}
 		r = dsm_revert(sc->md, sc->data_dev->bdev);
+		mutex_unlock(&sc->quiesce_lock);
 		if (r == -EBUSY) {
 			DMERR("%s: revert: a snapshot is in progress",
 			      dev_name_of(sc));
@@ -1502,6 +1761,8 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 		r = msg_invalidate(sc, argc, argv, result, maxlen);
 	else if (!strcasecmp(argv[0], "fill"))
 		r = msg_fill(sc, argc, argv);
+	else if (!strcasecmp(argv[0], "fail_parked") && argc == 1)
+		r = msg_fail_parked(sc, result, maxlen);
 	else
 		goto unknown;
 	if (r == -EINVAL)
@@ -1533,13 +1794,18 @@ static void stream_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type stream_target = {
 	.name = "stream",
-	.version = {1, 2, 0},
+	.version = {2, 0, 0},
+	/* one helper per table: streamd attaches by device name */
+	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = stream_ctr,
 	.dtr = stream_dtr,
 	.map = stream_map,
 	.end_io = stream_end_io,
+	.presuspend = stream_presuspend,
+	.presuspend_undo = stream_presuspend_undo,
 	.postsuspend = stream_postsuspend,
+	.preresume = stream_preresume,
 	.resume = stream_resume,
 	.status = stream_status,
 	.message = stream_message,
