@@ -113,8 +113,8 @@ struct stream_c {
 	 * message never runs on a live device.  Taken before snap_lock.
 	 */
 	struct mutex quiesce_lock;
-	bool active;			/* resumed; under quiesce_lock and
-					 * stream_chan_lock */
+	/* resumed; changed under quiesce_lock and stream_chan_lock */
+	bool active;
 	u64 snap_cut[DSM_MAX_CONSUMERS];	/* snapshot ids this table cut */
 	struct list_head node;		/* stream_targets */
 

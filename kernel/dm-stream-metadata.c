@@ -326,8 +326,8 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 		return -EBADMSG;
 	}
 	if (le32_to_cpu(d->version) == 1) {
-		DMERR("metadata format 1 (bitmaps updated in place, no journal) is not supported by this module");
-		DMERR("upgrade it with 'streamctl upgrade-metadata <metadata dev>' (see dm-stream.rst)");
+		DMERR("metadata format 1 (no journal) is not supported");
+		DMERR("convert it: streamctl upgrade-metadata <metadata dev>");
 		*why = "Metadata format 1: run streamctl upgrade-metadata";
 		return -EPROTONOSUPPORT;
 	}
@@ -541,10 +541,10 @@ static int __jnl_write_slot(struct dm_stream_metadata *md)
 	h->version = cpu_to_le32(DSM_FORMAT_VERSION);
 	h->seq = cpu_to_le64(md->jnl_seq);
 	for (i = 0; i < md->jnl_nr; i++) {
+		void *img = page_address(md->jnl_pages[1 + i]);
+
 		h->e[i].location = cpu_to_le64(md->jnl_loc[i]);
-		h->e[i].csum = cpu_to_le32(crc32c(~0U,
-				page_address(md->jnl_pages[1 + i]),
-				DSM_BLOCK_SIZE));
+		h->e[i].csum = cpu_to_le32(crc32c(~0U, img, DSM_BLOCK_SIZE));
 	}
 	h->csum = cpu_to_le32(block_csum(h, JNL_CSUM_XOR));
 
@@ -1539,7 +1539,7 @@ static int recover(struct dm_stream_metadata *md, u32 block_sectors,
 	}
 	for (k = 0; k < 2; k++)
 		if (s[k].valid && memcmp(s[k].uuid, sb.uuid, sizeof(sb.uuid))) {
-			DMERR("journal slot of batch %llu belongs to another metadata (uuid %pU, superblock %pU)",
+			DMERR("journal batch %llu: uuid %pU, superblock %pU",
 			      s[k].seq, s[k].uuid, sb.uuid);
 			*error = "Metadata journal does not match the superblock";
 			r = -EUCLEAN;
@@ -1668,7 +1668,7 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 			continue;
 		if (md->sb.block_sectors != block_sectors ||
 		    md->sb.nr_blocks != nr_blocks) {
-			DMERR("metadata in use with %llu blocks of %u sectors; table has %llu of %u",
+			DMERR("metadata in use: %llu blocks of %u sectors, table: %llu of %u",
 			      md->sb.nr_blocks, md->sb.block_sectors,
 			      nr_blocks, block_sectors);
 			*error = "Metadata in use by a table of another geometry";

@@ -5,6 +5,7 @@
 #ifndef DM_STREAM_METADATA_H
 #define DM_STREAM_METADATA_H
 
+#include <linux/bits.h>
 #include <linux/types.h>
 #include <linux/blkdev.h>
 
@@ -27,7 +28,7 @@
  * Largest device, in blocks: in-core maps are bitmaps indexed by unsigned
  * int in the kernel's bitmap helpers, and nine of them live in memory.
  */
-#define DSM_MAX_BLOCKS		(1ULL << 30)
+#define DSM_MAX_BLOCKS		BIT_ULL(30)
 #define DSM_IMAGE_ID_LEN	64	/* including the NUL */
 
 struct dm_stream_metadata;
