@@ -108,6 +108,7 @@
 #include <linux/mutex.h>
 #include <linux/slab.h>
 #include <linux/uuid.h>
+#include <kunit/visibility.h>
 
 #define DM_MSG_PREFIX "stream metadata"
 
@@ -243,6 +244,7 @@ u32 dsm_bitmap_blocks(u64 nr_blocks)
 {
 	return DIV_ROUND_UP_ULL(nr_blocks, DSM_BITS_PER_BLOCK);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_blocks);
 
 u64 dsm_journal_start(u64 nr_blocks)
 {
@@ -254,6 +256,7 @@ u64 dsm_total_blocks(u64 nr_blocks)
 {
 	return dsm_journal_start(nr_blocks) + DSM_JNL_BLOCKS;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_total_blocks);
 
 static u32 block_csum(const void *buf, u32 xor)
 {
@@ -265,16 +268,19 @@ void dsm_sb_reseal(void *buf)
 {
 	*(__le32 *)buf = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_reseal);
 
 void dsm_bitmap_reseal(void *buf)
 {
 	*(__le32 *)buf = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_reseal);
 
 bool dsm_buf_is_zero(const void *buf, size_t len)
 {
 	return !memchr_inv(buf, 0, len);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_buf_is_zero);
 
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 {
@@ -299,6 +305,7 @@ void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 	strscpy(d->image_id, sb->image_id, sizeof(d->image_id));
 	d->csum = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_pack);
 
 /*
  * Decode and check a superblock.  Each kind of damage has its own errno so
@@ -378,6 +385,7 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	}
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_unpack);
 
 /*
  * 64 bits of an in-core bitmap of @nr bits from bit @bit, a multiple of 64
@@ -436,6 +444,7 @@ void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
 	}
 	d->csum = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_pack);
 
 int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		      unsigned long *bits, u64 nr_bits, u32 slice,
@@ -486,6 +495,7 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 	}
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_unpack);
 
 /* Metadata block holding block @i (within the bitmap) of bitmap @map. */
 static u64 bitmap_location(struct dm_stream_metadata *md, u32 map, u32 i)
@@ -1102,6 +1112,7 @@ u64 dsm_snapshot_merge(struct dm_stream_metadata *md, unsigned int c)
 	atomic64_add(n, &md->nr_dirty[c]);
 	return n;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snapshot_merge);
 
 int dsm_snapshot(struct dm_stream_metadata *md, struct block_device *data,
 		 unsigned int c, u64 *gen, u64 *nr)
@@ -1212,6 +1223,7 @@ const unsigned long *dsm_snap_map(struct dm_stream_metadata *md,
 {
 	return md->snap[c];
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snap_map);
 
 bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 		    u64 *start, u64 *len)
@@ -1229,6 +1241,7 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 	*len = e - s;
 	return true;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_next_range);
 
 /*
  * The in-core half of dsm_open(): maps and locks, no device.  Used alone
@@ -1269,6 +1282,7 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	}
 	return md;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_create_incore);
 
 /* KUnit: an in-core snapshot without the superblock write. */
 int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
@@ -1282,12 +1296,14 @@ int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
 	md->snap_gen[c] = gen;
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snapshot_incore);
 
 void dsm_destroy_incore(struct dm_stream_metadata *md)
 {
 	free_maps(md);
 	kfree(md);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_destroy_incore);
 
 /* dsm_open(): load the maps of an existing metadata device. */
 static int load(struct dm_stream_metadata *md, const char **error)
@@ -1708,16 +1724,19 @@ const unsigned long *dsm_present_map(struct dm_stream_metadata *md)
 {
 	return md->present;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_present_map);
 
 u64 dsm_nr_present(struct dm_stream_metadata *md)
 {
 	return atomic64_read(&md->nr_present);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_nr_present);
 
 u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c)
 {
 	return atomic64_read(&md->nr_dirty[c]);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_nr_dirty);
 
 u64 dsm_generation(struct dm_stream_metadata *md)
 {
@@ -1740,6 +1759,7 @@ bool dsm_changed(struct dm_stream_metadata *md)
 	return !bitmap_empty(md->changed_present, md->sb.bitmap_blocks) ||
 		!bitmap_empty(md->pending_present, md->sb.bitmap_blocks);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_changed);
 
 bool dsm_durable(struct dm_stream_metadata *md, u64 block)
 {
@@ -1756,6 +1776,7 @@ bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block)
 {
 	return test_bit(block, md->dirty[c]);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_dirty_test);
 
 bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)
 {
@@ -1766,6 +1787,7 @@ bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)
 			return false;
 	return true;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_dirty_all);
 
 bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 {
@@ -1784,6 +1806,7 @@ bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 	}
 	return newly;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_set_dirty);
 
 bool dsm_set_present(struct dm_stream_metadata *md, u64 block)
 {
@@ -1795,6 +1818,7 @@ bool dsm_set_present(struct dm_stream_metadata *md, u64 block)
 	set_bit(block / DSM_BITS_PER_BLOCK, md->pending_present);
 	return atomic64_inc_return(&md->nr_present) == md->sb.nr_blocks;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_set_present);
 
 /* Words of slice @i of an in-core map: [*first, *end). */
 static void slice_words(struct dm_stream_metadata *md, u32 i, u64 *first,
@@ -1830,6 +1854,7 @@ u64 dsm_commit_begin(struct dm_stream_metadata *md)
 	}
 	return n;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_commit_begin);
 
 /*
  * Commit step 3, in core: the blocks taken by dsm_commit_begin() are durable
@@ -1855,17 +1880,20 @@ void dsm_commit_apply(struct dm_stream_metadata *md)
 		}
 	}
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_commit_apply);
 
 bool dsm_committable(struct dm_stream_metadata *md, u64 block)
 {
 	return test_bit(block, md->present_commit);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_committable);
 
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
 {
 	return test_bit(slice, dirty ? md->changed_dirty[0] :
 			md->changed_present);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_slice_changed);
 
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error)

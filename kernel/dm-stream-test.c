@@ -566,3 +566,7 @@ static struct kunit_suite stream_bitmap_suite = {
 
 kunit_test_suites(&stream_format_suite, &stream_bitmap_suite,
 		  &stream_commit_suite, &stream_snapshot_suite);
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+MODULE_DESCRIPTION("KUnit tests of the dm-stream metadata encodings and state machines");
+MODULE_LICENSE("GPL");
