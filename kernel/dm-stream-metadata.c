@@ -1244,6 +1244,44 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 EXPORT_SYMBOL_IF_KUNIT(dsm_next_range);
 
 /*
+ * Answer "<next cursor> <first>+<count>..." with the runs of set (@set) or
+ * clear bits of @map from @cursor on, as many as fit in @maxlen; the next
+ * cursor is the total number of blocks once the map is exhausted.
+ */
+int dsm_emit_ranges(const unsigned long *map, u64 nr, bool set, u64 cursor,
+		    char *result, unsigned int maxlen)
+{
+	unsigned int sz, room = maxlen > 48 ? maxlen - 48 : 0;
+	char *ranges;
+	u64 start, len, next = cursor;
+	int n;
+
+	if (cursor > nr)
+		return -ERANGE;
+	ranges = kmalloc(maxlen, GFP_KERNEL);
+	if (!ranges)
+		return -ENOMEM;
+	sz = 0;
+	while (dsm_next_range(map, nr, next, set, &start, &len)) {
+		n = snprintf(ranges + sz, maxlen - sz, " %llu+%llu", start, len);
+		if (sz + n >= room)
+			break;
+		sz += n;
+		next = start + len;
+	}
+	if (!dsm_next_range(map, nr, next, set, &start, &len))
+		next = nr;
+	ranges[sz] = '\0';
+	if (!sz && next < nr) {
+		kfree(ranges);
+		return -ENOSPC;		/* buffer too small for one range */
+	}
+	snprintf(result, maxlen, "%llu%s", next, ranges);
+	kfree(ranges);
+	return 1;
+}
+
+/*
  * The in-core half of dsm_open(): maps and locks, no device.  Used alone
  * by the KUnit tests of the commit state machine.
  */

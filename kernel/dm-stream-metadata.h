@@ -119,6 +119,15 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 		    u64 *start, u64 *len);
 
 /*
+ * A message answer "<next cursor> <first>+<count>..." with the runs of set
+ * (@set) or clear bits of @map (@nr bits) from @cursor on, as many as fit
+ * in @maxlen; the next cursor is @nr once the map is exhausted.  Returns 1
+ * (an answer), -ERANGE, -ENOSPC or -ENOMEM.  Process context.
+ */
+int dsm_emit_ranges(const unsigned long *map, u64 nr, bool set, u64 cursor,
+		    char *result, unsigned int maxlen);
+
+/*
  * Mark @block present once its data write has completed.  Any context,
  * never allocates, never fails.  The bit is usable for I/O at once and
  * reaches the disk at the next commit, after a flush of the data device.
