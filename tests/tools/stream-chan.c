@@ -186,7 +186,7 @@ int main(int argc, char **argv)
 	h.magic = 0;
 	expect("reply with bad magic", send_reply(fd, &h, data, bs), EPROTO);
 	h = good;
-	h.version = 2;
+	h.version = 99;
 	expect("reply with unknown version", send_reply(fd, &h, data, bs), EPROTO);
 	h = good;
 	h.tag += 1000;
