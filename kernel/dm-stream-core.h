@@ -67,6 +67,7 @@ struct stream_c {
 
 	enum stream_mode mode;		/* READ_ONCE; set_mode() changes it */
 	bool requeue;			/* noflush suspend: requeue misses */
+	bool data_flush_failed;		/* set by end_io, acted on by the worker */
 
 	/*
 	 * Guards deferred, deferred_flush, deferred_dirty, flush_completions

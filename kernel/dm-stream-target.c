@@ -387,6 +387,12 @@ static void do_worker(struct work_struct *ws)
 	struct bio *bio;
 	int r;
 
+	if (unlikely(READ_ONCE(sc->data_flush_failed)) &&
+	    READ_ONCE(sc->mode) != STREAM_MODE_FAIL) {
+		DMERR("%s: data device flush failed", stream_name(sc));
+		set_mode(sc, STREAM_MODE_FAIL);
+	}
+
 	/*
 	 * Take the bios waiting for a commit first, then the completed
 	 * fetches and fills: a flush that arrived after a fill completed (and
@@ -442,7 +448,11 @@ static void do_worker(struct work_struct *ws)
 		}
 		if (!bio_has_data(bio) && !op_is_discard(bio_op(bio)) &&
 		    bio_op(bio) != REQ_OP_WRITE_ZEROES) {
-			/* Empty flush: the commit flushed the data device. */
+			/*
+			 * Empty flush: flushes the data device (the commit
+			 * did only if present bits were pending); end_io
+			 * fails the target if that flush fails.
+			 */
 			remap(sc, bio);
 			submit_bio_noacct(bio);
 			continue;
@@ -479,6 +489,16 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	struct stream_fetch *f = pb->fill;
 	unsigned long flags;
 
+	if (unlikely(*error) && (bio->bi_opf & REQ_PREFLUSH) &&
+	    !bio_sectors(bio) && *error != BLK_STS_DM_REQUEUE) {
+		/*
+		 * An empty flush passed down after a commit that had no
+		 * present bits to flush for: the data device cannot flush,
+		 * so nothing on it can be trusted (the worker fails us).
+		 */
+		WRITE_ONCE(sc->data_flush_failed, true);
+		stream_wake_worker(sc);
+	}
 	if (!f)
 		return DM_ENDIO_DONE;
 	pb->fill = NULL;
