@@ -44,6 +44,7 @@
 
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
+	bool flush;			/* empty flush passed to the data dev */
 };
 
 static const char *mode_name(enum stream_mode m)
@@ -154,6 +155,7 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	u64 block;
 
 	pb->fill = NULL;
+	pb->flush = false;
 	if (mode == STREAM_MODE_FAIL)
 		return DM_MAPIO_KILL;
 
@@ -448,11 +450,15 @@ static void do_worker(struct work_struct *ws)
 		}
 		if (!bio_has_data(bio) && !op_is_discard(bio_op(bio)) &&
 		    bio_op(bio) != REQ_OP_WRITE_ZEROES) {
+			struct per_bio_data *pb = dm_per_bio_data(bio,
+								  sizeof(*pb));
+
 			/*
 			 * Empty flush: flushes the data device (the commit
 			 * did only if present bits were pending); end_io
 			 * fails the target if that flush fails.
 			 */
+			pb->flush = true;
 			remap(sc, bio);
 			submit_bio_noacct(bio);
 			continue;
@@ -489,8 +495,7 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	struct stream_fetch *f = pb->fill;
 	unsigned long flags;
 
-	if (unlikely(*error) && (bio->bi_opf & REQ_PREFLUSH) &&
-	    !bio_sectors(bio) && *error != BLK_STS_DM_REQUEUE) {
+	if (unlikely(*error) && pb->flush) {
 		/*
 		 * An empty flush passed down after a commit that had no
 		 * present bits to flush for: the data device cannot flush,
