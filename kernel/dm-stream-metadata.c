@@ -515,14 +515,15 @@ static u32 dirty_bitmap(unsigned int c)
  *                    memory, commit_lock); a full batch is committed first
  *   __jnl_commit()   1. wait for the previous batch's in-place writes;
  *                    2. write header + images to slot (seq & 1) as one
- *                       REQ_PREFLUSH | REQ_FUA bio: the preflush makes the
- *                       previous batch's in-place writes durable, the FUA
- *                       this batch;
+ *                       bio, then flush: the flush makes this batch and
+ *                       the previous batch's in-place writes (completed
+ *                       in step 1) durable;
  *                    3. copy the images into dm-bufio buffers and start
  *                       writing them in place (not waited for).
  *
  * So a batch costs one metadata flush, and batch N's in-place writes are
- * durable before batch N + 2 overwrites N's slot.  The two slots always hold
+ * durable (at batch N + 1's flush) before batch N + 2 overwrites N's
+ * slot.  The two slots always hold
  * the last two batches, whose in-place writes may be incomplete or torn;
  * every older batch is wholly in place.  dsm_open() replays the valid slots
  * in sequence order, which yields exactly the state after the newest batch
@@ -558,15 +559,15 @@ static int __jnl_write_slot(struct dm_stream_metadata *md)
 	}
 	h->csum = cpu_to_le32(block_csum(h, JNL_CSUM_XOR));
 
-	bio = bio_alloc(md->bdev, 1 + md->jnl_nr,
-			REQ_OP_WRITE | REQ_SYNC | REQ_PREFLUSH | REQ_FUA,
+	bio = bio_alloc(md->bdev, 1 + md->jnl_nr, REQ_OP_WRITE | REQ_SYNC,
 			GFP_NOIO);
 	bio->bi_iter.bi_sector = slot * DSM_BLOCK_SECTORS;
 	for (i = 0; i <= md->jnl_nr; i++)
 		__bio_add_page(bio, md->jnl_pages[i], DSM_BLOCK_SIZE, 0);
 	r = submit_bio_wait(bio);
 	bio_put(bio);
-	return r;
+	/* One flush: this slot and the previous batch's in-place writes. */
+	return r ? r : blkdev_issue_flush(md->bdev);
 }
 
 static int __jnl_commit(struct dm_stream_metadata *md)
