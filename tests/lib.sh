@@ -104,6 +104,8 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v nbdcopy)"
 	copy_bin "$root" "$(command -v qemu-img)"
 	copy_bin "$root" "$(command -v mke2fs)" /opt/bin
+	# The fio suite's oracle (Debian's fio; its libraries come along).
+	copy_bin "$root" "$(command -v fio)"
 	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do
