@@ -19,7 +19,16 @@ kernel_kver() {
 	esac
 }
 
-debug_kdir() { "$TOP/scripts/build-debug-kernel.sh"; }
+# STREAM_DEBUG_KDIR: use that debug kernel tree as it is (no build, no
+# cache check), e.g. while scripts/build-debug-kernel.sh is still busy
+# with the modules after bzImage is done.
+debug_kdir() {
+	if [ -n "${STREAM_DEBUG_KDIR:-}" ]; then
+		echo "$STREAM_DEBUG_KDIR"
+	else
+		"$TOP/scripts/build-debug-kernel.sh"
+	fi
+}
 
 kernel_kdir() {
 	case $1 in
