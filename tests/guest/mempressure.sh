@@ -91,7 +91,7 @@ reader() {
 }
 
 t_mempressure() {
-	[ -d $FI ] || mount -t debugfs none $FI
+	grep -q " $FI debugfs " /proc/mounts || mount -t debugfs none $FI
 	if [ ! -d $FI/failslab ] || [ ! -d $FI/fail_page_alloc ]; then
 		echo "# no failslab/fail_page_alloc in debugfs"
 		return 1
