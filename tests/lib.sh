@@ -93,7 +93,7 @@ copy_lib() {
 # Modules the guest loads, in order, for a stock kernel.  crc32c_generic
 # first: busybox ignores the soft dependency libcrc32c has on it.
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
-dm-flakey loop ext4"
+dm-flakey dm-delay loop ext4"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
 build_initramfs() {
