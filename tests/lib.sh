@@ -19,7 +19,16 @@ kernel_kver() {
 	esac
 }
 
-debug_kdir() { "$TOP/scripts/build-debug-kernel.sh"; }
+# STREAM_DEBUG_KDIR: use that debug kernel tree as it is (no build, no
+# cache check), e.g. while scripts/build-debug-kernel.sh is still busy
+# with the modules after bzImage is done.
+debug_kdir() {
+	if [ -n "${STREAM_DEBUG_KDIR:-}" ]; then
+		echo "$STREAM_DEBUG_KDIR"
+	else
+		"$TOP/scripts/build-debug-kernel.sh"
+	fi
+}
 
 kernel_kdir() {
 	case $1 in
@@ -84,7 +93,7 @@ copy_lib() {
 # Modules the guest loads, in order, for a stock kernel.  crc32c_generic
 # first: busybox ignores the soft dependency libcrc32c has on it.
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
-dm-flakey loop ext4"
+dm-flakey dm-delay loop ext4"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
 build_initramfs() {
@@ -104,6 +113,8 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v nbdcopy)"
 	copy_bin "$root" "$(command -v qemu-img)"
 	copy_bin "$root" "$(command -v mke2fs)" /opt/bin
+	# The fio suite's oracle (Debian's fio; its libraries come along).
+	copy_bin "$root" "$(command -v fio)"
 	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do

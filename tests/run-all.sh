@@ -5,12 +5,19 @@
 # writes, and in the middle of a snapshot drain); on the debug kernel
 # also collect the KUnit results.  Ends with "N passed, N failed".
 #
-# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels.
+# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels;
+#      STREAM_SUITES="main fio ..." to choose boots (default: all of
+#      main reboot crash crashdrain fio fiocrash regress mempressure;
+#      mempressure boots on the debug kernel only);
+#      STREAM_ONLY="a+b" runs only those tests of the single-boot suites
+#      (main, fio, regress, mempressure): stream.only= on the cmdline.
 set -uo pipefail
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
+SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress mempressure}
+ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
 PASS=0
 FAIL=0
 SKIP=0
@@ -116,6 +123,15 @@ crash_pair() {	# crash_pair <kernel> <initrd> <log dir> <suite>
 	collect "$k" "${suite}2" "$logs/${suite}2.log"
 }
 
+want() { case " $SUITES " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# One boot of a single-boot suite.
+boot() {	# boot <kernel> <initrd> <log dir> <suite>
+	make_disks
+	run_vm "$1" "$2" "$3/$4.log" "stream.suite=$4 $ONLY" -- "${DISKS[@]}"
+	collect "$1" "$4" "$3/$4.log"
+}
+
 build_tools
 make_disks
 for k in $KERNELS; do
@@ -127,18 +143,28 @@ for k in $KERNELS; do
 	mkdir -p "$logs"
 	t0=$(date +%s)
 
-	run_vm "$k" "$initrd" "$logs/main.log" "stream.suite=main" -- "${DISKS[@]}"
-	collect "$k" main "$logs/main.log"
-	[ "$k" = debug ] && collect_kunit "$k" "$logs/main.log"
+	if want main; then
+		boot "$k" "$initrd" "$logs" main
+		[ "$k" = debug ] && collect_kunit "$k" "$logs/main.log"
+	fi
 
-	make_disks
-	run_vm "$k" "$initrd" "$logs/reboot1.log" "stream.suite=reboot stream.phase=1" -- "${DISKS[@]}"
-	collect "$k" reboot1 "$logs/reboot1.log"
-	run_vm "$k" "$initrd" "$logs/reboot2.log" "stream.suite=reboot stream.phase=2" -- "${DISKS[@]}"
-	collect "$k" reboot2 "$logs/reboot2.log"
+	if want reboot; then
+		make_disks
+		run_vm "$k" "$initrd" "$logs/reboot1.log" "stream.suite=reboot stream.phase=1" -- "${DISKS[@]}"
+		collect "$k" reboot1 "$logs/reboot1.log"
+		run_vm "$k" "$initrd" "$logs/reboot2.log" "stream.suite=reboot stream.phase=2" -- "${DISKS[@]}"
+		collect "$k" reboot2 "$logs/reboot2.log"
+	fi
 
-	crash_pair "$k" "$initrd" "$logs" crash
-	crash_pair "$k" "$initrd" "$logs" crashdrain
+	want crash && crash_pair "$k" "$initrd" "$logs" crash
+	want crashdrain && crash_pair "$k" "$initrd" "$logs" crashdrain
+	want fio && boot "$k" "$initrd" "$logs" fio
+	want fiocrash && crash_pair "$k" "$initrd" "$logs" fiocrash
+	want regress && boot "$k" "$initrd" "$logs" regress
+	# Fault injection needs the debug kernel's FAILSLAB/FAIL_PAGE_ALLOC.
+	if [ "$k" = debug ] && want mempressure; then
+		boot "$k" "$initrd" "$logs" mempressure
+	fi
 	echo "[$k] done in $(($(date +%s) - t0)) s"
 	SUMMARY="$SUMMARY $k:pass=$PASS,fail=$FAIL"
 done

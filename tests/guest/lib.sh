@@ -234,14 +234,16 @@ phase1_then_kill() {	# phase1_then_kill <name> <function>
 	echo "READY_FOR_KILL"
 	sleep 600
 }
-# expect_refused <name> <message> <table...>: the load must fail with a
-# kernel log line naming <message>.
+# expect_refused [--readonly] <name> <message> <table...>: the load must
+# fail with a kernel log line naming <message> (a basic regex).
 expect_refused() {
+	_ro=""
+	if [ "$1" = --readonly ]; then _ro=--readonly; shift; fi
 	_name=$1 _msg=$2
 	shift 2
 	T=$_name
 	_n=$(dmesg | wc -l)
-	if dmsetup create s --table "$*" >/tmp/test.out 2>&1; then
+	if dmsetup create $_ro s --table "$*" >/tmp/test.out 2>&1; then
 		dmsetup remove s
 		echo "# table accepted: $*"
 		echo "STREAMTEST $T FAIL"

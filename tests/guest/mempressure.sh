@@ -1,0 +1,185 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
+# Memory pressure (debug kernel only: FAILSLAB, FAIL_PAGE_ALLOC,
+# FAULT_INJECTION_DEBUG_FS), stream.suite=mempressure.
+#
+# Mixed I/O runs while slab and page allocations fail on purpose
+# (Documentation/fault-injection/fault-injection.rst):
+#   window A: task-filter N, ignore-gfp-wait Y: atomic allocations fail
+#     anywhere (bio completion, the target's non-sleeping paths);
+#   window B: task-filter Y, ignore-gfp-wait N: sleeping allocations
+#     fail too, but only in tasks with make-it-fail set: every kworker,
+#     the target's workqueue rescuer and each writer's dd (the map path
+#     runs in the submitter).  streamd and nbdkit are left alone.
+# Readers: stream-io verify over blocks 0-299 (absent at the start: the
+# misses go through streamd), compared with the image.  Writers: blocks
+# 300-499 once each, whole blocks and 4 KiB at 8 KiB, each with an
+# fsync.  I/O errors are allowed while injection is on; a read that
+# returns wrong data never is.  Then injection off and: every write whose
+# fsync succeeded reads back, every failed one reads as before or after,
+# blocks 0-299 and 500-511 equal the image, the device reads without
+# error.  run()'s watchdog catches hangs, the harness catches KASAN,
+# lockdep and WARNING reports (verbose=0: failslab prints nothing).
+
+FI=/sys/kernel/debug
+MP_SECONDS=${MP_SECONDS:-20}	# per window, guest time
+
+fi_set() {	# fi_set <attribute> <value>: both failslab and fail_page_alloc
+	echo "$2" >$FI/failslab/$1
+	echo "$2" >$FI/fail_page_alloc/$1
+}
+
+fi_off() {
+	[ -d $FI/failslab ] || return 0
+	fi_set probability 0
+	fi_set task-filter N
+	fi_set ignore-gfp-wait Y
+}
+
+mark_kthreads() {	# make-it-fail <0|1> on kworkers and the rescuer
+	for _p in /proc/[0-9]*; do
+		case $(cat $_p/comm 2>/dev/null) in
+		kworker/*|dm-stream|kdmflush*)
+			echo "$1" >$_p/make-it-fail 2>/dev/null || true ;;
+		esac
+	done
+}
+
+# The content block $1 should have after write number $1 (see writer).
+expected_block() {	# expected_block <block> <file>
+	_b=$1
+	if [ $((_b % 2)) = 0 ]; then
+		dd if=$IMG of="$2" bs=$BB skip=$((_b - 300)) count=1 2>/dev/null
+	else
+		dd if=$IMG of="$2" bs=$BB skip=$_b count=1 2>/dev/null
+		dd if=$IMG of="$2" bs=4096 skip=$(((_b - 300) * BB / 4096)) \
+			seek=2 count=1 conv=notrunc 2>/dev/null
+	fi
+}
+
+# Even blocks: whole block <- image block b-300; odd: 4 KiB at 8 KiB <-
+# the first 4 KiB of image block b-300.  Appends to /tmp/mp.ok or
+# /tmp/mp.failed.
+writer() {
+	_b=300
+	while [ $_b -lt 500 ] && [ ! -e /tmp/mp.stop ]; do
+		if [ $((_b % 2)) = 0 ]; then
+			_a="bs=$BB skip=$((_b - 300)) seek=$_b"
+		else
+			_a="bs=4096 skip=$(((_b - 300) * BB / 4096)) seek=$((_b * BB / 4096 + 2))"
+		fi
+		_mif=0
+		[ "$(cat /tmp/mp.window)" = B ] && _mif=1
+		if sh -c "echo $_mif >/proc/self/make-it-fail &&
+			exec dd if=$IMG of=$DEV $_a count=1 oflag=direct \
+			conv=notrunc,fsync" 2>/dev/null; then
+			echo $_b >>/tmp/mp.ok
+		else
+			echo $_b >>/tmp/mp.failed
+		fi
+		_b=$((_b + 1))
+	done
+}
+
+reader() {
+	_s=1
+	while [ ! -e /tmp/mp.stop ]; do
+		stream-io verify /dev/mapper/d $IMG 4 40 262144 $_s \
+			>/dev/null 2>>/tmp/mp.reads || true
+		_s=$((_s + 1))
+	done
+}
+
+t_mempressure() {
+	grep -q " $FI debugfs " /proc/mounts || mount -t debugfs none $FI
+	if [ ! -d $FI/failslab ] || [ ! -d $FI/fail_page_alloc ]; then
+		echo "# no failslab/fail_page_alloc in debugfs"
+		return 1
+	fi
+	trap 'fi_off; mark_kthreads 0' EXIT
+	stream_up
+	dmsetup create d --table "0 $((300 * BS)) linear $DEV 0"
+	rm -f /tmp/mp.*
+	: >/tmp/mp.ok
+	: >/tmp/mp.failed
+	: >/tmp/mp.reads
+	echo A >/tmp/mp.window
+
+	fi_set verbose 0
+	# times counts down with each injected failure: the count is the
+	# evidence that injection happened.
+	fi_set times 1000000
+	fi_set space 0
+	fi_set interval 1
+	echo 0 >$FI/fail_page_alloc/min-order
+	fi_set task-filter N
+	fi_set ignore-gfp-wait Y
+	fi_set probability 10
+	writer &
+	wpid=$!
+	reader &
+	rpid=$!
+	sleep $MP_SECONDS
+	say "window A over: $(wc -l </tmp/mp.ok) writes ok," \
+		"$(wc -l </tmp/mp.failed) failed; $(dmesg | grep -c 'page allocation failure') page allocation failure reports"
+
+	echo B >/tmp/mp.window
+	fi_set probability 0
+	fi_set task-filter Y
+	fi_set ignore-gfp-wait N
+	mark_kthreads 1
+	fi_set probability 10
+	sleep $MP_SECONDS
+	fi_off
+	mark_kthreads 0
+	touch /tmp/mp.stop
+	wait $wpid
+	wait $rpid
+	slab=$((1000000 - $(cat $FI/failslab/times)))
+	page=$((1000000 - $(cat $FI/fail_page_alloc/times)))
+	say "measured: injected $slab slab and $page page allocation failures"
+	[ $((slab + page)) -gt 0 ]
+	say "writes ok $(wc -l </tmp/mp.ok), failed $(wc -l </tmp/mp.failed);" \
+		"read errors $(grep -vc mismatch /tmp/mp.reads);" \
+		"mode $(st 6), present $(present), fetch errors $(st 9)"
+	say "measured: $(wc -l </tmp/mp.ok) fsync'd writes, $(wc -l </tmp/mp.failed) failed, $(grep -vc mismatch /tmp/mp.reads) read errors under injection"
+	if grep mismatch /tmp/mp.reads; then
+		echo "# a read under memory pressure returned wrong data"
+		return 1
+	fi
+	# The writes and reads did run.
+	[ "$(wc -l </tmp/mp.ok)" -gt 0 ]
+
+	# Injection off: everything checked.
+	if ! is_attached; then
+		say "streamd detached during the pressure (see its log); restarting it"
+		helper_stop
+		helper_start
+	fi
+	# shellcheck disable=SC2013 # one number a line
+	for b in $(cat /tmp/mp.ok); do
+		expected_block $b /tmp/exp
+		expect_eq "fsync'd write to block $b" \
+			"$(md5sum </tmp/exp | cut -d' ' -f1)" "$(blk_sum $DEV $b)"
+	done
+	# shellcheck disable=SC2013 # one number a line
+	for b in $(cat /tmp/mp.failed); do
+		expected_block $b /tmp/exp
+		got=$(blk_sum $DEV $b)
+		[ "$got" = "$(md5sum </tmp/exp | cut -d' ' -f1)" ] && continue
+		expect_eq "failed write to block $b: old content" \
+			"$(blk_sum $IMG $b)" "$got"
+	done
+	expect_eq "blocks 0-299" \
+		"$(dd if=$IMG bs=$BB count=300 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB count=300 iflag=direct 2>/dev/null | md5sum)"
+	done_to=$((300 + $(wc -l </tmp/mp.ok) + $(wc -l </tmp/mp.failed)))
+	expect_eq "blocks $done_to-511" \
+		"$(dd if=$IMG bs=$BB skip=$done_to 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=$done_to iflag=direct 2>/dev/null | md5sum)"
+	dd if=$DEV of=/dev/null bs=1M iflag=direct
+	dmsetup remove d
+}
+
+prepare_image || echo "STREAMTEST prepare_image FAIL"
+run mempressure t_mempressure
