@@ -10,7 +10,14 @@
 #      main reboot crash crashdrain fio fiocrash regress mempressure;
 #      mempressure boots on the debug kernel only);
 #      STREAM_ONLY="a+b" runs only those tests of the single-boot suites
-#      (main, fio, regress, mempressure): stream.only= on the cmdline.
+#      (main, fio, regress, mempressure): stream.only= on the cmdline;
+#      STREAM_LANES=2 (default) runs the debug kernel's boots in parallel
+#      with the stock kernels' (2 cores: TCG guests spend much of their
+#      time waiting); 1 runs everything in turn.
+#
+# Each kernel's results go to $WORK/results-<kernel> ("PASS|FAIL|SKIP
+# name why" per line) and its progress to $WORK/run-<kernel>.log; the
+# summary adds them up.
 set -uo pipefail
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -18,16 +25,13 @@ set -uo pipefail
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
 SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress mempressure}
 ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
-PASS=0
-FAIL=0
-SKIP=0
-SUMMARY=""
+LANES=${STREAM_LANES:-2}
 
 record() {	# record <kernel> <name> <PASS|FAIL|SKIP> [why]
+	echo "$3 $2 ${4:-}" >>"$WORK/results-$1"
 	case $3 in
-	PASS) PASS=$((PASS + 1)) ;;
-	FAIL) FAIL=$((FAIL + 1)); echo "FAIL [$1] $2 ${4:-}" ;;
-	SKIP) SKIP=$((SKIP + 1)); echo "SKIP [$1] $2: ${4:-no reason given}" ;;
+	FAIL) echo "FAIL [$1] $2 ${4:-}" ;;
+	SKIP) echo "SKIP [$1] $2: ${4:-no reason given}" ;;
 	esac
 }
 
@@ -79,8 +83,8 @@ collect_kunit() {
 	echo "[$k] kunit: $n test cases"
 }
 
-make_disks() {
-	local d=$WORK/disks
+make_disks() {	# per kernel ($K): lanes run side by side
+	local d=$WORK/disks-$K
 	mkdir -p "$d"
 	if [ ! -e "$d/image.raw" ]; then
 		# 32 MiB: random data with a zero region at blocks [128, 192)
@@ -132,11 +136,12 @@ boot() {	# boot <kernel> <initrd> <log dir> <suite>
 	collect "$1" "$4" "$3/$4.log"
 }
 
-build_tools
-make_disks
-for k in $KERNELS; do
+# All boots of kernel $1, in turn.
+run_kernel() {
+	local k=$1 ko initrd logs t0
+	K=$k
 	echo "=== kernel $k"
-	ko=$(build_module "$k") || { record "$k" build FAIL; continue; }
+	ko=$(build_module "$k") || { record "$k" build FAIL; return; }
 	record "$k" module-build-warning-free PASS
 	initrd=$(build_initramfs "$k" "$ko")
 	logs=$WORK/logs-$k
@@ -166,8 +171,48 @@ for k in $KERNELS; do
 		boot "$k" "$initrd" "$logs" mempressure
 	fi
 	echo "[$k] done in $(($(date +%s) - t0)) s"
-	SUMMARY="$SUMMARY $k:pass=$PASS,fail=$FAIL"
+}
+
+# A lane runs its kernels in turn; its output is kept until it ends so
+# that the lanes' lines do not interleave.
+lane() {
+	local k
+	for k in "$@"; do
+		run_kernel "$k" >"$WORK/run-$k.log" 2>&1
+		cat "$WORK/run-$k.log"
+	done
+}
+
+build_tools
+for k in $KERNELS; do
+	: >"$WORK/results-$k"
+	# The debug kernel (built once, cached) before the lanes start.
+	[ "$k" = debug ] && { debug_kdir >/dev/null || record debug build FAIL; }
 done
-echo "cumulative per kernel:$SUMMARY"
+stock="" debug=""
+for k in $KERNELS; do
+	if [ "$k" = debug ]; then debug=$k; else stock="$stock $k"; fi
+done
+t_all=$(date +%s)
+if [ "$LANES" -ge 2 ] && [ -n "$debug" ] && [ -n "$stock" ]; then
+	lane "$debug" &
+	dbg_pid=$!
+	# shellcheck disable=SC2086 # kernel tags are single words
+	lane $stock
+	wait $dbg_pid
+else
+	# shellcheck disable=SC2086 # kernel tags are single words
+	lane $KERNELS
+fi
+PASS=0 FAIL=0 SKIP=0 SUMMARY=""
+for k in $KERNELS; do
+	p=$(grep -c "^PASS " "$WORK/results-$k")
+	f=$(grep -c "^FAIL " "$WORK/results-$k")
+	s=$(grep -c "^SKIP " "$WORK/results-$k")
+	PASS=$((PASS + p)) FAIL=$((FAIL + f)) SKIP=$((SKIP + s))
+	SUMMARY="$SUMMARY $k:pass=$p,fail=$f,skip=$s"
+done
+echo "all kernels done in $(($(date +%s) - t_all)) s"
+echo "per kernel:$SUMMARY"
 echo "$PASS passed, $FAIL failed, $SKIP skipped"
 [ $FAIL = 0 ]
