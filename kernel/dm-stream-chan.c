@@ -45,6 +45,7 @@ static struct kmem_cache *fetch_cache;
 
 void stream_fetchq_init(struct stream_fetchq *fq)
 {
+	init_waitqueue_head(&fq->write_wait);
 	mutex_init(&fq->lock);
 	xa_init(&fq->fetches);
 	INIT_LIST_HEAD(&fq->pending);
@@ -126,10 +127,30 @@ void stream_fetch_io_done(struct stream_fetch *f)
 	struct stream_c *sc = f->sc;
 	unsigned long flags;
 
+	/* Nothing touches sc after the unlock: stream_fetch_quiesce(). */
 	spin_lock_irqsave(&sc->lock, flags);
 	list_add_tail(&f->list, &sc->completed);
-	spin_unlock_irqrestore(&sc->lock, flags);
 	queue_work(sc->wq, &sc->worker);
+	if (f->state == FETCH_WRITING && !--sc->fq.writing)
+		wake_up(&sc->fq.write_wait);
+	spin_unlock_irqrestore(&sc->lock, flags);
+}
+
+void stream_fetch_quiesce(struct stream_c *sc)
+{
+	mutex_lock(&sc->fq.lock);
+	sc->fq.stopped = true;
+	mutex_unlock(&sc->fq.lock);
+	spin_lock_irq(&sc->lock);
+	wait_event_lock_irq(sc->fq.write_wait, !sc->fq.writing, sc->lock);
+	spin_unlock_irq(&sc->lock);
+}
+
+void stream_fetch_restart(struct stream_c *sc)
+{
+	mutex_lock(&sc->fq.lock);
+	sc->fq.stopped = false;
+	mutex_unlock(&sc->fq.lock);
 }
 
 bool stream_fetch_retire(struct stream_c *sc, struct stream_fetch *f,
@@ -153,19 +174,25 @@ unsigned int stream_fetch_take_waiters(struct stream_c *sc,
 				       struct bio_list *out)
 {
 	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
-	struct stream_fetch *f;
+	struct stream_fetch *f, *tmp;
 	unsigned int n = 0, i;
+	LIST_HEAD(dropped);
 	struct bio *bio;
 
 	mutex_lock(&sc->fq.lock);
 	for (i = 0; i < ARRAY_SIZE(lists); i++)
-		list_for_each_entry(f, lists[i], list) {
+		list_for_each_entry_safe(f, tmp, lists[i], list) {
 			bio_list_for_each(bio, &f->waiters)
 				n++;
 			bio_list_merge(out, &f->waiters);
 			bio_list_init(&f->waiters);
+			/* A late reply to it gets -ENOENT. */
+			xa_erase(&sc->fq.fetches, f->block);
+			list_move_tail(&f->list, &dropped);
 		}
 	mutex_unlock(&sc->fq.lock);
+	list_for_each_entry_safe(f, tmp, &dropped, list)
+		stream_fetch_free(f);
 	return n;
 }
 
@@ -701,9 +728,18 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		r = -ENOENT;
 		goto out;
 	}
+	if (sc->fq.stopped) {
+		/* Suspended: nothing is written; the request stays sent. */
+		mutex_unlock(&sc->fq.lock);
+		r = -EAGAIN;
+		goto out;
+	}
 	/* Ours now: no timeout or detach can touch a FETCH_WRITING entry. */
 	f->state = FETCH_WRITING;
 	list_del_init(&f->list);
+	spin_lock_irq(&sc->lock);
+	sc->fq.writing++;
+	spin_unlock_irq(&sc->lock);
 	mutex_unlock(&sc->fq.lock);
 
 	if (rep.error) {
@@ -739,6 +775,10 @@ out_requeue:
 	mutex_lock(&sc->fq.lock);
 	f->state = FETCH_SENT;
 	list_add_tail(&f->list, &sc->fq.sent);
+	spin_lock_irq(&sc->lock);
+	if (!--sc->fq.writing)
+		wake_up(&sc->fq.write_wait);
+	spin_unlock_irq(&sc->lock);
 	mutex_unlock(&sc->fq.lock);
 out:
 	up_read(&hf->sem);

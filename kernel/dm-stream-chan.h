@@ -62,6 +62,10 @@ struct stream_fetchq {
 	u64 next_tag;
 	struct stream_file *helper;
 	bool dying;			/* helper being detached */
+	bool stopped;			/* suspended: replies are refused */
+	/* Helper replies being written; under the target's sc->lock. */
+	unsigned int writing;
+	wait_queue_head_t write_wait;
 };
 
 /* An open /dev/dm-stream. */
@@ -83,6 +87,13 @@ void stream_chan_detach(struct stream_c *sc);
 void stream_put(struct stream_c *sc);
 
 void stream_fetchq_init(struct stream_fetchq *fq);
+/*
+ * postsuspend/dtr: refuse helper replies from now on and wait for the ones
+ * being written to complete (they are not bios dm core waits for).
+ * restart: resume.
+ */
+void stream_fetch_quiesce(struct stream_c *sc);
+void stream_fetch_restart(struct stream_c *sc);
 /* dtr: free what is left (no waiters: see stream_postsuspend()). */
 void stream_fetch_destroy(struct stream_c *sc);
 
@@ -114,7 +125,7 @@ bool stream_fetch_retire(struct stream_c *sc, struct stream_fetch *f,
 void stream_fetch_free(struct stream_fetch *f);
 /*
  * Move the waiters of every fetch waiting for the helper (queued or sent,
- * not being written) to @out; the fetches stay queued.  Returns how many.
+ * not being written) to @out and drop those fetches.  Returns how many.
  */
 unsigned int stream_fetch_take_waiters(struct stream_c *sc,
 				       struct bio_list *out);

@@ -234,6 +234,18 @@ struct dm_stream_metadata {
 	unsigned int jnl_nr;		/* block images staged */
 	u64 jnl_loc[DSM_JNL_ENTRIES];
 	struct page *jnl_pages[DSM_JNL_SLOT_BLOCKS];	/* header + images */
+
+	/*
+	 * The last batch's in-place writes (own bios: dm-bufio's write-back
+	 * always ends with a flush).  inplace_lock (irqsave, taken in bio
+	 * completion) guards inplace_n and inplace_error.
+	 */
+	struct page *inplace_pages[DSM_JNL_ENTRIES];
+	spinlock_t inplace_lock;		/* see above */
+	unsigned int inplace_n;
+	int inplace_error;
+	wait_queue_head_t inplace_wait;
+	const void *owner;		/* the dm device using it */
 };
 
 /* Open metadata objects, one per metadata device; see dsm_open(). */
@@ -570,11 +582,38 @@ static int __jnl_write_slot(struct dm_stream_metadata *md)
 	return r ? r : blkdev_issue_flush(md->bdev);
 }
 
+static void inplace_endio(struct bio *bio)
+{
+	struct dm_stream_metadata *md = bio->bi_private;
+	unsigned long flags;
+
+	spin_lock_irqsave(&md->inplace_lock, flags);
+	if (bio->bi_status)
+		md->inplace_error = blk_status_to_errno(bio->bi_status);
+	/* md may go as soon as the lock is dropped with inplace_n at 0 */
+	if (!--md->inplace_n)
+		wake_up(&md->inplace_wait);
+	spin_unlock_irqrestore(&md->inplace_lock, flags);
+	bio_put(bio);
+}
+
+/* Wait for the last batch's in-place writes; returns their error. */
+static int wait_inplace(struct dm_stream_metadata *md)
+{
+	int r;
+
+	spin_lock_irq(&md->inplace_lock);
+	wait_event_lock_irq(md->inplace_wait, !md->inplace_n,
+			    md->inplace_lock);
+	r = md->inplace_error;
+	spin_unlock_irq(&md->inplace_lock);
+	return r;
+}
+
 static int __jnl_commit(struct dm_stream_metadata *md)
 {
-	struct dm_buffer *b;
 	unsigned int i;
-	void *p;
+	struct bio *bio;
 	int r;
 
 	lockdep_assert_held(&md->commit_lock);
@@ -583,7 +622,7 @@ static int __jnl_commit(struct dm_stream_metadata *md)
 	if (!md->jnl_nr)
 		return 0;
 	/* 1. the previous batch's in-place writes have completed */
-	r = dm_bufio_write_dirty_buffers(md->bufio);
+	r = wait_inplace(md);
 	/* 2. this batch, durable, after the previous one */
 	if (!r)
 		r = __jnl_write_slot(md);
@@ -593,20 +632,19 @@ static int __jnl_commit(struct dm_stream_metadata *md)
 		return r;
 	}
 	/* 3. in place, in the background */
+	spin_lock_irq(&md->inplace_lock);
+	md->inplace_n = md->jnl_nr;
+	spin_unlock_irq(&md->inplace_lock);
 	for (i = 0; i < md->jnl_nr; i++) {
-		p = dm_bufio_new(md->bufio, md->jnl_loc[i], &b);
-		if (IS_ERR(p)) {
-			/* The batch is durable; only the copy is missing. */
-			DMERR("cannot apply journal batch %llu in place: %ld",
-			      md->jnl_seq, PTR_ERR(p));
-			md->failed = true;
-			return PTR_ERR(p);
-		}
-		memcpy(p, page_address(md->jnl_pages[1 + i]), DSM_BLOCK_SIZE);
-		dm_bufio_mark_buffer_dirty(b);
-		dm_bufio_release(b);
+		memcpy(page_address(md->inplace_pages[i]),
+		       page_address(md->jnl_pages[1 + i]), DSM_BLOCK_SIZE);
+		bio = bio_alloc(md->bdev, 1, REQ_OP_WRITE, GFP_NOIO);
+		bio->bi_iter.bi_sector = md->jnl_loc[i] * DSM_BLOCK_SECTORS;
+		__bio_add_page(bio, md->inplace_pages[i], DSM_BLOCK_SIZE, 0);
+		bio->bi_private = md;
+		bio->bi_end_io = inplace_endio;
+		submit_bio(bio);
 	}
-	dm_bufio_write_dirty_buffers_async(md->bufio);
 	md->jnl_seq++;
 	md->jnl_nr = 0;
 	return 0;
@@ -1631,6 +1669,9 @@ static void destroy(struct dm_stream_metadata *md)
 	for (i = 0; i < DSM_JNL_SLOT_BLOCKS; i++)
 		if (md->jnl_pages[i])
 			__free_page(md->jnl_pages[i]);
+	for (i = 0; i < DSM_JNL_ENTRIES; i++)
+		if (md->inplace_pages[i])
+			__free_page(md->inplace_pages[i]);
 	dsm_destroy_incore(md);
 }
 
@@ -1651,9 +1692,14 @@ static struct dm_stream_metadata *open_new(struct block_device *bdev,
 	md->bdev = bdev;
 	md->dev = bdev->bd_dev;
 	md->sb.block_sectors = block_sectors;
+	spin_lock_init(&md->inplace_lock);
+	init_waitqueue_head(&md->inplace_wait);
 	for (i = 0; i < DSM_JNL_SLOT_BLOCKS; i++) {
 		md->jnl_pages[i] = alloc_page(GFP_KERNEL);
-		if (!md->jnl_pages[i]) {
+		if (i < DSM_JNL_ENTRIES)
+			md->inplace_pages[i] = alloc_page(GFP_KERNEL);
+		if (!md->jnl_pages[i] ||
+		    (i < DSM_JNL_ENTRIES && !md->inplace_pages[i])) {
 			*error = "Cannot allocate journal buffers";
 			r = -ENOMEM;
 			goto out;
@@ -1711,8 +1757,8 @@ out:
  * old table does until the new one resumes.
  */
 struct dm_stream_metadata *dsm_open(struct block_device *bdev,
-				    u32 block_sectors, u64 nr_blocks,
-				    const char **error)
+				    const void *owner, u32 block_sectors,
+				    u64 nr_blocks, const char **error)
 {
 	struct dm_stream_metadata *md;
 
@@ -1721,7 +1767,11 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 	list_for_each_entry(md, &dsm_registry, node) {
 		if (md->dev != bdev->bd_dev)
 			continue;
-		if (md->sb.block_sectors != block_sectors ||
+		if (md->owner != owner) {
+			DMERR("metadata device in use by another stream device");
+			*error = "Metadata device in use by another device";
+			md = ERR_PTR(-EBUSY);
+		} else if (md->sb.block_sectors != block_sectors ||
 		    md->sb.nr_blocks != nr_blocks) {
 			DMERR("metadata in use: %llu blocks of %u sectors, table: %llu of %u",
 			      md->sb.nr_blocks, md->sb.block_sectors,
@@ -1735,6 +1785,7 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 	}
 	md = open_new(bdev, block_sectors, nr_blocks, error);
 	if (!IS_ERR(md)) {
+		md->owner = owner;
 		md->refs = 1;
 		list_add(&md->node, &dsm_registry);
 	}
@@ -1750,12 +1801,11 @@ void dsm_close(struct dm_stream_metadata *md)
 		mutex_unlock(&dsm_registry_lock);
 		return;
 	}
+	/* In place before anyone can open the device again. */
+	if (wait_inplace(md))
+		DMERR("cannot write metadata in place at close; the journal has it");
 	list_del(&md->node);
 	mutex_unlock(&dsm_registry_lock);
-	mutex_lock(&md->commit_lock);
-	if (!md->failed && dm_bufio_write_dirty_buffers(md->bufio))
-		DMERR("cannot write metadata in place at close; the journal has it");
-	mutex_unlock(&md->commit_lock);
 	destroy(md);
 }
 
@@ -1834,14 +1884,19 @@ bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 	unsigned int c;
 
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
-		if (test_bit(block, md->dirty[c]) ||
-		    test_and_set_bit(block, md->dirty[c]))
-			continue;
-		atomic64_inc(&md->nr_dirty[c]);
-		/* Pairs with test_and_clear_bit() in __write_dirty(). */
+		if (!test_bit(block, md->dirty[c]) &&
+		    !test_and_set_bit(block, md->dirty[c])) {
+			atomic64_inc(&md->nr_dirty[c]);
+			newly = true;
+		}
+		/*
+		 * Always, not only when newly set: another writer may have
+		 * set the bit and not yet its slice; the commit this caller
+		 * waits for must write the slice either way.  Pairs with
+		 * test_and_clear_bit() in __write_dirty().
+		 */
 		smp_mb__after_atomic();
 		set_bit(block / DSM_BITS_PER_BLOCK, md->changed_dirty[c]);
-		newly = true;
 	}
 	return newly;
 }
@@ -1894,6 +1949,16 @@ u64 dsm_commit_begin(struct dm_stream_metadata *md)
 	return n;
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_commit_begin);
+
+/* A failed data flush: what dsm_commit_begin() took is pending again. */
+static void dsm_commit_unwind(struct dm_stream_metadata *md)
+{
+	u32 i;
+
+	for (i = 0; i < md->sb.bitmap_blocks; i++)
+		if (__test_and_clear_bit(i, md->taken_slices))
+			set_bit(i, md->pending_present);
+}
 
 /*
  * Commit step 3, in core: the blocks taken by dsm_commit_begin() are durable
@@ -1962,13 +2027,15 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	 */
 	if (n)
 		r = blkdev_issue_flush(data);
-
-	/* 3. dirty, then present bitmap blocks, and the superblock: one batch */
-	dsm_commit_apply(md);
 	if (r) {
+		/* Not durable: the next commit takes them and flushes again. */
+		dsm_commit_unwind(md);
 		*data_error = true;
 		goto out;
 	}
+
+	/* 3. dirty, then present bitmap blocks, and the superblock: one batch */
+	dsm_commit_apply(md);
 	md->sb.generation++;
 	r = stage_sb(md);
 	if (!r)

@@ -69,13 +69,15 @@ void dsm_sb_reseal(void *buf);
 void dsm_bitmap_reseal(void *buf);
 
 /*
- * Open the metadata on @bdev, formatting it when it is all zeroes.  Returns
+ * Open the metadata on @bdev for the dm device @owner (a reload of it
+ * shares the in-core object; another device is refused), formatting it
+ * when it is all zeroes.  Returns
  * an ERR_PTR and sets *@error to a sentence for ti->error on failure.
  * Process context, may sleep.
  */
 struct dm_stream_metadata *dsm_open(struct block_device *bdev,
-				    u32 block_sectors, u64 nr_blocks,
-				    const char **error);
+				    const void *owner, u32 block_sectors,
+				    u64 nr_blocks, const char **error);
 void dsm_close(struct dm_stream_metadata *md);
 
 /* Lockless, any context. */

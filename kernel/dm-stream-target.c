@@ -681,7 +681,8 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto out_data_dev;
 	}
 
-	sc->md = dsm_open(sc->metadata_dev->bdev, bs, sc->nr_blocks, &merr);
+	sc->md = dsm_open(sc->metadata_dev->bdev, dm_table_get_md(ti->table),
+			  bs, sc->nr_blocks, &merr);
 	if (IS_ERR(sc->md)) {
 		r = PTR_ERR(sc->md);
 		ti->error = (char *)merr;
@@ -751,6 +752,7 @@ static void stream_dtr(struct dm_target *ti)
 	/* Snapshot readers that found the target before it went away. */
 	stream_put(sc);
 	wait_for_completion(&sc->gone);
+	stream_fetch_quiesce(sc);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	if (dsm_changed(sc->md))
@@ -808,6 +810,7 @@ static void stream_postsuspend(struct dm_target *ti)
 	sc->active = false;
 	mutex_unlock(&stream_chan_lock);
 	mutex_unlock(&sc->quiesce_lock);
+	stream_fetch_quiesce(sc);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	stream_commit(sc);
@@ -829,6 +832,7 @@ static void stream_resume(struct dm_target *ti)
 	struct stream_c *sc = ti->private;
 
 	WRITE_ONCE(sc->requeue, false);
+	stream_fetch_restart(sc);
 	mutex_lock(&sc->quiesce_lock);
 	mutex_lock(&stream_chan_lock);
 	sc->active = true;
@@ -1181,7 +1185,7 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
 
 /*
  * fail_parked: fail every bio waiting for the helper with EIO now (the way
- * out of a flushing suspend with no helper).  The fetches stay queued.
+ * out of a flushing suspend with no helper) and drop their fetches.
  */
 static int msg_fail_parked(struct stream_c *sc, char *result,
 			   unsigned int maxlen)
