@@ -3,14 +3,18 @@
 # 6.12, the KUnit/KASAN/lockdep debug kernel) boot the main integration
 # suite, the clean-reboot pair and the power-cut pairs (after fsync'd
 # writes, and in the middle of a snapshot drain); on the debug kernel
-# also collect the KUnit results.  Ends with "N passed, N failed".
+# also collect the KUnit results; then the crash-point replay suite.  Ends
+# with "N passed, N failed".
 #
-# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels.
+# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels,
+#      STREAM_SUITES="main reboot crash crashdrain replay" to choose boots.
 set -uo pipefail
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
+SUITES=" ${STREAM_SUITES:-main reboot crash crashdrain replay} "
+want() { case $SUITES in *" $1 "*) return 0 ;; esac; return 1; }
 PASS=0
 FAIL=0
 SKIP=0
@@ -127,18 +131,32 @@ for k in $KERNELS; do
 	mkdir -p "$logs"
 	t0=$(date +%s)
 
-	run_vm "$k" "$initrd" "$logs/main.log" "stream.suite=main" -- "${DISKS[@]}"
-	collect "$k" main "$logs/main.log"
-	[ "$k" = debug ] && collect_kunit "$k" "$logs/main.log"
+	if want main; then
+		run_vm "$k" "$initrd" "$logs/main.log" "stream.suite=main" -- "${DISKS[@]}"
+		collect "$k" main "$logs/main.log"
+		[ "$k" = debug ] && collect_kunit "$k" "$logs/main.log"
+	fi
 
-	make_disks
-	run_vm "$k" "$initrd" "$logs/reboot1.log" "stream.suite=reboot stream.phase=1" -- "${DISKS[@]}"
-	collect "$k" reboot1 "$logs/reboot1.log"
-	run_vm "$k" "$initrd" "$logs/reboot2.log" "stream.suite=reboot stream.phase=2" -- "${DISKS[@]}"
-	collect "$k" reboot2 "$logs/reboot2.log"
+	if want reboot; then
+		make_disks
+		run_vm "$k" "$initrd" "$logs/reboot1.log" "stream.suite=reboot stream.phase=1" -- "${DISKS[@]}"
+		collect "$k" reboot1 "$logs/reboot1.log"
+		run_vm "$k" "$initrd" "$logs/reboot2.log" "stream.suite=reboot stream.phase=2" -- "${DISKS[@]}"
+		collect "$k" reboot2 "$logs/reboot2.log"
+	fi
 
-	crash_pair "$k" "$initrd" "$logs" crash
-	crash_pair "$k" "$initrd" "$logs" crashdrain
+	want crash && crash_pair "$k" "$initrd" "$logs" crash
+	want crashdrain && crash_pair "$k" "$initrd" "$logs" crashdrain
+
+	# Crash-point replay: records a workload with dm-log-writes, then
+	# checks every flush point and 200+ others (tests/guest/replay.sh).
+	if want replay; then
+		make_disks
+		t1=$(date +%s)
+		run_vm "$k" "$initrd" "$logs/replay.log" "stream.suite=replay" -- "${DISKS[@]}"
+		collect "$k" replay "$logs/replay.log"
+		echo "[$k] replay boot took $(($(date +%s) - t1)) s"
+	fi
 	echo "[$k] done in $(($(date +%s) - t0)) s"
 	SUMMARY="$SUMMARY $k:pass=$PASS,fail=$FAIL"
 done

@@ -8,6 +8,8 @@
  *   stream-replay tear <log> <dev> --entry N --sectors K
  *   stream-replay sums <dev> --bs BYTES [--count N]
  *   stream-replay fsync <dev>
+ *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
+ *                 [--dsync 1]
  *
  * The log format (Documentation/admin-guide/device-mapper/log-writes.rst,
  * drivers/md/dm-log-writes.c), all fields little endian:
@@ -41,6 +43,8 @@
  * hex: the oracle and the checks compare blocks by it.  It reads with
  * O_DIRECT when the device allows it, so that a dm device is really read.
  * "fsync" opens a device for writing and fsyncs it: a REQ_PREFLUSH.
+ * "write" copies <len> bytes of <src> to <dev> in one O_DIRECT write
+ * (O_DSYNC too with --dsync 1: a REQ_FUA write), the workload's writes.
  *
  * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
  */
@@ -500,6 +504,47 @@ static int cmd_fsync(const char *dev)
 	return r;
 }
 
+static int cmd_write(const char *dev, uint64_t at, uint64_t len,
+		     const char *src, uint64_t src_at, bool dsync)
+{
+	void *buf;
+	int in, out, r;
+
+	if (!len || len % 512 || at % 512 || len > (64 << 20)) {
+		fprintf(stderr, "stream-replay: write: bad range %llu+%llu\n",
+			(unsigned long long)at, (unsigned long long)len);
+		return -EINVAL;
+	}
+	r = posix_memalign(&buf, 4096, len);
+	if (r) {
+		fprintf(stderr, "stream-replay: write: no memory for %llu bytes\n",
+			(unsigned long long)len);
+		return -r;
+	}
+	in = open(src, O_RDONLY);
+	if (in < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", src);
+		r = -errno;
+		goto out_buf;
+	}
+	r = read_full(in, buf, len, src_at, src);
+	if (r)
+		goto out_in;
+	out = open(dev, O_WRONLY | O_DIRECT | (dsync ? O_DSYNC : 0));
+	if (out < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+		goto out_in;
+	}
+	r = write_full(out, buf, len, at, dev);
+	close(out);
+out_in:
+	close(in);
+out_buf:
+	free(buf);
+	return r;
+}
+
 static void usage(void)
 {
 	fprintf(stderr,
@@ -507,7 +552,9 @@ static void usage(void)
 "       stream-replay replay <log> <dev> --from A --to B\n"
 "       stream-replay tear <log> <dev> --entry N --sectors K\n"
 "       stream-replay sums <dev> --bs BYTES [--count N]\n"
-"       stream-replay fsync <dev>\n");
+"       stream-replay fsync <dev>\n"
+"       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
+"                     --src-at BYTES [--dsync 1]\n");
 	exit(2);
 }
 
@@ -559,6 +606,20 @@ int main(int argc, char **argv)
 			     opt(argc, argv, 3, "--count", false, 0));
 	else if (!strcmp(argv[1], "fsync") && argc == 3)
 		r = cmd_fsync(argv[2]);
+	else if (!strcmp(argv[1], "write") && (argc == 11 || argc == 13)) {
+		const char *src = NULL;
+		int i;
+
+		for (i = 3; i + 1 < argc; i++)
+			if (!strcmp(argv[i], "--src"))
+				src = argv[i + 1];
+		if (!src)
+			usage();
+		r = cmd_write(argv[2], opt(argc, argv, 3, "--at", true, 0),
+			      opt(argc, argv, 3, "--len", true, 0), src,
+			      opt(argc, argv, 3, "--src-at", true, 0),
+			      opt(argc, argv, 3, "--dsync", false, 0));
+	}
 	else
 		usage();
 	return r ? 1 : 0;
