@@ -403,16 +403,16 @@ fail_at() {	# fail_at <invariant> <message>
 
 # Check the copy on /dev/loop0 (cm, cd slices) as point $PT_DESC.
 check_point() {
-	_n=$(dmesg | wc -l)
+	_kn=$(dmesg | wc -l)
 	_mz=$(stream-replay sums /dev/mapper/cm --bs $((RMETA * 512)))
 	if ! dmsetup create c --table \
 		"0 $RSZ stream /dev/mapper/cm /dev/mapper/cd $RBS" \
 		>/dev/null 2>&1; then
-		fail_at load "refused: $(dmesg | tail -n +$((_n + 1)) |
+		fail_at load "refused: $(dmesg | tail -n +$((_kn + 1)) |
 			grep 'stream:' | tail -n 2 | tr '\n' ' ')"
 		return 0
 	fi
-	_klog=$(dmesg | tail -n +$((_n + 1)) | grep 'stream:' || true)
+	_klog=$(dmesg | tail -n +$((_kn + 1)) | grep 'stream:' || true)
 	if echo "$_klog" | grep -Eiq "checksum|magic|version|location|geometry|inconsistent|too small|invalid|corrupt|repair|error|fail|cannot"; then
 		fail_at load "complaint: $(echo "$_klog" | tr '\n' ' ')"
 	fi
