@@ -153,7 +153,9 @@ for k in $KERNELS; do
 	if want replay; then
 		make_disks
 		t1=$(date +%s)
-		run_vm "$k" "$initrd" "$logs/replay.log" "stream.suite=replay" -- "${DISKS[@]}"
+		STREAM_VM_TIMEOUT=${STREAM_REPLAY_TIMEOUT:-3600} \
+			run_vm "$k" "$initrd" "$logs/replay.log" \
+			"stream.suite=replay" -- "${DISKS[@]}"
 		collect "$k" replay "$logs/replay.log"
 		echo "[$k] replay boot took $(($(date +%s) - t1)) s"
 	fi
