@@ -32,8 +32,10 @@ programs: $(PROGS)
 userspace/streamd: userspace/streamd.c userspace/size.h kernel/uapi/dm-stream.h
 	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
 
-userspace/streamctl: userspace/streamctl.c userspace/size.h kernel/uapi/dm-stream.h
-	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs devmapper libnbd)
+userspace/streamctl: userspace/streamctl.c userspace/upgrade.c userspace/upgrade.h \
+		userspace/size.h kernel/uapi/dm-stream.h
+	$(CC) $(USER_CFLAGS) -o $@ userspace/streamctl.c userspace/upgrade.c \
+		$(shell pkg-config --cflags --libs devmapper libnbd)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8

@@ -1,6 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dm-stream helper channel: /dev/dm-stream.
+ * dm-stream fetch queue and helper channel: /dev/dm-stream.
+ *
+ * A fetch is one block being made present.  States (under the queue lock):
+ *
+ *   (miss)  --park-->  FETCH_QUEUED  --helper read()-->  FETCH_SENT
+ *   FETCH_SENT  --reply write()-->  FETCH_WRITING  --endio-->  completed
+ *   FETCH_SENT  --helper closes / detach / failed read()-->  FETCH_QUEUED
+ *   (whole-block write)  --park-->  FETCH_FILLING  --endio-->  completed
+ *   QUEUED/SENT  --fetch_timeout-->  dropped, waiters failed
+ *   completed  --worker: stream_fetch_retire()-->  gone (present if ok)
  *
  * The ABI is described in uapi/dm-stream.h.  One helper file attaches to one
  * target; requests it has read but not answered go back to the queue when
@@ -9,8 +18,8 @@
  *
  * Lifetimes: a target and a file point at each other while attached.  The
  * link is made and broken only under stream_chan_lock, with the target's
- * fetch_lock and the file's sem held for write, so a file operation that
- * holds the file's sem for read sees a target that stays alive.
+ * fetch queue lock and the file's sem held for write, so a file operation
+ * that holds the file's sem for read sees a target that stays alive.
  */
 #include <linux/fs.h>
 #include <linux/highmem.h>
@@ -21,6 +30,7 @@
 #include <linux/uaccess.h>
 
 #include "dm-stream-core.h"
+#include "dm-stream-snap.h"
 #include "uapi/dm-stream.h"
 
 #define DM_MSG_PREFIX "stream chan"
@@ -30,19 +40,221 @@
 DEFINE_MUTEX(stream_chan_lock);
 static LIST_HEAD(stream_targets);
 
+/* Fetches of every target; created at module load. */
+static struct kmem_cache *fetch_cache;
+
+void stream_fetchq_init(struct stream_fetchq *fq)
+{
+	mutex_init(&fq->lock);
+	xa_init(&fq->fetches);
+	INIT_LIST_HEAD(&fq->pending);
+	INIT_LIST_HEAD(&fq->sent);
+}
+
+static struct stream_fetch *alloc_fetch(struct stream_c *sc, u64 block)
+{
+	struct stream_fetch *f = kmem_cache_zalloc(fetch_cache, GFP_NOIO);
+
+	if (!f)
+		return NULL;
+	f->sc = sc;
+	f->block = block;
+	f->queued_at = jiffies;
+	INIT_LIST_HEAD(&f->list);
+	bio_list_init(&f->waiters);
+	return f;
+}
+
+void stream_fetch_free(struct stream_fetch *f)
+{
+	unsigned int i;
+
+	for (i = 0; i < f->nr_pages; i++)
+		__free_page(f->pages[i]);
+	kfree(f->pages);
+	kmem_cache_free(fetch_cache, f);
+}
+
+enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
+				   u64 block, bool fill,
+				   struct stream_fetch **fp)
+{
+	struct stream_fetch *f;
+	int r;
+
+	mutex_lock(&sc->fq.lock);
+	/* Under the lock: stream_fetch_retire() sets present under it. */
+	if (dsm_test(dsm_present_map(sc->md), block)) {
+		mutex_unlock(&sc->fq.lock);
+		return STREAM_PARK_PRESENT;
+	}
+	if (READ_ONCE(sc->requeue)) {
+		mutex_unlock(&sc->fq.lock);
+		return STREAM_PARK_REQUEUE;
+	}
+	f = xa_load(&sc->fq.fetches, block);
+	if (f) {
+		bio_list_add(&f->waiters, bio);
+		mutex_unlock(&sc->fq.lock);
+		return STREAM_PARK_WAITING;
+	}
+	f = alloc_fetch(sc, block);
+	r = f ? xa_insert(&sc->fq.fetches, block, f, GFP_NOIO) : -ENOMEM;
+	if (r) {
+		mutex_unlock(&sc->fq.lock);
+		if (f)
+			stream_fetch_free(f);
+		return STREAM_PARK_NOMEM;
+	}
+	if (fill) {
+		f->state = FETCH_FILLING;
+		mutex_unlock(&sc->fq.lock);
+		*fp = f;
+		return STREAM_PARK_FILL;
+	}
+	f->state = FETCH_QUEUED;
+	bio_list_add(&f->waiters, bio);
+	list_add_tail(&f->list, &sc->fq.pending);
+	if (sc->fq.helper)
+		wake_up_interruptible(&sc->fq.helper->wait);
+	mutex_unlock(&sc->fq.lock);
+	return STREAM_PARK_WAITING;
+}
+
+void stream_fetch_io_done(struct stream_fetch *f)
+{
+	struct stream_c *sc = f->sc;
+	unsigned long flags;
+
+	spin_lock_irqsave(&sc->lock, flags);
+	list_add_tail(&f->list, &sc->completed);
+	spin_unlock_irqrestore(&sc->lock, flags);
+	queue_work(sc->wq, &sc->worker);
+}
+
+bool stream_fetch_retire(struct stream_c *sc, struct stream_fetch *f,
+			 struct bio_list *waiters)
+{
+	bool last = false;
+
+	mutex_lock(&sc->fq.lock);
+	if (!f->status)
+		last = dsm_set_present(sc->md, f->block);
+	xa_erase(&sc->fq.fetches, f->block);
+	bio_list_merge(waiters, &f->waiters);
+	bio_list_init(&f->waiters);
+	mutex_unlock(&sc->fq.lock);
+	if (f->status && f->state != FETCH_FILLING)
+		atomic64_inc(&sc->nr_fetch_errors);
+	return last;
+}
+
+unsigned int stream_fetch_take_waiters(struct stream_c *sc,
+				       struct bio_list *out)
+{
+	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
+	struct stream_fetch *f;
+	unsigned int n = 0, i;
+	struct bio *bio;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry(f, lists[i], list) {
+			bio_list_for_each(bio, &f->waiters)
+				n++;
+			bio_list_merge(out, &f->waiters);
+			bio_list_init(&f->waiters);
+		}
+	mutex_unlock(&sc->fq.lock);
+	return n;
+}
+
+void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
+			 struct bio_list *dead)
+{
+	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
+	struct stream_fetch *f, *tmp;
+	LIST_HEAD(expired);
+	int i;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry_safe(f, tmp, lists[i], list) {
+			if (time_before(jiffies, f->queued_at + limit))
+				continue;
+			list_move_tail(&f->list, &expired);
+			xa_erase(&sc->fq.fetches, f->block);
+			bio_list_merge(dead, &f->waiters);
+		}
+	mutex_unlock(&sc->fq.lock);
+
+	list_for_each_entry_safe(f, tmp, &expired, list) {
+		DMERR_LIMIT("%s: block %llu not fetched within %lus",
+			    stream_name(sc), f->block, limit / HZ);
+		atomic64_inc(&sc->nr_fetch_errors);
+		stream_fetch_free(f);
+	}
+}
+
+bool stream_fetch_cancel_idle(struct stream_c *sc)
+{
+	struct stream_fetch *f, *tmp;
+	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
+	LIST_HEAD(idle);
+	unsigned int i;
+	bool busy;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry_safe(f, tmp, lists[i], list) {
+			if (!bio_list_empty(&f->waiters))
+				continue;
+			xa_erase(&sc->fq.fetches, f->block);
+			list_move_tail(&f->list, &idle);
+		}
+	busy = !xa_empty(&sc->fq.fetches);
+	mutex_unlock(&sc->fq.lock);
+	list_for_each_entry_safe(f, tmp, &idle, list)
+		stream_fetch_free(f);
+	return busy;
+}
+
+void stream_fetch_destroy(struct stream_c *sc)
+{
+	struct stream_fetch *f;
+	unsigned long idx;
+
+	xa_for_each(&sc->fq.fetches, idx, f) {
+		WARN_ON_ONCE(!bio_list_empty(&f->waiters));
+		stream_fetch_free(f);
+	}
+	xa_destroy(&sc->fq.fetches);
+}
+
+static int check_image(struct stream_c *sc, u64 image_size,
+		       const char *image_id)
+{
+	u64 size = sc->nr_blocks << (sc->block_shift + SECTOR_SHIFT);
+	const char *have = dsm_image_id(sc->md);
+
+	if (image_size && image_size != size) {
+		DMERR("%s: helper's image has %llu bytes, the device %llu: refused",
+		      stream_name(sc), image_size, size);
+		return -EMEDIUMTYPE;
+	}
+	if (*image_id && *have && strcmp(image_id, have)) {
+		DMERR("%s: helper serves image '%s', the device holds '%s': refused",
+		      stream_name(sc), image_id, have);
+		return -EMEDIUMTYPE;
+	}
+	return 0;
+}
+
 void stream_chan_register(struct stream_c *sc)
 {
 	mutex_lock(&stream_chan_lock);
 	list_add_tail(&sc->node, &stream_targets);
 	mutex_unlock(&stream_chan_lock);
-}
-
-/* Caller holds sc->fetch_lock: wake the attached helper, if any. */
-void __stream_chan_kick(struct stream_c *sc)
-{
-	lockdep_assert_held(&sc->fetch_lock);
-	if (sc->helper)
-		wake_up_interruptible(&sc->helper->wait);
 }
 
 /*
@@ -51,24 +263,24 @@ void __stream_chan_kick(struct stream_c *sc)
  */
 static void __detach(struct stream_c *sc)
 {
-	struct stream_file *hf = sc->helper;
+	struct stream_file *hf = sc->fq.helper;
 	struct stream_fetch *f;
 
 	lockdep_assert_held(&stream_chan_lock);
 	if (!hf)
 		return;
-	sc->dying = true;
+	sc->fq.dying = true;
 	wake_up_interruptible(&hf->wait);
 	down_write(&hf->sem);
-	mutex_lock(&sc->fetch_lock);
-	list_for_each_entry(f, &sc->sent, list) {
+	mutex_lock(&sc->fq.lock);
+	list_for_each_entry(f, &sc->fq.sent, list) {
 		f->state = FETCH_QUEUED;
 		f->owner = NULL;
 	}
-	list_splice_init(&sc->sent, &sc->pending);
-	sc->helper = NULL;
-	sc->dying = false;
-	mutex_unlock(&sc->fetch_lock);
+	list_splice_init(&sc->fq.sent, &sc->fq.pending);
+	sc->fq.helper = NULL;
+	sc->fq.dying = false;
+	mutex_unlock(&sc->fq.lock);
 	hf->sc = NULL;
 	up_write(&hf->sem);
 }
@@ -82,7 +294,7 @@ void stream_chan_detach(struct stream_c *sc)
 	struct stream_file *hf;
 
 	mutex_lock(&stream_chan_lock);
-	hf = sc->helper;
+	hf = sc->fq.helper;
 	if (hf) {
 		__detach(sc);
 		wake_up_interruptible(&hf->wait);
@@ -94,8 +306,8 @@ void stream_chan_unregister(struct stream_c *sc)
 {
 	mutex_lock(&stream_chan_lock);
 	list_del_init(&sc->node);
-	if (sc->helper) {
-		struct stream_file *hf = sc->helper;
+	if (sc->fq.helper) {
+		struct stream_file *hf = sc->fq.helper;
 
 		__detach(sc);
 		/* Tell the helper its target is gone: POLLHUP, -ENODEV. */
@@ -146,21 +358,39 @@ static bool target_matches(struct stream_c *sc, const char *id, bool by_uuid)
 }
 
 /*
- * The head shared by the ioctls naming a target: magic, version, size,
- * flags (BY_UUID only) and a terminated, non-empty id of
- * DM_STREAM_UUID_LEN bytes.
+ * Copy an ioctl structure that may grow (see uapi/dm-stream.h): its head is
+ * magic, version and size; any size from @min (the version 1 layout) up is
+ * accepted.
  */
-static long check_head(u32 magic, u32 version, u32 size, size_t want,
-		       u32 flags, const char *id)
+static long copy_ioctl_struct(void *dst, size_t ksize, size_t min,
+			      const void __user *argp)
 {
-	if (magic != DM_STREAM_MAGIC || version != DM_STREAM_VERSION ||
-	    size != want)
+	u32 head[3];
+
+	if (copy_from_user(head, argp, sizeof(head)))
+		return -EFAULT;
+	if (head[0] != DM_STREAM_MAGIC || head[1] != DM_STREAM_VERSION ||
+	    head[2] < min || head[2] > PAGE_SIZE)
 		return -EPROTO;
+	return copy_struct_from_user(dst, ksize, argp, head[2]);
+}
+
+/*
+ * The part shared by the ioctls naming a target: flags (BY_UUID only) and
+ * a terminated, non-empty id of DM_STREAM_UUID_LEN bytes.
+ */
+static long check_id(u32 flags, const char *id)
+{
 	if (flags & ~DM_STREAM_ATTACH_BY_UUID)
 		return -EINVAL;
 	if (strnlen(id, DM_STREAM_UUID_LEN) == DM_STREAM_UUID_LEN || !id[0])
 		return -EINVAL;
 	return 0;
+}
+
+static bool all_zero(const void *p, size_t len)
+{
+	return !memchr_inv(p, 0, len);
 }
 
 /* The target named @id; a reload briefly has two: prefer the live one. */
@@ -185,11 +415,17 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	bool by_uuid;
 	long r = 0;
 
-	if (copy_from_user(&a, argp, sizeof(a)))
-		return -EFAULT;
-	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	r = copy_ioctl_struct(&a, sizeof(a),
+			      offsetofend(struct dm_stream_attach, reserved),
+			      argp);
+	if (!r)
+		r = check_id(a.flags, a.id);
 	if (r)
 		return r;
+	if (!all_zero(a.pad, sizeof(a.pad)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)) ||
+	    strnlen(a.image_id, sizeof(a.image_id)) == sizeof(a.image_id))
+		return -EINVAL;
 	by_uuid = a.flags & DM_STREAM_ATTACH_BY_UUID;
 
 	mutex_lock(&stream_chan_lock);
@@ -202,15 +438,18 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 		r = -ENOENT;
 		goto out;
 	}
-	if (found->helper) {
+	if (found->fq.helper) {
 		r = -EBUSY;
 		goto out;
 	}
+	r = check_image(found, a.image_size, a.image_id);
+	if (r)
+		goto out;
 	down_write(&hf->sem);
-	mutex_lock(&found->fetch_lock);
-	found->helper = hf;
+	mutex_lock(&found->fq.lock);
+	found->fq.helper = hf;
 	hf->sc = found;
-	mutex_unlock(&found->fetch_lock);
+	mutex_unlock(&found->fq.lock);
 	up_write(&hf->sem);
 
 	a.block_size = found->block_sectors << SECTOR_SHIFT;
@@ -218,12 +457,19 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	a.nr_present = dsm_nr_present(found->md);
 	DMINFO("%s: helper attached",
 	       dm_device_name(dm_table_get_md(found->ti->table)));
-	if (copy_to_user(argp, &a, sizeof(a)))
+	/* Only what the caller's (possibly older) layout has room for. */
+	if (copy_to_user(argp, &a, min_t(size_t, a.size, sizeof(a))))
 		r = -EFAULT;
 	/* A failed copy leaves the helper attached; its close detaches. */
 out:
 	mutex_unlock(&stream_chan_lock);
 	return r;
+}
+
+void stream_put(struct stream_c *sc)
+{
+	if (refcount_dec_and_test(&sc->refs))
+		complete(&sc->gone);
 }
 
 static long chan_snap_read(void __user *argp)
@@ -232,21 +478,28 @@ static long chan_snap_read(void __user *argp)
 	struct stream_c *sc;
 	long r;
 
-	if (copy_from_user(&a, argp, sizeof(a)))
-		return -EFAULT;
-	r = check_head(a.magic, a.version, a.size, sizeof(a), a.flags, a.id);
+	r = copy_ioctl_struct(&a, sizeof(a),
+			      offsetofend(struct dm_stream_snap_read, reserved),
+			      argp);
+	if (!r)
+		r = check_id(a.flags, a.id);
 	if (r)
 		return r;
+	if (!all_zero(a.pad, sizeof(a.pad)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)))
+		return -EINVAL;
 
-	/* stream_chan_lock keeps the target alive (the dtr waits for it). */
+	/* A reference, not stream_chan_lock, keeps the target alive. */
 	mutex_lock(&stream_chan_lock);
 	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
 	if (sc)
-		r = stream_snap_read(sc, a.consumer, a.gen, a.block,
-				     u64_to_user_ptr(a.buf), a.len);
-	else
-		r = -ENOENT;
+		refcount_inc(&sc->refs);
 	mutex_unlock(&stream_chan_lock);
+	if (!sc)
+		return -ENOENT;
+	r = stream_snap_read(sc, a.consumer, a.gen, a.block,
+			     u64_to_user_ptr(a.buf), a.len);
+	stream_put(sc);
 	return r;
 }
 
@@ -254,10 +507,13 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct stream_file *hf = file->private_data;
 
-	switch (cmd) {
-	case DM_STREAM_IOC_ATTACH:
+	/* Type and number only: the structures may grow (uapi header). */
+	if (_IOC_TYPE(cmd) != _IOC_TYPE(DM_STREAM_IOC_ATTACH))
+		return -ENOTTY;
+	switch (_IOC_NR(cmd)) {
+	case _IOC_NR(DM_STREAM_IOC_ATTACH):
 		return chan_attach(hf, (void __user *)arg);
-	case DM_STREAM_IOC_SNAP_READ:
+	case _IOC_NR(DM_STREAM_IOC_SNAP_READ):
 		return chan_snap_read((void __user *)arg);
 	default:
 		return -ENOTTY;
@@ -266,7 +522,27 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 static bool has_requests(struct stream_c *sc)
 {
-	return !list_empty_careful(&sc->pending) || READ_ONCE(sc->dying);
+	return !list_empty_careful(&sc->fq.pending) || READ_ONCE(sc->fq.dying);
+}
+
+/* Put the @n requests of @reqs that @hf was just given back in the queue. */
+static void requeue_sent(struct stream_c *sc, struct stream_file *hf,
+			 const struct dm_stream_request *reqs, size_t n)
+{
+	struct stream_fetch *f;
+	size_t i;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = n; i-- > 0; ) {
+		f = xa_load(&sc->fq.fetches, reqs[i].block);
+		if (!f || f->state != FETCH_SENT || f->owner != hf ||
+		    f->tag != reqs[i].tag)
+			continue;
+		f->state = FETCH_QUEUED;
+		f->owner = NULL;
+		list_move(&f->list, &sc->fq.pending);
+	}
+	mutex_unlock(&sc->fq.lock);
 }
 
 static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
@@ -293,14 +569,14 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 		goto out;
 	}
 	for (;;) {
-		mutex_lock(&sc->fetch_lock);
-		list_for_each_entry_safe(f, tmp, &sc->pending, list) {
+		mutex_lock(&sc->fq.lock);
+		list_for_each_entry_safe(f, tmp, &sc->fq.pending, list) {
 			if (n == max)
 				break;
 			f->state = FETCH_SENT;
 			f->owner = hf;
-			f->tag = ++sc->next_tag;
-			list_move_tail(&f->list, &sc->sent);
+			f->tag = ++sc->fq.next_tag;
+			list_move_tail(&f->list, &sc->fq.sent);
 			reqs[n].magic = DM_STREAM_MAGIC;
 			reqs[n].version = DM_STREAM_VERSION;
 			reqs[n].size = sizeof(*reqs);
@@ -309,7 +585,7 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 			reqs[n].block = f->block;
 			n++;
 		}
-		mutex_unlock(&sc->fetch_lock);
+		mutex_unlock(&sc->fq.lock);
 		if (n)
 			break;
 		if (file->f_flags & O_NONBLOCK) {
@@ -320,14 +596,17 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 		r = wait_event_interruptible(hf->wait, has_requests(sc));
 		if (r)
 			goto out;
-		if (READ_ONCE(sc->dying)) {
+		if (READ_ONCE(sc->fq.dying)) {
 			r = -ENODEV;
 			goto out;
 		}
 	}
 	r = n * sizeof(*reqs);
-	if (copy_to_user(buf, reqs, r))
-		r = -EFAULT;	/* requests stay sent: close requeues them */
+	if (copy_to_user(buf, reqs, r)) {
+		/* Never delivered: back to the front of the queue. */
+		requeue_sent(sc, hf, reqs, n);
+		r = -EFAULT;
+	}
 out:
 	up_read(&hf->sem);
 	kfree(reqs);
@@ -340,7 +619,7 @@ static void fetch_write_endio(struct bio *bio)
 
 	f->status = bio->bi_status;
 	bio_put(bio);
-	stream_fetch_io_done(f->sc, f);
+	stream_fetch_io_done(f);
 }
 
 static int fill_pages(struct stream_fetch *f, const char __user *src,
@@ -413,26 +692,26 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		goto out;
 	}
 
-	mutex_lock(&sc->fetch_lock);
-	f = rep.block < sc->nr_blocks ? xa_load(&sc->fetches, rep.block) :
+	mutex_lock(&sc->fq.lock);
+	f = rep.block < sc->nr_blocks ? xa_load(&sc->fq.fetches, rep.block) :
 		NULL;
 	if (!f || f->state != FETCH_SENT || f->owner != hf ||
 	    f->tag != rep.tag) {
-		mutex_unlock(&sc->fetch_lock);
+		mutex_unlock(&sc->fq.lock);
 		r = -ENOENT;
 		goto out;
 	}
 	/* Ours now: no timeout or detach can touch a FETCH_WRITING entry. */
 	f->state = FETCH_WRITING;
 	list_del_init(&f->list);
-	mutex_unlock(&sc->fetch_lock);
+	mutex_unlock(&sc->fq.lock);
 
 	if (rep.error) {
 		DMERR_LIMIT("%s: helper could not fetch block %llu: %d",
 			    dm_device_name(dm_table_get_md(sc->ti->table)),
 			    rep.block, rep.error);
 		f->status = BLK_STS_IOERR;
-		stream_fetch_io_done(sc, f);
+		stream_fetch_io_done(f);
 		r = count;
 		goto out;
 	}
@@ -457,10 +736,10 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 
 out_requeue:
 	free_pages_of(f);
-	mutex_lock(&sc->fetch_lock);
+	mutex_lock(&sc->fq.lock);
 	f->state = FETCH_SENT;
-	list_add_tail(&f->list, &sc->sent);
-	mutex_unlock(&sc->fetch_lock);
+	list_add_tail(&f->list, &sc->fq.sent);
+	mutex_unlock(&sc->fq.lock);
 out:
 	up_read(&hf->sem);
 	return r;
@@ -475,7 +754,7 @@ static __poll_t chan_poll(struct file *file, poll_table *wait)
 	down_read(&hf->sem);
 	if (!hf->sc)
 		mask = EPOLLHUP | EPOLLERR;
-	else if (!list_empty_careful(&hf->sc->pending))
+	else if (!list_empty_careful(&hf->sc->fq.pending))
 		mask = EPOLLIN | EPOLLRDNORM;
 	up_read(&hf->sem);
 	return mask;
@@ -501,10 +780,19 @@ static struct miscdevice chan_misc = {
 
 int stream_chan_init(void)
 {
-	return misc_register(&chan_misc);
+	int r;
+
+	fetch_cache = KMEM_CACHE(stream_fetch, 0);
+	if (!fetch_cache)
+		return -ENOMEM;
+	r = misc_register(&chan_misc);
+	if (r)
+		kmem_cache_destroy(fetch_cache);
+	return r;
 }
 
 void stream_chan_exit(void)
 {
 	misc_deregister(&chan_misc);
+	kmem_cache_destroy(fetch_cache);
 }

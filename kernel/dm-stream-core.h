@@ -7,6 +7,8 @@
 #define DM_STREAM_CORE_H
 
 #include <linux/bio.h>
+#include <linux/completion.h>
+#include <linux/refcount.h>
 #include <linux/device-mapper.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
@@ -17,6 +19,8 @@
 #include <linux/xarray.h>
 
 #include "dm-stream-metadata.h"
+#include "dm-stream-snap.h"
+#include "dm-stream-chan.h"
 
 enum stream_mode {
 	STREAM_MODE_RW,
@@ -24,37 +28,33 @@ enum stream_mode {
 	STREAM_MODE_FAIL,	/* metadata unusable: all I/O fails */
 };
 
-enum stream_fetch_state {
-	FETCH_QUEUED,		/* on sc->pending, waiting for a helper */
-	FETCH_SENT,		/* on sc->sent, read by helper @owner */
-	FETCH_WRITING,		/* data being written to the data device */
-	FETCH_FILLING,		/* whole-block write in flight, no fetch */
-};
-
-struct stream_file;
-
 /*
- * One block being made present, by a fetch or by a whole-block write.
- * Lives in sc->fetches (indexed by block) from creation until the worker
- * retires it; I/O to the block meanwhile waits on @waiters.
+ * The target object.  Lifetime invariants:
+ *   - dm core holds it from ctr to dtr.  Outside that, only a snapshot
+ *     reader holds it (@refs, taken under stream_chan_lock while the
+ *     target is registered); the dtr unregisters it, drops its own
+ *     reference and waits for the readers.
+ *   - A helper file is linked to it, and unlinked, under stream_chan_lock
+ *     (dm-stream-chan.c); the dtr unlinks it before anything is freed.
+ *   - Every fetch with waiters is waited for at postsuspend: dm core waits
+ *     for in-flight bios, parked ones included, unless the suspend is
+ *     noflush, in which case presuspend requeues the parked ones.  So
+ *     after postsuspend no fetch has waiters and no bio is in the worker.
+ *   - Only the worker (and the waker, on the same single-threaded
+ *     workqueue) retires or expires fetches; a fetch being written
+ *     (FETCH_WRITING, FETCH_FILLING) comes back to it through
+ *     sc->completed; idle fetches are dropped only while suspended.
  */
-struct stream_fetch {
-	struct stream_c *sc;
-	u64 block;
-	u64 tag;
-	enum stream_fetch_state state;
-	struct stream_file *owner;	/* FETCH_SENT only */
-	unsigned long queued_at;	/* jiffies */
-	struct list_head list;		/* pending/sent, then completed */
-	struct bio_list waiters;
-	blk_status_t status;
-	bool zero;
-	struct page **pages;		/* FETCH_WRITING payload */
-	unsigned int nr_pages;
-};
-
 struct stream_c {
 	struct dm_target *ti;
+	/*
+	 * Users outside the dm core's own references (snapshot readers found
+	 * through the channel) take a reference under stream_chan_lock while
+	 * the target is registered; the dtr unregisters, drops the initial
+	 * reference and waits for @gone.
+	 */
+	refcount_t refs;
+	struct completion gone;
 	struct dm_dev *metadata_dev;
 	struct dm_dev *data_dev;
 	struct dm_stream_metadata *md;
@@ -65,7 +65,9 @@ struct stream_c {
 	unsigned int fetch_timeout;	/* seconds, 0 = forever */
 	bool discard_zeroes;		/* data dev can write zeroes */
 
-	enum stream_mode mode;		/* READ_ONCE; changed by the worker */
+	enum stream_mode mode;		/* READ_ONCE; set_mode() changes it */
+	bool requeue;			/* noflush suspend: requeue misses */
+	bool data_flush_failed;		/* set by end_io, acted on by the worker */
 
 	/*
 	 * Guards deferred, deferred_flush, deferred_dirty, flush_completions
@@ -77,39 +79,26 @@ struct stream_c {
 	struct bio_list deferred_flush;	/* issue after the next commit */
 	struct bio_list deferred_dirty;	/* writes waiting for their dirty bits */
 	struct bio_list flush_completions; /* complete after next commit */
+	struct bio_list starved;	/* parked bios that found no memory */
 	struct list_head completed;	/* fetches whose I/O ended */
 
-	/*
-	 * Guards fetches, pending, sent, next_tag and helper.  Process
-	 * context only.  helper is also changed only under stream_chan_lock.
-	 */
-	struct mutex fetch_lock;
-	struct xarray fetches;
-	struct list_head pending;
-	struct list_head sent;
-	u64 next_tag;
-	struct stream_file *helper;
-	bool dying;
+	struct stream_fetchq fq;	/* dm-stream-chan.c */
 
 	struct workqueue_struct *wq;
 	struct work_struct worker;
 	struct delayed_work waker;
 
-	bool active;			/* resumed; under stream_chan_lock */
+	/*
+	 * Held across a message that needs a suspended device and by
+	 * resume/postsuspend while they change @active, so that such a
+	 * message never runs on a live device.  Taken before snap_lock.
+	 */
+	struct mutex quiesce_lock;
+	/* resumed; changed under quiesce_lock and stream_chan_lock */
+	bool active;
 	struct list_head node;		/* stream_targets */
 
-	/*
-	 * Point-in-time snapshots (see "Snapshots" in dm-stream-target.c).
-	 * snap_lock guards copies, copy_bytes and changes to undrained[]
-	 * bits; it is taken before the metadata's commit_lock.  The
-	 * undrained[] pointers are set while suspended and never freed
-	 * before the dtr; map tests their bits locklessly.
-	 */
-	struct mutex snap_lock;
-	unsigned long *undrained[DSM_MAX_CONSUMERS];
-	struct xarray copies;		/* block * 4 + consumer -> copy */
-	u64 copy_bytes;
-	u64 copy_budget;		/* bytes, from the table */
+	struct stream_snap snap;	/* dm-stream-snap.c */
 
 	/* Background fill switch, read by streamd through the status. */
 	bool fill_on;			/* READ_ONCE */
@@ -121,27 +110,9 @@ struct stream_c {
 	atomic64_t nr_fetch_errors;
 };
 
-/* An open /dev/dm-stream. */
-struct stream_file {
-	/* Held for read by file operations using @sc, for write to change it. */
-	struct rw_semaphore sem;
-	struct stream_c *sc;
-	wait_queue_head_t wait;		/* requests pending or target gone */
-};
-
-/* dm-stream-target.c */
-void stream_fetch_io_done(struct stream_c *sc, struct stream_fetch *f);
-int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
-		     void __user *buf, u32 len);
-void stream_wake_worker(struct stream_c *sc);
-
-/* dm-stream-chan.c */
-extern struct mutex stream_chan_lock;
-int stream_chan_init(void);
-void stream_chan_exit(void);
-void stream_chan_register(struct stream_c *sc);
-void stream_chan_unregister(struct stream_c *sc);
-void stream_chan_detach(struct stream_c *sc);
-void __stream_chan_kick(struct stream_c *sc);
+static inline const char *stream_name(struct stream_c *sc)
+{
+	return dm_device_name(dm_table_get_md(sc->ti->table));
+}
 
 #endif

@@ -108,6 +108,7 @@
 #include <linux/mutex.h>
 #include <linux/slab.h>
 #include <linux/uuid.h>
+#include <kunit/visibility.h>
 
 #define DM_MSG_PREFIX "stream metadata"
 
@@ -121,6 +122,8 @@
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
 #define BITMAP_MAGIC	0x706d7462U		/* "btmp" */
+#define JNL_MAGIC	0x6c6e726a6d727473ULL	/* "strmjrnl" */
+#define JNL_CSUM_XOR	0x6a6f7572U
 
 struct stream_sb_disk {
 	__le32 csum;		/* crc32c of the rest of the block */
@@ -152,9 +155,40 @@ struct stream_bitmap_disk {
 static_assert(sizeof(struct stream_bitmap_disk) == DSM_BLOCK_SIZE);
 static_assert(sizeof(struct stream_sb_disk) <= DSM_BLOCK_SIZE);
 
+/*
+ * Journal slot header (metadata block dsm_journal_start() + slot * 65); the
+ * slot's block images follow it, one per entry, in entry order.
+ */
+struct stream_jnl_entry_disk {
+	__le64 location;	/* metadata block the image belongs at */
+	__le32 csum;		/* crc32c of the image */
+	__le32 pad;
+} __packed;
+
+struct stream_jnl_disk {
+	__le32 csum;		/* crc32c of the rest of the block */
+	__le32 nr;		/* block images in this slot */
+	__le64 blocknr;
+	__u8 uuid[16];		/* the superblock's */
+	__le64 magic;
+	__le32 version;
+	__le32 pad;
+	__le64 seq;		/* batch sequence number, slot = seq & 1 */
+	struct stream_jnl_entry_disk e[DSM_JNL_ENTRIES];
+} __packed;
+
+static_assert(sizeof(struct stream_jnl_disk) <= DSM_BLOCK_SIZE);
+
 struct dm_stream_metadata {
+	/* Registry of open metadata (see dsm_open()), under dsm_registry_lock. */
+	struct list_head node;
+	dev_t dev;
+	unsigned int refs;
+
+	struct block_device *bdev;
 	struct dm_bufio_client *bufio;
 	struct dsm_sb_info sb;
+	bool failed;		/* a journal write failed: no more commits */
 
 	/* Live maps, any context, atomic bitops. */
 	unsigned long *present;
@@ -168,44 +202,61 @@ struct dm_stream_metadata {
 	 */
 	unsigned long *changed_present;
 	unsigned long *changed_dirty[DSM_MAX_CONSUMERS];
+	/* Slices with present bits set since the last dsm_commit_begin(). */
+	unsigned long *pending_present;
 
 	/*
 	 * Blocks whose dirty bits, for every consumer, are on disk: writes
 	 * to them need no commit first.  Atomic bitops, any context; set
-	 * only after a commit (dsm_mark_durable()), cleared wholesale while
-	 * the device is quiesced.
+	 * only after a commit (dsm_mark_durable()) or from the bits loaded,
+	 * cleared wholesale while the device is quiesced.
 	 */
 	unsigned long *durable;
 
 	/*
 	 * Serialises dsm_commit() and every other metadata write; protects
-	 * present_commit, the snapshot state and the invalidate set.
-	 * snap_gen is also read locklessly (READ_ONCE).
+	 * present_commit, present_taken, taken_slices, the journal staging
+	 * area, the snapshot state and the invalidate set.  snap_gen is
+	 * also read locklessly (READ_ONCE).
 	 */
 	struct mutex commit_lock;
 	unsigned long *present_commit;
+	unsigned long *present_taken;	/* present, as dsm_commit_begin saw it */
+	unsigned long *taken_slices;
 	unsigned long *snap[DSM_MAX_CONSUMERS];	/* allocated on first use */
 	u64 snap_gen[DSM_MAX_CONSUMERS];	/* 0: no snapshot */
 	u64 snap_blocks[DSM_MAX_CONSUMERS];
 	unsigned long *inval;			/* allocated on first use */
 
-	/* Protects pending: blocks made present since the last commit. */
-	spinlock_t pending_lock;
-	u64 *pending;
-	size_t nr_pending;
-	size_t max_pending;
+	/* Journal: the batch being staged (commit_lock). */
+	u64 jnl_start;			/* first journal block */
+	u64 jnl_seq;			/* sequence number of the next batch */
+	unsigned int jnl_nr;		/* block images staged */
+	u64 jnl_loc[DSM_JNL_ENTRIES];
+	struct page *jnl_pages[DSM_JNL_SLOT_BLOCKS];	/* header + images */
 };
+
+/* Open metadata objects, one per metadata device; see dsm_open(). */
+static DEFINE_MUTEX(dsm_registry_lock);
+static LIST_HEAD(dsm_registry);
 
 u32 dsm_bitmap_blocks(u64 nr_blocks)
 {
 	return DIV_ROUND_UP_ULL(nr_blocks, DSM_BITS_PER_BLOCK);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_blocks);
 
-u64 dsm_total_blocks(u64 nr_blocks)
+u64 dsm_journal_start(u64 nr_blocks)
 {
 	return DSM_FIRST_BITMAP +
 		(u64)DSM_NR_BITMAPS * dsm_bitmap_blocks(nr_blocks);
 }
+
+u64 dsm_total_blocks(u64 nr_blocks)
+{
+	return dsm_journal_start(nr_blocks) + DSM_JNL_BLOCKS;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_total_blocks);
 
 static u32 block_csum(const void *buf, u32 xor)
 {
@@ -217,16 +268,19 @@ void dsm_sb_reseal(void *buf)
 {
 	*(__le32 *)buf = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_reseal);
 
 void dsm_bitmap_reseal(void *buf)
 {
 	*(__le32 *)buf = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_reseal);
 
 bool dsm_buf_is_zero(const void *buf, size_t len)
 {
 	return !memchr_inv(buf, 0, len);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_buf_is_zero);
 
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 {
@@ -251,6 +305,7 @@ void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 	strscpy(d->image_id, sb->image_id, sizeof(d->image_id));
 	d->csum = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_pack);
 
 /*
  * Decode and check a superblock.  Each kind of damage has its own errno so
@@ -276,6 +331,12 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 		      SB_MAGIC, le64_to_cpu(d->magic));
 		*why = "Metadata superblock has bad magic";
 		return -EBADMSG;
+	}
+	if (le32_to_cpu(d->version) == 1) {
+		DMERR("metadata format 1 (no journal) is not supported");
+		DMERR("convert it: streamctl upgrade-metadata <metadata dev>");
+		*why = "Metadata format 1: run streamctl upgrade-metadata";
+		return -EPROTONOSUPPORT;
 	}
 	if (le32_to_cpu(d->version) != DSM_FORMAT_VERSION) {
 		DMERR("superblock version: expected %u, found %u",
@@ -324,6 +385,7 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	}
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_sb_unpack);
 
 /*
  * 64 bits of an in-core bitmap of @nr bits from bit @bit, a multiple of 64
@@ -372,7 +434,7 @@ void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
 	d->index = cpu_to_le32(index);
 	d->blocknr = cpu_to_le64(blocknr);
 	d->magic = cpu_to_le32(BITMAP_MAGIC);
-	d->version = cpu_to_le32(DSM_FORMAT_VERSION);
+	d->version = cpu_to_le32(DSM_BITMAP_VERSION);
 	for (w = 0; w < DSM_BITMAP_WORDS && first + w * 64 < nr_bits; w++) {
 		u64 word = get_word(bits, nr_bits, first + w * 64);
 
@@ -382,6 +444,7 @@ void dsm_bitmap_pack(const unsigned long *bits, const unsigned long *more,
 	}
 	d->csum = cpu_to_le32(block_csum(buf, BITMAP_CSUM_XOR));
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_pack);
 
 int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		      unsigned long *bits, u64 nr_bits, u32 slice,
@@ -404,9 +467,9 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 		*why = "Metadata bitmap block has bad magic";
 		return -EBADMSG;
 	}
-	if (le32_to_cpu(d->version) != DSM_FORMAT_VERSION) {
+	if (le32_to_cpu(d->version) != DSM_BITMAP_VERSION) {
 		DMERR("bitmap block %llu version: expected %u, found %u",
-		      blocknr, DSM_FORMAT_VERSION, le32_to_cpu(d->version));
+		      blocknr, DSM_BITMAP_VERSION, le32_to_cpu(d->version));
 		*why = "Unsupported metadata bitmap version";
 		return -EPROTONOSUPPORT;
 	}
@@ -432,6 +495,7 @@ int dsm_bitmap_unpack(const void *buf, u64 blocknr, u32 index,
 	}
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_bitmap_unpack);
 
 /* Metadata block holding block @i (within the bitmap) of bitmap @map. */
 static u64 bitmap_location(struct dm_stream_metadata *md, u32 map, u32 i)
@@ -444,21 +508,144 @@ static u32 dirty_bitmap(unsigned int c)
 	return 1 + 2 * c;
 }
 
+/*
+ * The journal.  Every metadata write after format goes through it:
+ *
+ *   stage()          copy a block image into the batch being built (in
+ *                    memory, commit_lock); a full batch is committed first
+ *   __jnl_commit()   1. wait for the previous batch's in-place writes;
+ *                    2. write header + images to slot (seq & 1) as one
+ *                       REQ_PREFLUSH | REQ_FUA bio: the preflush makes the
+ *                       previous batch's in-place writes durable, the FUA
+ *                       this batch;
+ *                    3. copy the images into dm-bufio buffers and start
+ *                       writing them in place (not waited for).
+ *
+ * So a batch costs one metadata flush, and batch N's in-place writes are
+ * durable before batch N + 2 overwrites N's slot.  The two slots always hold
+ * the last two batches, whose in-place writes may be incomplete or torn;
+ * every older batch is wholly in place.  dsm_open() replays the valid slots
+ * in sequence order, which yields exactly the state after the newest batch
+ * whose slot write completed.  A torn slot fails its checksums and is
+ * ignored; its in-place writes had not started.  Batches are applied
+ * strictly in order, so a multi-batch operation is a sequence of atomic
+ * steps in staging order: callers stage in the order their protocol needs
+ * (dirty bits before the present bits that depend on them, a superblock
+ * flag before the bitmaps it covers).
+ */
+static void *stage(struct dm_stream_metadata *md, u64 loc, int *r);
+
+static int __jnl_write_slot(struct dm_stream_metadata *md)
+{
+	u64 slot = md->jnl_start + (md->jnl_seq & 1) * DSM_JNL_SLOT_BLOCKS;
+	struct stream_jnl_disk *h = page_address(md->jnl_pages[0]);
+	unsigned int i;
+	struct bio *bio;
+	int r;
+
+	memset(h, 0, DSM_BLOCK_SIZE);
+	h->nr = cpu_to_le32(md->jnl_nr);
+	h->blocknr = cpu_to_le64(slot);
+	memcpy(h->uuid, md->sb.uuid, sizeof(h->uuid));
+	h->magic = cpu_to_le64(JNL_MAGIC);
+	h->version = cpu_to_le32(DSM_FORMAT_VERSION);
+	h->seq = cpu_to_le64(md->jnl_seq);
+	for (i = 0; i < md->jnl_nr; i++) {
+		void *img = page_address(md->jnl_pages[1 + i]);
+
+		h->e[i].location = cpu_to_le64(md->jnl_loc[i]);
+		h->e[i].csum = cpu_to_le32(crc32c(~0U, img, DSM_BLOCK_SIZE));
+	}
+	h->csum = cpu_to_le32(block_csum(h, JNL_CSUM_XOR));
+
+	bio = bio_alloc(md->bdev, 1 + md->jnl_nr,
+			REQ_OP_WRITE | REQ_SYNC | REQ_PREFLUSH | REQ_FUA,
+			GFP_NOIO);
+	bio->bi_iter.bi_sector = slot * DSM_BLOCK_SECTORS;
+	for (i = 0; i <= md->jnl_nr; i++)
+		__bio_add_page(bio, md->jnl_pages[i], DSM_BLOCK_SIZE, 0);
+	r = submit_bio_wait(bio);
+	bio_put(bio);
+	return r;
+}
+
+static int __jnl_commit(struct dm_stream_metadata *md)
+{
+	struct dm_buffer *b;
+	unsigned int i;
+	void *p;
+	int r;
+
+	lockdep_assert_held(&md->commit_lock);
+	if (md->failed)
+		return -EIO;
+	if (!md->jnl_nr)
+		return 0;
+	/* 1. the previous batch's in-place writes have completed */
+	r = dm_bufio_write_dirty_buffers(md->bufio);
+	/* 2. this batch, durable, after the previous one */
+	if (!r)
+		r = __jnl_write_slot(md);
+	if (r) {
+		DMERR("journal write of batch %llu failed: %d", md->jnl_seq, r);
+		md->failed = true;
+		return r;
+	}
+	/* 3. in place, in the background */
+	for (i = 0; i < md->jnl_nr; i++) {
+		p = dm_bufio_new(md->bufio, md->jnl_loc[i], &b);
+		if (IS_ERR(p)) {
+			/* The batch is durable; only the copy is missing. */
+			DMERR("cannot apply journal batch %llu in place: %ld",
+			      md->jnl_seq, PTR_ERR(p));
+			md->failed = true;
+			return PTR_ERR(p);
+		}
+		memcpy(p, page_address(md->jnl_pages[1 + i]), DSM_BLOCK_SIZE);
+		dm_bufio_mark_buffer_dirty(b);
+		dm_bufio_release(b);
+	}
+	dm_bufio_write_dirty_buffers_async(md->bufio);
+	md->jnl_seq++;
+	md->jnl_nr = 0;
+	return 0;
+}
+
+/*
+ * The page to fill with the new image of metadata block @loc in the batch
+ * being staged (the same page if @loc is staged already).  NULL with *@r
+ * set when a full batch could not be committed.
+ */
+static void *stage(struct dm_stream_metadata *md, u64 loc, int *r)
+{
+	unsigned int i;
+
+	lockdep_assert_held(&md->commit_lock);
+	for (i = 0; i < md->jnl_nr; i++)
+		if (md->jnl_loc[i] == loc)
+			return page_address(md->jnl_pages[1 + i]);
+	if (md->jnl_nr == DSM_JNL_ENTRIES) {
+		*r = __jnl_commit(md);
+		if (*r)
+			return NULL;
+	}
+	md->jnl_loc[md->jnl_nr] = loc;
+	return page_address(md->jnl_pages[1 + md->jnl_nr++]);
+}
+
 static int write_bitmap_block(struct dm_stream_metadata *md, u32 map, u32 i,
 			      const unsigned long *bits,
 			      const unsigned long *more)
 {
 	u64 loc = bitmap_location(md, map, i);
-	struct dm_buffer *b;
+	int r = 0;
 	void *p;
 
-	p = dm_bufio_new(md->bufio, loc, &b);
-	if (IS_ERR(p))
-		return PTR_ERR(p);
+	p = stage(md, loc, &r);
+	if (!p)
+		return r;
 	dsm_bitmap_pack(bits, more, md->sb.nr_blocks, i,
 			map * md->sb.bitmap_blocks + i, loc, p);
-	dm_bufio_mark_buffer_dirty(b);
-	dm_bufio_release(b);
 	return 0;
 }
 
@@ -485,43 +672,74 @@ static int read_bitmap(struct dm_stream_metadata *md, u32 map,
 	return r;
 }
 
+/* A barrier in a metadata protocol: everything staged is durable. */
 static int flush_buffers(struct dm_stream_metadata *md)
 {
-	int r = dm_bufio_write_dirty_buffers(md->bufio);
+	return __jnl_commit(md);
+}
 
-	return r ? r : dm_bufio_issue_flush(md->bufio);
+static int stage_sb(struct dm_stream_metadata *md)
+{
+	int r = 0;
+	void *p;
+
+	p = stage(md, 0, &r);
+	if (p)
+		dsm_sb_pack(&md->sb, 0, p);
+	return r;
 }
 
 static int write_sb(struct dm_stream_metadata *md)
 {
-	struct dm_buffer *b;
-	void *p;
+	int r = stage_sb(md);
 
-	p = dm_bufio_new(md->bufio, 0, &b);
-	if (IS_ERR(p))
-		return PTR_ERR(p);
-	dsm_sb_pack(&md->sb, 0, p);
-	dm_bufio_mark_buffer_dirty(b);
-	dm_bufio_release(b);
-	return flush_buffers(md);
+	return r ? r : __jnl_commit(md);
 }
 
+/*
+ * A zeroed (or never used) metadata device: write empty bitmaps and empty
+ * journal slots in place, flush, then the superblock as the first journal
+ * batch.  A crash before that batch leaves no superblock: formatted again.
+ */
 static int format(struct dm_stream_metadata *md)
 {
+	struct dm_buffer *b;
 	u32 map, i;
+	void *p;
 	int r;
 
 	for (map = 0; map < DSM_NR_BITMAPS; map++)
 		for (i = 0; i < md->sb.bitmap_blocks; i++) {
+			u64 loc = bitmap_location(md, map, i);
+
+			p = dm_bufio_new(md->bufio, loc, &b);
+			if (IS_ERR(p))
+				return PTR_ERR(p);
 			/* present_commit is all zero at format time */
-			r = write_bitmap_block(md, map, i, md->present_commit,
-					       NULL);
-			if (r)
-				return r;
+			dsm_bitmap_pack(md->present_commit, NULL,
+					md->sb.nr_blocks, i,
+					map * md->sb.bitmap_blocks + i, loc, p);
+			dm_bufio_mark_buffer_dirty(b);
+			dm_bufio_release(b);
 		}
-	r = flush_buffers(md);
+	for (i = 0; i < 2; i++) {
+		p = dm_bufio_new(md->bufio,
+				 md->jnl_start + i * DSM_JNL_SLOT_BLOCKS, &b);
+		if (IS_ERR(p))
+			return PTR_ERR(p);
+		memset(p, 0, DSM_BLOCK_SIZE);
+		dm_bufio_mark_buffer_dirty(b);
+		dm_bufio_release(b);
+	}
+	r = dm_bufio_write_dirty_buffers(md->bufio);
 	if (!r)
-		r = write_sb(md);
+		r = dm_bufio_issue_flush(md->bufio);
+	if (r)
+		return r;
+	md->jnl_seq = 1;
+	mutex_lock(&md->commit_lock);
+	r = write_sb(md);
+	mutex_unlock(&md->commit_lock);
 	return r;
 }
 
@@ -538,6 +756,9 @@ static void free_maps(struct dm_stream_metadata *md)
 	kvfree(md->present);
 	kvfree(md->durable);
 	kvfree(md->present_commit);
+	kvfree(md->present_taken);
+	kvfree(md->taken_slices);
+	kvfree(md->pending_present);
 	kvfree(md->changed_present);
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
 		kvfree(md->dirty[c]);
@@ -545,7 +766,6 @@ static void free_maps(struct dm_stream_metadata *md)
 		kvfree(md->snap[c]);
 	}
 	kvfree(md->inval);
-	kvfree(md->pending);
 }
 
 /* Write the changed blocks of consumer @c's dirty map (dirty | snap). */
@@ -588,18 +808,22 @@ static int __write_present(struct dm_stream_metadata *md)
 }
 
 /*
- * Write the changed blocks of the present map and of the dirty maps of
- * consumers @first and up, then flush.
+ * Stage the changed blocks of the dirty maps of consumers @first and up,
+ * then of the present map, then commit.  Dirty before present: if the
+ * batch is split, a block's dirty bits are durable no later than its
+ * present bit (a block recorded present but clean would be skipped by
+ * revert).
  */
 static int __write_maps(struct dm_stream_metadata *md, unsigned int first)
 {
 	unsigned int c;
-	int r;
+	int r = 0;
 
 	lockdep_assert_held(&md->commit_lock);
-	r = __write_present(md);
 	for (c = first; c < DSM_MAX_CONSUMERS && !r; c++)
 		r = __write_dirty(md, c);
+	if (!r)
+		r = __write_present(md);
 	return r ? r : flush_buffers(md);
 }
 
@@ -888,6 +1112,7 @@ u64 dsm_snapshot_merge(struct dm_stream_metadata *md, unsigned int c)
 	atomic64_add(n, &md->nr_dirty[c]);
 	return n;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snapshot_merge);
 
 int dsm_snapshot(struct dm_stream_metadata *md, struct block_device *data,
 		 unsigned int c, u64 *gen, u64 *nr)
@@ -957,14 +1182,11 @@ int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr)
 		goto out;
 	mark_slices(md, md->snap[c], md->changed_dirty[c]);
 	bitmap_zero(md->snap[c], md->sb.nr_blocks);
-	/* In place, 1 -> 0: each bit is old (dirty) or new (acked). */
+	/* One journal batch (or several in order): old (dirty) or acked. */
+	md->sb.generation++;
 	r = __write_dirty(md, c);
 	if (!r)
-		r = flush_buffers(md);
-	if (!r) {
-		md->sb.generation++;
 		r = write_sb(md);
-	}
 out:
 	mutex_unlock(&md->commit_lock);
 	return r;
@@ -1001,6 +1223,7 @@ const unsigned long *dsm_snap_map(struct dm_stream_metadata *md,
 {
 	return md->snap[c];
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snap_map);
 
 bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 		    u64 *start, u64 *len)
@@ -1018,6 +1241,45 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 	*len = e - s;
 	return true;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_next_range);
+
+/*
+ * Answer "<next cursor> <first>+<count>..." with the runs of set (@set) or
+ * clear bits of @map from @cursor on, as many as fit in @maxlen; the next
+ * cursor is the total number of blocks once the map is exhausted.
+ */
+int dsm_emit_ranges(const unsigned long *map, u64 nr, bool set, u64 cursor,
+		    char *result, unsigned int maxlen)
+{
+	unsigned int sz, room = maxlen > 48 ? maxlen - 48 : 0;
+	char *ranges;
+	u64 start, len, next = cursor;
+	int n;
+
+	if (cursor > nr)
+		return -ERANGE;
+	ranges = kmalloc(maxlen, GFP_KERNEL);
+	if (!ranges)
+		return -ENOMEM;
+	sz = 0;
+	while (dsm_next_range(map, nr, next, set, &start, &len)) {
+		n = snprintf(ranges + sz, maxlen - sz, " %llu+%llu", start, len);
+		if (sz + n >= room)
+			break;
+		sz += n;
+		next = start + len;
+	}
+	if (!dsm_next_range(map, nr, next, set, &start, &len))
+		next = nr;
+	ranges[sz] = '\0';
+	if (!sz && next < nr) {
+		kfree(ranges);
+		return -ENOSPC;		/* buffer too small for one range */
+	}
+	snprintf(result, maxlen, "%llu%s", next, ranges);
+	kfree(ranges);
+	return 1;
+}
 
 /*
  * The in-core half of dsm_open(): maps and locks, no device.  Used alone
@@ -1032,16 +1294,21 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	if (!md)
 		return NULL;
 	mutex_init(&md->commit_lock);
-	spin_lock_init(&md->pending_lock);
+	INIT_LIST_HEAD(&md->node);
 	md->sb.nr_blocks = nr_blocks;
 	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
 	md->sb.bitmap_blocks = dsm_bitmap_blocks(nr_blocks);
+	md->jnl_start = dsm_journal_start(nr_blocks);
 	md->present = alloc_bitmap(nr_blocks);
 	md->durable = alloc_bitmap(nr_blocks);
 	md->present_commit = alloc_bitmap(nr_blocks);
+	md->present_taken = alloc_bitmap(nr_blocks);
+	md->taken_slices = alloc_bitmap(md->sb.bitmap_blocks);
+	md->pending_present = alloc_bitmap(md->sb.bitmap_blocks);
 	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
 	ok = md->present && md->durable && md->present_commit &&
-		md->changed_present;
+		md->present_taken && md->taken_slices &&
+		md->pending_present && md->changed_present;
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
 		md->dirty[c] = alloc_bitmap(nr_blocks);
 		md->changed_dirty[c] = alloc_bitmap(md->sb.bitmap_blocks);
@@ -1053,6 +1320,7 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	}
 	return md;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_create_incore);
 
 /* KUnit: an in-core snapshot without the superblock write. */
 int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
@@ -1066,12 +1334,14 @@ int dsm_snapshot_incore(struct dm_stream_metadata *md, unsigned int c,
 	md->snap_gen[c] = gen;
 	return 0;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_snapshot_incore);
 
 void dsm_destroy_incore(struct dm_stream_metadata *md)
 {
 	free_maps(md);
 	kfree(md);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_destroy_incore);
 
 /* dsm_open(): load the maps of an existing metadata device. */
 static int load(struct dm_stream_metadata *md, const char **error)
@@ -1087,8 +1357,13 @@ static int load(struct dm_stream_metadata *md, const char **error)
 		return r;
 	bitmap_copy(md->present_commit, md->present, nr);
 	recount(md);
-	bitmap_copy(md->durable, md->dirty[0], nr);
-	for (c = 1; c < DSM_MAX_CONSUMERS; c++)
+	/*
+	 * Durable: present and dirty for every consumer on disk.  An absent
+	 * block's dirty bits may be left by a fill that was never committed
+	 * present; its next write is a fill again and must commit.
+	 */
+	bitmap_copy(md->durable, md->present, nr);
+	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
 		bitmap_and(md->durable, md->durable, md->dirty[c], nr);
 
 	mutex_lock(&md->commit_lock);
@@ -1112,30 +1387,285 @@ static int load(struct dm_stream_metadata *md, const char **error)
 	return r < 0 ? r : 0;
 }
 
-struct dm_stream_metadata *dsm_open(struct block_device *bdev,
-				    u32 block_sectors, u64 nr_blocks,
-				    const char **error)
+/* A journal slot read at open: header and images, checked. */
+struct jnl_slot {
+	bool valid;
+	u64 seq;
+	u8 uuid[16];
+	unsigned int nr;
+	u64 loc[DSM_JNL_ENTRIES];
+	u32 csum[DSM_JNL_ENTRIES];
+	void *img[DSM_JNL_ENTRIES];	/* kvmalloc'd, DSM_BLOCK_SIZE each */
+};
+
+static void free_slot(struct jnl_slot *s)
 {
-	struct dm_stream_metadata *md;
+	unsigned int i;
+
+	for (i = 0; i < s->nr; i++)
+		kvfree(s->img[i]);
+	s->nr = 0;
+}
+
+/*
+ * Read journal slot @slot.  A slot that fails any check is a torn or never
+ * written batch and is not valid (not an error).  Returns -errno only for
+ * read or allocation failures.
+ */
+static int read_slot(struct dm_stream_metadata *md, unsigned int slot,
+		     struct jnl_slot *s)
+{
+	u64 at = md->jnl_start + slot * DSM_JNL_SLOT_BLOCKS;
+	const struct stream_jnl_disk *h;
 	struct dm_buffer *b;
+	unsigned int i, nr;
 	void *p;
-	bool fresh;
+
+	memset(s, 0, sizeof(*s));
+	h = dm_bufio_read(md->bufio, at, &b);
+	if (IS_ERR(h))
+		return PTR_ERR(h);
+	nr = le32_to_cpu(h->nr);
+	if (le32_to_cpu(h->csum) != block_csum(h, JNL_CSUM_XOR) ||
+	    le64_to_cpu(h->magic) != JNL_MAGIC ||
+	    le32_to_cpu(h->version) != DSM_FORMAT_VERSION ||
+	    le64_to_cpu(h->blocknr) != at || !nr || nr > DSM_JNL_ENTRIES ||
+	    (le64_to_cpu(h->seq) & 1) != slot) {
+		dm_bufio_release(b);
+		return 0;
+	}
+	s->seq = le64_to_cpu(h->seq);
+	memcpy(s->uuid, h->uuid, sizeof(s->uuid));
+	for (i = 0; i < nr; i++) {
+		s->loc[i] = le64_to_cpu(h->e[i].location);
+		s->csum[i] = le32_to_cpu(h->e[i].csum);
+	}
+	dm_bufio_release(b);
+
+	for (i = 0; i < nr; i++) {
+		if (s->loc[i] >= md->jnl_start)
+			goto invalid;
+		p = dm_bufio_read(md->bufio, at + 1 + i, &b);
+		if (IS_ERR(p)) {
+			s->nr = i;
+			free_slot(s);
+			return PTR_ERR(p);
+		}
+		if (crc32c(~0U, p, DSM_BLOCK_SIZE) != s->csum[i]) {
+			dm_bufio_release(b);
+			goto invalid;
+		}
+		s->img[i] = kvmalloc(DSM_BLOCK_SIZE, GFP_KERNEL);
+		if (s->img[i])
+			memcpy(s->img[i], p, DSM_BLOCK_SIZE);
+		dm_bufio_release(b);
+		s->nr = i + 1;
+		if (!s->img[i]) {
+			free_slot(s);
+			return -ENOMEM;
+		}
+	}
+	s->valid = true;
+	return 0;
+invalid:
+	free_slot(s);
+	s->valid = false;
+	return 0;
+}
+
+/* Newest image of metadata block @loc in the valid slots, or NULL. */
+static const void *slot_image(struct jnl_slot **s, unsigned int n, u64 loc)
+{
+	const void *img = NULL;
+	unsigned int k, i;
+
+	for (k = 0; k < n; k++)
+		for (i = 0; s[k]->valid && i < s[k]->nr; i++)
+			if (s[k]->loc[i] == loc)
+				img = s[k]->img[i];
+	return img;
+}
+
+/*
+ * Write the images of the valid slots (@s sorted by sequence) in place
+ * where they differ from what is there, then flush.  Returns how many
+ * blocks were rewritten, or -errno.
+ */
+static int replay(struct dm_stream_metadata *md, struct jnl_slot **s,
+		  unsigned int n)
+{
+	struct dm_buffer *b;
+	unsigned int k, i;
+	int fixed = 0, r;
+	void *p;
+
+	for (k = 0; k < n; k++)
+		for (i = 0; s[k]->valid && i < s[k]->nr; i++) {
+			p = dm_bufio_read(md->bufio, s[k]->loc[i], &b);
+			if (IS_ERR(p)) {
+				/* unreadable (a bad sector): overwrite it */
+				p = dm_bufio_new(md->bufio, s[k]->loc[i], &b);
+				if (IS_ERR(p))
+					return PTR_ERR(p);
+			} else if (!memcmp(p, s[k]->img[i], DSM_BLOCK_SIZE)) {
+				dm_bufio_release(b);
+				continue;
+			}
+			memcpy(p, s[k]->img[i], DSM_BLOCK_SIZE);
+			dm_bufio_mark_buffer_dirty(b);
+			dm_bufio_release(b);
+			fixed++;
+		}
+	r = dm_bufio_write_dirty_buffers(md->bufio);
+	if (!r)
+		r = dm_bufio_issue_flush(md->bufio);
+	return r ? r : fixed;
+}
+
+/*
+ * Bring the on-disk metadata to the state of its last complete journal
+ * batch, then read the superblock.  *@fresh is set for a device never
+ * formatted.
+ */
+static int recover(struct dm_stream_metadata *md, u32 block_sectors,
+		   u64 nr_blocks, bool *fresh, const char **error)
+{
+	struct jnl_slot *s, *o[2];
+	struct dm_buffer *b = NULL;
+	struct dsm_sb_info sb;
+	const void *p;
+	unsigned int k;
 	int r;
 
-	*error = NULL;
+	s = kvcalloc(2, sizeof(*s), GFP_KERNEL);
+	if (!s) {
+		*error = "Cannot allocate journal buffers";
+		return -ENOMEM;
+	}
+	for (k = 0; k < 2; k++) {
+		r = read_slot(md, k, &s[k]);
+		if (r) {
+			*error = "Cannot read metadata journal";
+			goto out;
+		}
+	}
+	/* in sequence order */
+	o[0] = &s[0];
+	o[1] = &s[1];
+	if (s[0].valid && s[1].valid && s[0].seq > s[1].seq)
+		swap(o[0], o[1]);
+
+	p = slot_image(o, 2, 0);
+	if (!p) {
+		p = dm_bufio_read(md->bufio, 0, &b);
+		if (IS_ERR(p)) {
+			*error = "Cannot read metadata superblock";
+			r = PTR_ERR(p);
+			b = NULL;
+			goto out;
+		}
+	}
+	*fresh = dsm_buf_is_zero(p, DSM_BLOCK_SIZE) && !s[0].valid &&
+		!s[1].valid;
+	if (*fresh) {
+		r = 0;
+		goto out;
+	}
+	r = dsm_sb_unpack(p, 0, &sb, error);
+	if (b)
+		dm_bufio_release(b);
+	b = NULL;
+	if (r)
+		goto out;
+	if (sb.block_sectors != block_sectors) {
+		DMERR("metadata block size: table has %u sectors, metadata has %u",
+		      block_sectors, sb.block_sectors);
+		*error = "Block size differs from the metadata's";
+		r = -EINVAL;
+		goto out;
+	}
+	if (sb.nr_blocks != nr_blocks) {
+		DMERR("metadata size: table has %llu blocks, metadata has %llu",
+		      nr_blocks, sb.nr_blocks);
+		*error = "Device size differs from the metadata's";
+		r = -EINVAL;
+		goto out;
+	}
+	for (k = 0; k < 2; k++)
+		if (s[k].valid && memcmp(s[k].uuid, sb.uuid, sizeof(sb.uuid))) {
+			DMERR("journal batch %llu: uuid %pU, superblock %pU",
+			      s[k].seq, s[k].uuid, sb.uuid);
+			*error = "Metadata journal does not match the superblock";
+			r = -EUCLEAN;
+			goto out;
+		}
+	r = replay(md, o, 2);
+	if (r < 0) {
+		*error = "Cannot replay metadata journal";
+		goto out;
+	}
+	if (r)
+		DMINFO("journal: %d metadata blocks rewritten from batches %llu-%llu",
+		       r, o[0]->valid ? o[0]->seq : o[1]->seq,
+		       o[1]->valid ? o[1]->seq : o[0]->seq);
+	md->sb = sb;
+	md->jnl_seq = max(s[0].valid ? s[0].seq : 0,
+			  s[1].valid ? s[1].seq : 0) + 1;
+	r = 0;
+out:
+	if (b)
+		dm_bufio_release(b);
+	for (k = 0; k < 2; k++)
+		free_slot(&s[k]);
+	kvfree(s);
+	return r;
+}
+
+static void destroy(struct dm_stream_metadata *md)
+{
+	unsigned int i;
+
+	if (md->bufio)
+		dm_bufio_client_destroy(md->bufio);
+	for (i = 0; i < DSM_JNL_SLOT_BLOCKS; i++)
+		if (md->jnl_pages[i])
+			__free_page(md->jnl_pages[i]);
+	dsm_destroy_incore(md);
+}
+
+static struct dm_stream_metadata *open_new(struct block_device *bdev,
+					   u32 block_sectors, u64 nr_blocks,
+					   const char **error)
+{
+	struct dm_stream_metadata *md;
+	bool fresh;
+	unsigned int i;
+	int r;
+
 	md = dsm_create_incore(nr_blocks);
 	if (!md) {
 		*error = "Cannot allocate in-core bitmaps";
 		return ERR_PTR(-ENOMEM);
 	}
+	md->bdev = bdev;
+	md->dev = bdev->bd_dev;
 	md->sb.block_sectors = block_sectors;
+	for (i = 0; i < DSM_JNL_SLOT_BLOCKS; i++) {
+		md->jnl_pages[i] = alloc_page(GFP_KERNEL);
+		if (!md->jnl_pages[i]) {
+			*error = "Cannot allocate journal buffers";
+			r = -ENOMEM;
+			goto out;
+		}
+	}
 
 	md->bufio = dm_bufio_client_create(bdev, DSM_BLOCK_SIZE, 1, 0,
 					   NULL, NULL, 0);
 	if (IS_ERR(md->bufio)) {
 		*error = "Cannot create dm-bufio client";
 		r = PTR_ERR(md->bufio);
-		goto out_incore;
+		md->bufio = NULL;
+		goto out;
 	}
 
 	if (dm_bufio_get_device_size(md->bufio) < dsm_total_blocks(nr_blocks)) {
@@ -1145,83 +1675,106 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 		      DSM_BLOCK_SECTORS);
 		*error = "Metadata device too small";
 		r = -ENOSPC;
-		goto out_bufio;
+		goto out;
 	}
 
-	p = dm_bufio_read(md->bufio, 0, &b);
-	if (IS_ERR(p)) {
-		*error = "Cannot read metadata superblock";
-		r = PTR_ERR(p);
-		goto out_bufio;
-	}
-	fresh = dsm_buf_is_zero(p, DSM_BLOCK_SIZE);
-	if (!fresh) {
-		struct dsm_sb_info sb;
-
-		r = dsm_sb_unpack(p, 0, &sb, error);
-		if (!r && sb.block_sectors != block_sectors) {
-			DMERR("metadata block size: table has %u sectors, metadata has %u",
-			      block_sectors, sb.block_sectors);
-			*error = "Block size differs from the metadata's";
-			r = -EINVAL;
-		}
-		if (!r && sb.nr_blocks != nr_blocks) {
-			DMERR("metadata size: table has %llu blocks, metadata has %llu",
-			      nr_blocks, sb.nr_blocks);
-			*error = "Device size differs from the metadata's";
-			r = -EINVAL;
-		}
-		if (!r)
-			md->sb = sb;
-	}
-	dm_bufio_release(b);
+	r = recover(md, block_sectors, nr_blocks, &fresh, error);
 	if (r)
-		goto out_bufio;
-
+		goto out;
 	if (fresh) {
 		generate_random_uuid(md->sb.uuid);
 		md->sb.generation = 1;
 		r = format(md);
 		if (r) {
 			*error = "Cannot format metadata device";
-			goto out_bufio;
+			goto out;
 		}
 		DMINFO("formatted metadata: %llu blocks of %u sectors",
 		       nr_blocks, block_sectors);
 	} else {
 		r = load(md, error);
 		if (r)
-			goto out_bufio;
+			goto out;
 	}
 	return md;
 
-out_bufio:
-	dm_bufio_client_destroy(md->bufio);
-out_incore:
-	dsm_destroy_incore(md);
+out:
+	destroy(md);
 	return ERR_PTR(r);
+}
+
+/*
+ * One in-core object per metadata device, shared by every table using it
+ * (dm-cache's lookup_or_open()): a reload's constructor runs while the old
+ * table is still live, and reading the maps then would miss whatever the
+ * old table does until the new one resumes.
+ */
+struct dm_stream_metadata *dsm_open(struct block_device *bdev,
+				    u32 block_sectors, u64 nr_blocks,
+				    const char **error)
+{
+	struct dm_stream_metadata *md;
+
+	*error = NULL;
+	mutex_lock(&dsm_registry_lock);
+	list_for_each_entry(md, &dsm_registry, node) {
+		if (md->dev != bdev->bd_dev)
+			continue;
+		if (md->sb.block_sectors != block_sectors ||
+		    md->sb.nr_blocks != nr_blocks) {
+			DMERR("metadata in use: %llu blocks of %u sectors, table: %llu of %u",
+			      md->sb.nr_blocks, md->sb.block_sectors,
+			      nr_blocks, block_sectors);
+			*error = "Metadata in use by a table of another geometry";
+			md = ERR_PTR(-EBUSY);
+		} else {
+			md->refs++;
+		}
+		goto out;
+	}
+	md = open_new(bdev, block_sectors, nr_blocks, error);
+	if (!IS_ERR(md)) {
+		md->refs = 1;
+		list_add(&md->node, &dsm_registry);
+	}
+out:
+	mutex_unlock(&dsm_registry_lock);
+	return md;
 }
 
 void dsm_close(struct dm_stream_metadata *md)
 {
-	dm_bufio_client_destroy(md->bufio);
-	dsm_destroy_incore(md);
+	mutex_lock(&dsm_registry_lock);
+	if (--md->refs) {
+		mutex_unlock(&dsm_registry_lock);
+		return;
+	}
+	list_del(&md->node);
+	mutex_unlock(&dsm_registry_lock);
+	mutex_lock(&md->commit_lock);
+	if (!md->failed && dm_bufio_write_dirty_buffers(md->bufio))
+		DMERR("cannot write metadata in place at close; the journal has it");
+	mutex_unlock(&md->commit_lock);
+	destroy(md);
 }
 
 const unsigned long *dsm_present_map(struct dm_stream_metadata *md)
 {
 	return md->present;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_present_map);
 
 u64 dsm_nr_present(struct dm_stream_metadata *md)
 {
 	return atomic64_read(&md->nr_present);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_nr_present);
 
 u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c)
 {
 	return atomic64_read(&md->nr_dirty[c]);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_nr_dirty);
 
 u64 dsm_generation(struct dm_stream_metadata *md)
 {
@@ -1241,8 +1794,10 @@ bool dsm_changed(struct dm_stream_metadata *md)
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
 		if (!bitmap_empty(md->changed_dirty[c], md->sb.bitmap_blocks))
 			return true;
-	return READ_ONCE(md->nr_pending);
+	return !bitmap_empty(md->changed_present, md->sb.bitmap_blocks) ||
+		!bitmap_empty(md->pending_present, md->sb.bitmap_blocks);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_changed);
 
 bool dsm_durable(struct dm_stream_metadata *md, u64 block)
 {
@@ -1259,6 +1814,7 @@ bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block)
 {
 	return test_bit(block, md->dirty[c]);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_dirty_test);
 
 bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)
 {
@@ -1269,6 +1825,7 @@ bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block)
 			return false;
 	return true;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_dirty_all);
 
 bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 {
@@ -1287,129 +1844,135 @@ bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block)
 	}
 	return newly;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_set_dirty);
 
-/*
- * Returns 1 if this made the last absent block present, 0 otherwise, or
- * -errno.
- */
-int dsm_set_present(struct dm_stream_metadata *md, u64 block)
+bool dsm_set_present(struct dm_stream_metadata *md, u64 block)
 {
-	size_t want;
-	u64 *p;
+	if (test_bit(block, md->present) ||
+	    test_and_set_bit(block, md->present))
+		return false;
+	/* Pairs with test_and_clear_bit() in dsm_commit_begin(). */
+	smp_mb__after_atomic();
+	set_bit(block / DSM_BITS_PER_BLOCK, md->pending_present);
+	return atomic64_inc_return(&md->nr_present) == md->sb.nr_blocks;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_set_present);
 
-	might_sleep();
-	if (test_bit(block, md->present))
-		return 0;
+/* Words of slice @i of an in-core map: [*first, *end). */
+static void slice_words(struct dm_stream_metadata *md, u32 i, u64 *first,
+			u64 *end)
+{
+	u64 last = min_t(u64, (u64)(i + 1) * DSM_BITS_PER_BLOCK,
+			 md->sb.nr_blocks);
 
-	spin_lock(&md->pending_lock);
-	while (md->nr_pending == md->max_pending) {
-		want = max_t(size_t, 64, md->max_pending * 2);
-		spin_unlock(&md->pending_lock);
-		p = kvmalloc_array(want, sizeof(*p), GFP_NOIO);
-		if (!p)
-			return -ENOMEM;
-		spin_lock(&md->pending_lock);
-		if (md->max_pending < want) {
-			memcpy(p, md->pending, md->nr_pending * sizeof(*p));
-			swap(p, md->pending);
-			md->max_pending = want;
-		}
-		spin_unlock(&md->pending_lock);
-		kvfree(p);
-		spin_lock(&md->pending_lock);
-	}
-	md->pending[md->nr_pending++] = block;
-	spin_unlock(&md->pending_lock);
-
-	if (!test_and_set_bit(block, md->present) &&
-	    atomic64_inc_return(&md->nr_present) == md->sb.nr_blocks)
-		return 1;
-	return 0;
+	*first = (u64)i * DSM_BITS_PER_BLOCK / BITS_PER_LONG;
+	*end = BITS_TO_LONGS(last);
 }
 
 /*
- * Commit step 1: detach the blocks made present since the last commit.
- * Returns how many; *list must be kvfree()d.
+ * Commit step 1: take the present bits set so far (their data writes have
+ * completed) into present_taken.  Returns how many blocks are new.
  */
-size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list)
+u64 dsm_commit_begin(struct dm_stream_metadata *md)
 {
-	size_t n;
+	u64 w, first, end, n = 0;
+	u32 i;
 
-	spin_lock(&md->pending_lock);
-	n = md->nr_pending;
-	*list = md->pending;
-	md->pending = NULL;
-	md->nr_pending = 0;
-	md->max_pending = 0;
-	spin_unlock(&md->pending_lock);
+	for (i = 0; i < md->sb.bitmap_blocks; i++) {
+		if (!test_and_clear_bit(i, md->pending_present))
+			continue;
+		__set_bit(i, md->taken_slices);
+		slice_words(md, i, &first, &end);
+		for (w = first; w < end; w++) {
+			unsigned long v = READ_ONCE(md->present[w]);
+
+			md->present_taken[w] = v;
+			n += hweight_long(v & ~md->present_commit[w]);
+		}
+	}
 	return n;
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_commit_begin);
 
 /*
  * Commit step 3, in core: the blocks taken by dsm_commit_begin() are durable
  * on the data device now, so their present bits may be written.
  */
-void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,
-		      size_t n)
+void dsm_commit_apply(struct dm_stream_metadata *md)
 {
-	size_t i;
+	u64 w, first, end;
+	u32 i;
 
-	for (i = 0; i < n; i++) {
-		__set_bit(list[i], md->present_commit);
-		set_bit(list[i] / DSM_BITS_PER_BLOCK, md->changed_present);
+	for (i = 0; i < md->sb.bitmap_blocks; i++) {
+		if (!__test_and_clear_bit(i, md->taken_slices))
+			continue;
+		slice_words(md, i, &first, &end);
+		for (w = first; w < end; w++) {
+			unsigned long add = md->present_taken[w] &
+				~md->present_commit[w];
+
+			if (!add)
+				continue;
+			md->present_commit[w] |= add;
+			set_bit(i, md->changed_present);
+		}
 	}
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_commit_apply);
 
 bool dsm_committable(struct dm_stream_metadata *md, u64 block)
 {
 	return test_bit(block, md->present_commit);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_committable);
 
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice)
 {
 	return test_bit(slice, dirty ? md->changed_dirty[0] :
 			md->changed_present);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_slice_changed);
 
 int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	       bool *data_error)
 {
-	u64 *list;
-	size_t n;
-	int r;
+	u64 n;
+	int r = 0;
 
 	*data_error = false;
 	mutex_lock(&md->commit_lock);
+	if (md->failed) {
+		r = -EIO;
+		goto out;
+	}
 
 	/* 1. blocks whose data writes have completed */
-	n = dsm_commit_begin(md, &list);
+	n = dsm_commit_begin(md);
 	if (!n && !dsm_changed(md)) {
-		r = 0;
+		dsm_commit_apply(md);
 		goto out;
 	}
 
 	/*
-	 * 2. make their data durable.  On failure they still become
-	 * committable: their writes completed before this flush was issued,
-	 * and the next commit flushes again before writing any bitmap.
+	 * 2. make their data durable (only when there are any).  On failure
+	 * they still become committable: their writes completed before this
+	 * flush was issued, and the next commit flushes again before writing
+	 * any bitmap.
 	 */
-	r = blkdev_issue_flush(data);
+	if (n)
+		r = blkdev_issue_flush(data);
 
-	/* 3. bitmaps */
-	dsm_commit_apply(md, list, n);
+	/* 3. dirty, then present bitmap blocks, and the superblock: one batch */
+	dsm_commit_apply(md);
 	if (r) {
 		*data_error = true;
 		goto out;
 	}
-	r = __write_maps(md, 0);
-	if (r)
-		goto out;
-
-	/* 4. superblock */
 	md->sb.generation++;
-	r = write_sb(md);
+	r = stage_sb(md);
+	if (!r)
+		r = __write_maps(md, 0);
 out:
-	kvfree(list);
 	mutex_unlock(&md->commit_lock);
 	return r;
 }

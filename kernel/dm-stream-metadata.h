@@ -5,6 +5,7 @@
 #ifndef DM_STREAM_METADATA_H
 #define DM_STREAM_METADATA_H
 
+#include <linux/bits.h>
 #include <linux/types.h>
 #include <linux/blkdev.h>
 
@@ -16,7 +17,18 @@
 #define DSM_BITS_PER_BLOCK	(DSM_BITMAP_WORDS * 64)
 /* present map, then per consumer a dirty map and a reserved map */
 #define DSM_NR_BITMAPS		(1 + 2 * DSM_MAX_CONSUMERS)
-#define DSM_FORMAT_VERSION	1
+/* 2: commits go through a journal (see dm-stream-metadata.c) */
+#define DSM_FORMAT_VERSION	2
+#define DSM_BITMAP_VERSION	1	/* bitmap block layout, unchanged in 2 */
+/* Journal: two slots of a header block and this many block images. */
+#define DSM_JNL_ENTRIES		64
+#define DSM_JNL_SLOT_BLOCKS	(1 + DSM_JNL_ENTRIES)
+#define DSM_JNL_BLOCKS		(2 * DSM_JNL_SLOT_BLOCKS)
+/*
+ * Largest device, in blocks: in-core maps are bitmaps indexed by unsigned
+ * int in the kernel's bitmap helpers, and nine of them live in memory.
+ */
+#define DSM_MAX_BLOCKS		BIT_ULL(30)
 #define DSM_IMAGE_ID_LEN	64	/* including the NUL */
 
 struct dm_stream_metadata;
@@ -34,8 +46,12 @@ struct dsm_sb_info {
 	char image_id[DSM_IMAGE_ID_LEN];
 };
 
-/* Geometry: metadata blocks per bitmap and in total, for @nr_blocks. */
+/*
+ * Geometry: metadata blocks per bitmap, the first block of the journal and
+ * the metadata device's size in blocks, for @nr_blocks.
+ */
 u32 dsm_bitmap_blocks(u64 nr_blocks);
+u64 dsm_journal_start(u64 nr_blocks);
 u64 dsm_total_blocks(u64 nr_blocks);
 
 /* Pure encoders/decoders, used by the metadata code and by KUnit. */
@@ -103,12 +119,21 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 		    u64 *start, u64 *len);
 
 /*
- * Mark @block present once its data write has completed.  Process context
- * (the worker).  The bit is usable for I/O at once and reaches the disk at
- * the next commit, after a flush of the data device.  Returns 1 when this
- * made the last absent block present, else 0, or -errno.
+ * A message answer "<next cursor> <first>+<count>..." with the runs of set
+ * (@set) or clear bits of @map (@nr bits) from @cursor on, as many as fit
+ * in @maxlen; the next cursor is @nr once the map is exhausted.  Returns 1
+ * (an answer), -ERANGE, -ENOSPC or -ENOMEM.  Process context.
  */
-int dsm_set_present(struct dm_stream_metadata *md, u64 block);
+int dsm_emit_ranges(const unsigned long *map, u64 nr, bool set, u64 cursor,
+		    char *result, unsigned int maxlen);
+
+/*
+ * Mark @block present once its data write has completed.  Any context,
+ * never allocates, never fails.  The bit is usable for I/O at once and
+ * reaches the disk at the next commit, after a flush of the data device.
+ * Returns true when this made the last absent block present.
+ */
+bool dsm_set_present(struct dm_stream_metadata *md, u64 block);
 
 /*
  * Commit (see the protocol in dm-stream-metadata.c).  Process context.
@@ -160,10 +185,13 @@ u64 dsm_inval_count(struct dm_stream_metadata *md);
 long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
 		    const char *image_id, bool keep);
 
-/* The in-core steps of a commit, exposed for the KUnit tests. */
-size_t dsm_commit_begin(struct dm_stream_metadata *md, u64 **list);
-void dsm_commit_apply(struct dm_stream_metadata *md, const u64 *list,
-		      size_t n);
+/*
+ * The in-core steps of a commit, exposed for the KUnit tests.  begin
+ * (before the data flush) takes the blocks made present so far and returns
+ * how many; apply (after it) lets the commit write them.
+ */
+u64 dsm_commit_begin(struct dm_stream_metadata *md);
+void dsm_commit_apply(struct dm_stream_metadata *md);
 bool dsm_committable(struct dm_stream_metadata *md, u64 block);
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice);
 u64 dsm_snapshot_cut(struct dm_stream_metadata *md, unsigned int c);

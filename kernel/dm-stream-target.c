@@ -16,21 +16,7 @@
  * Every bio is limited to one block (max_io_len), so "the block of a bio"
  * is always well defined.
  *
- * Snapshots.  A snapshot of consumer c is cut while the device is
- * suspended (no write in flight): its blocks are the ones dirty for c at
- * that instant, and what a drain must send is their content at the cut.
- * Those blocks are also marked "undrained" here.  The first write after
- * the cut to an undrained block is held (deferred to the worker), the
- * block's current content is read into memory (a struct stream_copy), the
- * undrained bit is cleared and only then is the write issued.  Readers of
- * the snapshot (DM_STREAM_IOC_SNAP_READ, under snap_lock) get the copy if
- * there is one and otherwise read the data device, which still holds the
- * content at the cut because every write to it is held meanwhile.  The
- * extra latency is one block read, once per block per snapshot.  Copies
- * live until ack or abort; when they would exceed the table's
- * preserve_mb budget (or a read fails) the snapshot is aborted instead:
- * its blocks become dirty again, its readers and its ack get -ESTALE, and
- * a table event is raised.  Writes are never held longer than that read.
+ * Snapshots (undrained blocks, preserved copies) live in dm-stream-snap.c.
  *
  * Crash ordering is the metadata's business; see the commit protocol in
  * dm-stream-metadata.c.  The target's part is to hold REQ_PREFLUSH bios
@@ -56,16 +42,6 @@
 #define MIN_BLOCK_SECTORS	8
 #define MAX_BLOCK_SECTORS	2048
 
-static struct kmem_cache *fetch_cache;
-
-/* A block's content at a snapshot's cut, shared by the snapshots needing it. */
-struct stream_copy {
-	struct kref kref;
-	struct stream_c *sc;
-	unsigned int nr_pages;
-	struct page *pages[];
-};
-
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
 };
@@ -82,18 +58,21 @@ static const char *mode_name(enum stream_mode m)
 	}
 }
 
-/* Worker context: modes only go rw -> ro -> fail. */
+/* Any process context: modes only go rw -> ro -> fail, even when racing. */
 static void set_mode(struct stream_c *sc, enum stream_mode m)
 {
-	if (m <= READ_ONCE(sc->mode))
-		return;
-	WRITE_ONCE(sc->mode, m);
+	enum stream_mode old = READ_ONCE(sc->mode);
+
+	do {
+		if (m <= old)
+			return;
+	} while (!try_cmpxchg(&sc->mode, &old, m));
 	DMERR("%s: switching to %s mode",
 	      dm_device_name(dm_table_get_md(sc->ti->table)), mode_name(m));
 	dm_table_event(sc->ti->table);
 }
 
-void stream_wake_worker(struct stream_c *sc)
+static void stream_wake_worker(struct stream_c *sc)
 {
 	queue_work(sc->wq, &sc->worker);
 }
@@ -135,166 +114,6 @@ static bool is_write(struct bio *bio)
 	return op_is_write(bio_op(bio));
 }
 
-static unsigned int copy_index_shift(void)
-{
-	return ilog2(DSM_MAX_CONSUMERS);
-}
-
-static unsigned long copy_index(u64 block, unsigned int c)
-{
-	return (block << copy_index_shift()) | c;
-}
-
-/* Lockless, any context: must a write to @block wait for a copy? */
-static bool needs_preserve(struct stream_c *sc, u64 block)
-{
-	unsigned int c;
-
-	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
-		unsigned long *u = READ_ONCE(sc->undrained[c]);
-
-		if (u && dsm_snap_gen(sc->md, c) && test_bit(block, u))
-			return true;
-	}
-	return false;
-}
-
-static void copy_free(struct stream_copy *cp)
-{
-	unsigned int i;
-
-	for (i = 0; i < cp->nr_pages; i++)
-		__free_page(cp->pages[i]);
-	kfree(cp);
-}
-
-/* The last reference to a copy kept for a snapshot (counted in copy_bytes). */
-static void copy_release(struct kref *kref)
-{
-	struct stream_copy *cp = container_of(kref, struct stream_copy, kref);
-
-	lockdep_assert_held(&cp->sc->snap_lock);
-	cp->sc->copy_bytes -= (u64)cp->nr_pages << PAGE_SHIFT;
-	copy_free(cp);
-}
-
-/* Read @block of the data device into a new copy.  May sleep. */
-static struct stream_copy *read_copy(struct stream_c *sc, u64 block)
-{
-	unsigned int i, n = (sc->block_sectors << SECTOR_SHIFT) >> PAGE_SHIFT;
-	struct stream_copy *cp;
-	struct bio *bio;
-	int r = -ENOMEM;
-
-	cp = kzalloc(struct_size(cp, pages, n), GFP_NOIO);
-	if (!cp)
-		return ERR_PTR(-ENOMEM);
-	kref_init(&cp->kref);
-	cp->sc = sc;
-	bio = bio_alloc(sc->data_dev->bdev, n, REQ_OP_READ, GFP_NOIO);
-	for (i = 0; i < n; i++) {
-		cp->pages[i] = alloc_page(GFP_NOIO);
-		if (!cp->pages[i])
-			goto out;
-		cp->nr_pages++;
-		__bio_add_page(bio, cp->pages[i], PAGE_SIZE, 0);
-	}
-	bio->bi_iter.bi_sector = block << sc->block_shift;
-	r = submit_bio_wait(bio);
-out:
-	bio_put(bio);
-	if (!r)
-		return cp;
-	copy_free(cp);
-	return ERR_PTR(r);
-}
-
-/* Drop every copy kept for consumer @c.  Caller holds snap_lock. */
-static void __drop_copies(struct stream_c *sc, unsigned int c)
-{
-	struct stream_copy *cp;
-	unsigned long idx;
-
-	lockdep_assert_held(&sc->snap_lock);
-	xa_for_each(&sc->copies, idx, cp) {
-		if ((idx & (DSM_MAX_CONSUMERS - 1)) != c)
-			continue;
-		xa_erase(&sc->copies, idx);
-		kref_put(&cp->kref, copy_release);
-	}
-	if (sc->undrained[c])
-		bitmap_zero(sc->undrained[c], sc->nr_blocks);
-}
-
-/*
- * A snapshot that can no longer be served at its cut: abort it (its blocks
- * are dirty again).  Caller holds snap_lock.
- */
-static void __break_snapshot(struct stream_c *sc, unsigned int c,
-			     const char *why)
-{
-	u64 gen = dsm_snap_gen(sc->md, c), nr;
-
-	lockdep_assert_held(&sc->snap_lock);
-	if (dsm_abort(sc->md, c, gen, &nr))
-		return;
-	__drop_copies(sc, c);
-	DMWARN("%s: snapshot %llu of consumer %u aborted: %s",
-	       dm_device_name(dm_table_get_md(sc->ti->table)), gen, c, why);
-	dm_table_event(sc->ti->table);
-}
-
-/*
- * Worker, before a write to present @block: keep the block's content at
- * the cut for every snapshot that has not got it yet.
- */
-static void preserve(struct stream_c *sc, u64 block)
-{
-	u64 bytes = (u64)sc->block_sectors << SECTOR_SHIFT;
-	struct stream_copy *cp;
-	unsigned int c, mask = 0;
-	int r;
-
-	mutex_lock(&sc->snap_lock);
-	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
-		if (sc->undrained[c] && dsm_snap_gen(sc->md, c) &&
-		    test_bit(block, sc->undrained[c]))
-			mask |= 1U << c;
-	if (!mask)
-		goto out;
-
-	if (sc->copy_bytes + bytes > sc->copy_budget) {
-		cp = ERR_PTR(-ENOSPC);
-	} else {
-		cp = read_copy(sc, block);
-		if (!IS_ERR(cp))
-			sc->copy_bytes += bytes;
-	}
-	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
-		if (!(mask & (1U << c)))
-			continue;
-		if (IS_ERR(cp)) {
-			__break_snapshot(sc, c, PTR_ERR(cp) == -ENOSPC ?
-					 "preserve_mb budget exhausted" :
-					 "cannot read a block to keep");
-			continue;
-		}
-		kref_get(&cp->kref);
-		r = xa_err(xa_store(&sc->copies, copy_index(block, c), cp,
-				    GFP_NOIO));
-		if (r) {
-			kref_put(&cp->kref, copy_release);
-			__break_snapshot(sc, c, "out of memory");
-			continue;
-		}
-		clear_bit(block, sc->undrained[c]);
-	}
-	if (!IS_ERR(cp))
-		kref_put(&cp->kref, copy_release);
-out:
-	mutex_unlock(&sc->snap_lock);
-}
-
 /*
  * A bio to a present block.  Returns a DM_MAPIO_* code; with
  * DM_MAPIO_REMAPPED the caller submits (map) or the dm core does.
@@ -307,13 +126,13 @@ static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
 		goto remap;
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW)
 		return DM_MAPIO_KILL;
-	if (needs_preserve(sc, block)) {
+	if (stream_snap_needs_preserve(sc, block)) {
 		if (!worker) {
 			atomic_inc(&sc->parked);
 			defer_bio(sc, &sc->deferred, bio);
 			return DM_MAPIO_SUBMITTED;
 		}
-		preserve(sc, block);
+		stream_snap_preserve(sc, block);
 	}
 	if (dsm_durable(sc->md, block))
 		goto remap;
@@ -377,6 +196,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 
 	if (mode != STREAM_MODE_RW)
 		return DM_MAPIO_KILL;
+	if (READ_ONCE(sc->requeue))
+		return DM_MAPIO_REQUEUE;
 	atomic_inc(&sc->parked);
 	defer_bio(sc, &sc->deferred, bio);
 	return DM_MAPIO_SUBMITTED;
@@ -396,30 +217,6 @@ static void submit_mapped(struct stream_c *sc, struct bio *bio, int r)
 	}
 }
 
-static struct stream_fetch *alloc_fetch(struct stream_c *sc, u64 block)
-{
-	struct stream_fetch *f = kmem_cache_zalloc(fetch_cache, GFP_NOIO);
-
-	if (!f)
-		return NULL;
-	f->sc = sc;
-	f->block = block;
-	f->queued_at = jiffies;
-	INIT_LIST_HEAD(&f->list);
-	bio_list_init(&f->waiters);
-	return f;
-}
-
-static void free_fetch(struct stream_fetch *f)
-{
-	unsigned int i;
-
-	for (i = 0; i < f->nr_pages; i++)
-		__free_page(f->pages[i]);
-	kfree(f->pages);
-	kmem_cache_free(fetch_cache, f);
-}
-
 /*
  * Worker: a bio that found its block absent in map.  Park it behind the
  * block's fetch (starting one if needed), or start a fill for a
@@ -430,101 +227,65 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	struct per_bio_data *pb = dm_per_bio_data(bio, sizeof(*pb));
 	u64 block = bio_block(sc, bio);
 	struct stream_fetch *f;
+	unsigned long flags;
 	bool fill;
-	int r;
 
-	mutex_lock(&sc->fetch_lock);
-	if (dsm_test(dsm_present_map(sc->md), block)) {
-		mutex_unlock(&sc->fetch_lock);
-		atomic_dec(&sc->parked);
-		submit_mapped(sc, bio, handle_present(sc, bio, block, true));
-		return;
-	}
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
-		mutex_unlock(&sc->fetch_lock);
 		atomic_dec(&sc->parked);
 		bio_io_error(bio);
 		return;
 	}
-	f = xa_load(&sc->fetches, block);
-	if (f) {
-		bio_list_add(&f->waiters, bio);
-		mutex_unlock(&sc->fetch_lock);
-		return;
-	}
-
 	/* A block a snapshot still needs is fetched before it is written. */
 	fill = is_write(bio) && bio_covers_block(sc, bio) &&
-		!needs_preserve(sc, block);
-	f = alloc_fetch(sc, block);
-	r = f ? xa_insert(&sc->fetches, block, f, GFP_NOIO) : -ENOMEM;
-	if (r) {
-		mutex_unlock(&sc->fetch_lock);
-		if (f)
-			free_fetch(f);
-		/* Out of memory under I/O: retry from the worker later. */
-		defer_bio(sc, &sc->deferred, bio);
-		return;
-	}
-
-	if (fill) {
-		f->state = FETCH_FILLING;
-		mutex_unlock(&sc->fetch_lock);
+		!stream_snap_needs_preserve(sc, block);
+	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
+	case STREAM_PARK_PRESENT:
+		atomic_dec(&sc->parked);
+		submit_mapped(sc, bio, handle_present(sc, bio, block, true));
+		break;
+	case STREAM_PARK_REQUEUE:
+		/* noflush suspend: dm core queues it until resume */
+		atomic_dec(&sc->parked);
+		bio->bi_status = BLK_STS_DM_REQUEUE;
+		bio_endio(bio);
+		break;
+	case STREAM_PARK_NOMEM:
+		/*
+		 * Out of memory under I/O: park the bio on the starved list,
+		 * retried when a fetch retires (freeing memory) or at the
+		 * next period, never in a loop.
+		 */
+		spin_lock_irqsave(&sc->lock, flags);
+		bio_list_add(&sc->starved, bio);
+		spin_unlock_irqrestore(&sc->lock, flags);
+		break;
+	case STREAM_PARK_FILL:
 		atomic_dec(&sc->parked);
 		dsm_set_dirty(sc->md, block);
 		pb->fill = f;
 		remap(sc, bio);
 		submit_bio_noacct(bio);
-		return;
+		break;
+	case STREAM_PARK_WAITING:
+		break;
 	}
-
-	f->state = FETCH_QUEUED;
-	bio_list_add(&f->waiters, bio);
-	list_add_tail(&f->list, &sc->pending);
-	__stream_chan_kick(sc);
-	mutex_unlock(&sc->fetch_lock);
-}
-
-/* Any context: the data write of a fetch or fill has ended. */
-void stream_fetch_io_done(struct stream_c *sc, struct stream_fetch *f)
-{
-	unsigned long flags;
-
-	spin_lock_irqsave(&sc->lock, flags);
-	list_add_tail(&f->list, &sc->completed);
-	spin_unlock_irqrestore(&sc->lock, flags);
-	stream_wake_worker(sc);
 }
 
 /* Worker: retire a fetch/fill whose I/O ended; release its waiters. */
 static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 {
-	struct bio_list waiters;
+	struct bio_list waiters = BIO_EMPTY_LIST;
+	bool ok = !f->status, last;
 	struct bio *bio;
-	int r = f->status ? -EIO : 0;
 
-	mutex_lock(&sc->fetch_lock);
-	if (!r) {
-		r = dsm_set_present(sc->md, f->block);
-		if (r < 0)
-			DMERR_LIMIT("cannot record block %llu present: %d",
-				    f->block, r);
-		if (r > 0) {
-			DMINFO("%s: all %llu blocks present",
-			       dm_device_name(dm_table_get_md(sc->ti->table)),
-			       sc->nr_blocks);
-			dm_table_event(sc->ti->table);
-			r = 0;
-		}
+	last = stream_fetch_retire(sc, f, &waiters);
+	if (last) {
+		DMINFO("%s: all %llu blocks present", stream_name(sc),
+		       sc->nr_blocks);
+		dm_table_event(sc->ti->table);
 	}
-	xa_erase(&sc->fetches, f->block);
-	waiters = f->waiters;
-	mutex_unlock(&sc->fetch_lock);
-
-	if (f->status && f->state != FETCH_FILLING)
-		atomic64_inc(&sc->nr_fetch_errors);
 	while ((bio = bio_list_pop(&waiters))) {
-		if (r) {
+		if (!ok) {
 			atomic_dec(&sc->parked);
 			bio_io_error(bio);
 		} else {
@@ -532,43 +293,66 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 			process_parked(sc, bio);
 		}
 	}
-	free_fetch(f);
+	stream_fetch_free(f);
 }
 
-/* Worker: fail fetches that waited longer than fetch_timeout. */
+/*
+ * Take every bio parked behind a fetch that waits for the helper, plus the
+ * starved ones.  Returns how many.
+ */
+static unsigned int take_parked(struct stream_c *sc, struct bio_list *out)
+{
+	unsigned int n = stream_fetch_take_waiters(sc, out);
+	struct bio *bio;
+
+	spin_lock_irq(&sc->lock);
+	bio_list_for_each(bio, &sc->starved)
+		n++;
+	bio_list_merge(out, &sc->starved);
+	bio_list_init(&sc->starved);
+	spin_unlock_irq(&sc->lock);
+	return n;
+}
+
+/* Worker: fail the bios of fetches that waited longer than fetch_timeout. */
 static void expire_fetches(struct stream_c *sc)
 {
-	unsigned long limit = (unsigned long)sc->fetch_timeout * HZ;
-	struct stream_fetch *f, *tmp;
 	struct bio_list dead = BIO_EMPTY_LIST;
 	struct bio *bio;
-	LIST_HEAD(expired);
-	struct list_head *lists[] = { &sc->pending, &sc->sent };
-	int i;
 
 	if (!sc->fetch_timeout)
 		return;
-	mutex_lock(&sc->fetch_lock);
-	for (i = 0; i < ARRAY_SIZE(lists); i++)
-		list_for_each_entry_safe(f, tmp, lists[i], list) {
-			if (time_before(jiffies, f->queued_at + limit))
-				continue;
-			list_move_tail(&f->list, &expired);
-			xa_erase(&sc->fetches, f->block);
-			bio_list_merge(&dead, &f->waiters);
-		}
-	mutex_unlock(&sc->fetch_lock);
-
-	list_for_each_entry_safe(f, tmp, &expired, list) {
-		DMERR_LIMIT("%s: block %llu not fetched within %us",
-			    dm_device_name(dm_table_get_md(sc->ti->table)),
-			    f->block, sc->fetch_timeout);
-		atomic64_inc(&sc->nr_fetch_errors);
-		free_fetch(f);
-	}
+	stream_fetch_expire(sc, (unsigned long)sc->fetch_timeout * HZ, &dead);
 	while ((bio = bio_list_pop(&dead))) {
 		atomic_dec(&sc->parked);
 		bio_io_error(bio);
+	}
+}
+
+/* Worker: retry the bios that found no memory (a fetch was freed). */
+static void retry_starved(struct stream_c *sc)
+{
+	struct bio_list bios;
+	struct bio *bio;
+
+	spin_lock_irq(&sc->lock);
+	bios = sc->starved;
+	bio_list_init(&sc->starved);
+	spin_unlock_irq(&sc->lock);
+	while ((bio = bio_list_pop(&bios)))
+		process_parked(sc, bio);
+}
+
+/* End the parked bios of take_parked() with @status. */
+static void end_parked(struct stream_c *sc, struct bio_list *bios,
+		       blk_status_t status)
+{
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(bios))) {
+		atomic_dec(&sc->parked);
+		bio->bi_status = status;
+		bio_endio(bio);
 	}
 }
 
@@ -603,24 +387,36 @@ static void do_worker(struct work_struct *ws)
 	struct bio *bio;
 	int r;
 
-	spin_lock_irq(&sc->lock);
-	list_splice_init(&sc->completed, &done);
-	spin_unlock_irq(&sc->lock);
-	list_for_each_entry_safe(f, tmp, &done, list) {
-		list_del_init(&f->list);
-		retire_fetch(sc, f);
+	if (unlikely(READ_ONCE(sc->data_flush_failed)) &&
+	    READ_ONCE(sc->mode) != STREAM_MODE_FAIL) {
+		DMERR("%s: data device flush failed", stream_name(sc));
+		set_mode(sc, STREAM_MODE_FAIL);
 	}
 
+	/*
+	 * Take the bios waiting for a commit first, then the completed
+	 * fetches and fills: a flush that arrived after a fill completed (and
+	 * so after its fetch was put on sc->completed, in end_io) must find
+	 * the fill's present bit set before the commit that releases it.
+	 */
 	spin_lock_irq(&sc->lock);
-	bios = sc->deferred;
-	bio_list_init(&sc->deferred);
 	flush_bios = sc->deferred_flush;
 	bio_list_init(&sc->deferred_flush);
 	completions = sc->flush_completions;
 	bio_list_init(&sc->flush_completions);
 	dirty_bios = sc->deferred_dirty;
 	bio_list_init(&sc->deferred_dirty);
+	list_splice_init(&sc->completed, &done);
+	bios = sc->deferred;
+	bio_list_init(&sc->deferred);
 	spin_unlock_irq(&sc->lock);
+
+	list_for_each_entry_safe(f, tmp, &done, list) {
+		list_del_init(&f->list);
+		retire_fetch(sc, f);
+	}
+	if (!list_empty(&done))
+		retry_starved(sc);
 
 	while ((bio = bio_list_pop(&bios)))
 		process_parked(sc, bio);
@@ -652,7 +448,11 @@ static void do_worker(struct work_struct *ws)
 		}
 		if (!bio_has_data(bio) && !op_is_discard(bio_op(bio)) &&
 		    bio_op(bio) != REQ_OP_WRITE_ZEROES) {
-			/* Empty flush: the commit flushed the data device. */
+			/*
+			 * Empty flush: flushes the data device (the commit
+			 * did only if present bits were pending); end_io
+			 * fails the target if that flush fails.
+			 */
 			remap(sc, bio);
 			submit_bio_noacct(bio);
 			continue;
@@ -675,6 +475,7 @@ static void do_waker(struct work_struct *ws)
 					   struct stream_c, waker);
 
 	expire_fetches(sc);
+	retry_starved(sc);
 	if (dsm_changed(sc->md))
 		stream_commit(sc);
 	queue_delayed_work(sc->wq, &sc->waker, COMMIT_PERIOD);
@@ -688,11 +489,21 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	struct stream_fetch *f = pb->fill;
 	unsigned long flags;
 
+	if (unlikely(*error) && (bio->bi_opf & REQ_PREFLUSH) &&
+	    !bio_sectors(bio) && *error != BLK_STS_DM_REQUEUE) {
+		/*
+		 * An empty flush passed down after a commit that had no
+		 * present bits to flush for: the data device cannot flush,
+		 * so nothing on it can be trusted (the worker fails us).
+		 */
+		WRITE_ONCE(sc->data_flush_failed, true);
+		stream_wake_worker(sc);
+	}
 	if (!f)
 		return DM_ENDIO_DONE;
 	pb->fill = NULL;
 	f->status = *error;
-	stream_fetch_io_done(sc, f);
+	stream_fetch_io_done(f);
 	if (*error || !(bio->bi_opf & REQ_FUA))
 		return DM_ENDIO_DONE;
 
@@ -702,75 +513,6 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	spin_unlock_irqrestore(&sc->lock, flags);
 	stream_wake_worker(sc);
 	return DM_ENDIO_INCOMPLETE;
-}
-
-static int copy_out(void __user *buf, struct page **pages, unsigned int n)
-{
-	unsigned int i;
-	void *p;
-	int r = 0;
-
-	for (i = 0; i < n && !r; i++) {
-		p = kmap_local_page(pages[i]);
-		if (copy_to_user(buf + ((size_t)i << PAGE_SHIFT), p, PAGE_SIZE))
-			r = -EFAULT;
-		kunmap_local(p);
-	}
-	return r;
-}
-
-/*
- * DM_STREAM_IOC_SNAP_READ: copy @block as it was at the cut of snapshot
- * @gen of consumer @c to @buf.  Process context; the caller holds
- * stream_chan_lock, which keeps @sc alive.
- */
-int stream_snap_read(struct stream_c *sc, unsigned int c, u64 gen, u64 block,
-		     void __user *buf, u32 len)
-{
-	struct stream_copy *cp;
-	int r;
-
-	if (c >= DSM_MAX_CONSUMERS || !gen)
-		return -EINVAL;
-	if (len != sc->block_sectors << SECTOR_SHIFT)
-		return -EINVAL;
-	if (block >= sc->nr_blocks)
-		return -ERANGE;
-
-	mutex_lock(&sc->snap_lock);
-	if (dsm_snap_gen(sc->md, c) != gen) {
-		r = -ESTALE;
-		goto out;
-	}
-	if (!test_bit(block, dsm_snap_map(sc->md, c))) {
-		r = -ENOENT;
-		goto out;
-	}
-	cp = xa_load(&sc->copies, copy_index(block, c));
-	if (cp) {
-		r = copy_out(buf, cp->pages, cp->nr_pages);
-		goto out;
-	}
-	if (!test_bit(block, sc->undrained[c])) {
-		r = -ESTALE;	/* cannot happen: preserved blocks have copies */
-		goto out;
-	}
-	/* Absent: its content at the cut is the image's; read the device. */
-	if (!dsm_test(dsm_present_map(sc->md), block)) {
-		r = -ENODATA;
-		goto out;
-	}
-	/* Writes to the block are held while it is undrained: read it. */
-	cp = read_copy(sc, block);
-	if (IS_ERR(cp)) {
-		r = PTR_ERR(cp);
-		goto out;
-	}
-	r = copy_out(buf, cp->pages, cp->nr_pages);
-	copy_free(cp);		/* never kept: not counted in copy_bytes */
-out:
-	mutex_unlock(&sc->snap_lock);
-	return r;
 }
 
 /*
@@ -822,13 +564,22 @@ static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 			if (r)
 				return r;
 			argc--;
-			sc->copy_budget = (u64)v << 20;
+			sc->snap.budget = (u64)v << 20;
 		} else {
 			*error = "Unknown feature argument";
 			return -EINVAL;
 		}
 	}
 	return 0;
+}
+
+static bool table_writable(struct dm_target *ti)
+{
+#ifdef STREAM_HAVE_BLK_OPEN_WRITE
+	return dm_table_get_mode(ti->table) & BLK_OPEN_WRITE;
+#else
+	return dm_table_get_mode(ti->table) & FMODE_WRITE;
+#endif
 }
 
 static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
@@ -845,6 +596,11 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		ti->error = "Invalid argument count";
 		return -EINVAL;
 	}
+	if (!table_writable(ti)) {
+		/* The metadata is written even to serve reads. */
+		ti->error = "Read-only tables are not supported";
+		return -EINVAL;
+	}
 
 	sc = kzalloc(sizeof(*sc), GFP_KERNEL);
 	if (!sc) {
@@ -852,12 +608,19 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		return -ENOMEM;
 	}
 	sc->ti = ti;
-	sc->copy_budget = (u64)DEFAULT_PRESERVE_MB << 20;
+	refcount_set(&sc->refs, 1);
+	init_completion(&sc->gone);
+	stream_snap_init(&sc->snap, (u64)DEFAULT_PRESERVE_MB << 20);
 
 	if (sscanf(argv[2], "%u%c", &bs, &dummy) != 1 ||
 	    bs < MIN_BLOCK_SECTORS || bs > MAX_BLOCK_SECTORS ||
 	    !is_power_of_2(bs)) {
 		ti->error = "Invalid block size (power of two, 8-2048 sectors)";
+		r = -EINVAL;
+		goto out_free;
+	}
+	if (((u64)bs << SECTOR_SHIFT) < PAGE_SIZE) {
+		ti->error = "Block size is smaller than a page";
 		r = -EINVAL;
 		goto out_free;
 	}
@@ -869,6 +632,13 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto out_free;
 	}
 	sc->nr_blocks = ti->len >> sc->block_shift;
+	if (sc->nr_blocks > DSM_MAX_BLOCKS) {
+		DMERR("%llu blocks; at most %llu: use a larger block size",
+		      sc->nr_blocks, DSM_MAX_BLOCKS);
+		ti->error = "Too many blocks";
+		r = -EINVAL;
+		goto out_free;
+	}
 
 	dm_consume_args(&as, 3);
 	r = parse_features(sc, &as, &ti->error);
@@ -918,14 +688,11 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	bio_list_init(&sc->deferred_flush);
 	bio_list_init(&sc->flush_completions);
 	bio_list_init(&sc->deferred_dirty);
+	bio_list_init(&sc->starved);
 	INIT_LIST_HEAD(&sc->completed);
-	mutex_init(&sc->fetch_lock);
-	xa_init(&sc->fetches);
-	INIT_LIST_HEAD(&sc->pending);
-	INIT_LIST_HEAD(&sc->sent);
+	mutex_init(&sc->quiesce_lock);
+	stream_fetchq_init(&sc->fq);
 	INIT_LIST_HEAD(&sc->node);
-	mutex_init(&sc->snap_lock);
-	xa_init(&sc->copies);
 
 	sc->wq = alloc_workqueue("dm-" DM_MSG_PREFIX, WQ_MEM_RECLAIM, 1);
 	if (!sc->wq) {
@@ -974,55 +741,94 @@ out_free:
 static void stream_dtr(struct dm_target *ti)
 {
 	struct stream_c *sc = ti->private;
-	struct stream_fetch *f;
-	unsigned long idx;
-	unsigned int i;
 
 	stream_chan_unregister(sc);
+	/* Snapshot readers that found the target before it went away. */
+	stream_put(sc);
+	wait_for_completion(&sc->gone);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	if (dsm_changed(sc->md))
 		stream_commit(sc);
 	destroy_workqueue(sc->wq);
 
-	/* Suspend drained all I/O: whatever is left has no waiters. */
-	xa_for_each(&sc->fetches, idx, f) {
-		WARN_ON_ONCE(!bio_list_empty(&f->waiters));
-		free_fetch(f);
-	}
-	xa_destroy(&sc->fetches);
-	mutex_lock(&sc->snap_lock);
-	for (i = 0; i < DSM_MAX_CONSUMERS; i++) {
-		__drop_copies(sc, i);
-		kvfree(sc->undrained[i]);
-	}
-	mutex_unlock(&sc->snap_lock);
-	xa_destroy(&sc->copies);
+	/* Invariant of postsuspend: whatever fetch is left has no waiters. */
+	stream_fetch_destroy(sc);
+	stream_snap_destroy(sc);
 	dsm_close(sc->md);
 	dm_put_device(ti, sc->data_dev);
 	dm_put_device(ti, sc->metadata_dev);
 	kfree(sc);
 }
 
+/*
+ * A noflush suspend (dmsetup suspend --noflush, multipath-style) must not
+ * wait for misses that only a helper can complete: requeue them; dm core
+ * holds them and maps them again after resume.  A flushing suspend waits
+ * for them (fetch_timeout or the fail_parked message bound the wait).
+ */
+static void stream_presuspend(struct dm_target *ti)
+{
+	struct stream_c *sc = ti->private;
+	struct bio_list bios = BIO_EMPTY_LIST;
+
+	if (!dm_noflush_suspending(ti))
+		return;
+	WRITE_ONCE(sc->requeue, true);
+	/* bios already on the way to the worker are requeued there */
+	flush_workqueue(sc->wq);
+	take_parked(sc, &bios);
+	end_parked(sc, &bios, BLK_STS_DM_REQUEUE);
+}
+
+static void stream_presuspend_undo(struct dm_target *ti)
+{
+	struct stream_c *sc = ti->private;
+
+	WRITE_ONCE(sc->requeue, false);
+}
+
+/*
+ * Invariant relied on by the dtr and by the suspended-only messages: once
+ * postsuspend returns, no bio of this table is parked or in the worker, and
+ * every fetch left has no waiters (dm core waited for in-flight bios, a
+ * noflush suspend requeued the parked ones).
+ */
 static void stream_postsuspend(struct dm_target *ti)
 {
 	struct stream_c *sc = ti->private;
 
+	mutex_lock(&sc->quiesce_lock);
 	mutex_lock(&stream_chan_lock);
 	sc->active = false;
 	mutex_unlock(&stream_chan_lock);
+	mutex_unlock(&sc->quiesce_lock);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
 	stream_commit(sc);
+}
+
+/*
+ * The metadata object is shared with the table this one replaces (see
+ * dsm_open()); a snapshot that table cut has no preserved copies here:
+ * abort it (its blocks are dirty again, the drain is redone).
+ */
+static int stream_preresume(struct dm_target *ti)
+{
+	stream_snap_abort_foreign(ti->private);
+	return 0;
 }
 
 static void stream_resume(struct dm_target *ti)
 {
 	struct stream_c *sc = ti->private;
 
+	WRITE_ONCE(sc->requeue, false);
+	mutex_lock(&sc->quiesce_lock);
 	mutex_lock(&stream_chan_lock);
 	sc->active = true;
 	mutex_unlock(&stream_chan_lock);
+	mutex_unlock(&sc->quiesce_lock);
 	queue_delayed_work(sc->wq, &sc->waker, COMMIT_PERIOD);
 }
 
@@ -1065,7 +871,7 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 		       sc->nr_blocks,
 		       dsm_nr_dirty(md, 0) + dsm_snap_blocks(md, 0),
 		       atomic_read(&sc->parked),
-		       READ_ONCE(sc->helper) ? "attached" : "detached",
+		       READ_ONCE(sc->fq.helper) ? "attached" : "detached",
 		       mode_name(READ_ONCE(sc->mode)),
 		       atomic64_read(&sc->nr_fetched),
 		       atomic64_read(&sc->nr_zero),
@@ -1080,13 +886,13 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", sc->metadata_dev->name, sc->data_dev->name,
 		       sc->block_sectors);
-		budget = sc->copy_budget != (u64)DEFAULT_PRESERVE_MB << 20;
+		budget = sc->snap.budget != (u64)DEFAULT_PRESERVE_MB << 20;
 		if (sc->fetch_timeout || budget)
 			DMEMIT(" %u", (sc->fetch_timeout ? 2 : 0) + (budget ? 2 : 0));
 		if (sc->fetch_timeout)
 			DMEMIT(" fetch_timeout %u", sc->fetch_timeout);
 		if (budget)
-			DMEMIT(" preserve_mb %llu", sc->copy_budget >> 20);
+			DMEMIT(" preserve_mb %llu", sc->snap.budget >> 20);
 		break;
 	case STATUSTYPE_IMA:
 		*result = '\0';
@@ -1099,23 +905,15 @@ static const char *dev_name_of(struct stream_c *sc)
 	return dm_device_name(dm_table_get_md(sc->ti->table));
 }
 
-static bool is_active(struct stream_c *sc)
-{
-	bool active;
-
-	mutex_lock(&stream_chan_lock);
-	active = sc->active;
-	mutex_unlock(&stream_chan_lock);
-	return active;
-}
-
 /*
  * Messages that change what is present need a quiesced device and rw
- * mode.  Returns 0 or the errno to answer.
+ * mode.  Returns 0 or the errno to answer.  The caller holds quiesce_lock
+ * until it is done, so a concurrent resume waits for it.
  */
 static int check_quiesced(struct stream_c *sc, const char *what)
 {
-	if (is_active(sc)) {
+	lockdep_assert_held(&sc->quiesce_lock);
+	if (sc->active) {
 		DMERR("%s: %s: suspend the device first", dev_name_of(sc), what);
 		return -EBUSY;
 	}
@@ -1125,7 +923,7 @@ static int check_quiesced(struct stream_c *sc, const char *what)
 		return -EROFS;
 	}
 	flush_workqueue(sc->wq);
-	if (!xa_empty(&sc->fetches)) {
+	if (stream_fetch_cancel_idle(sc)) {
 		DMERR("%s: %s: fetches still in flight", dev_name_of(sc), what);
 		return -EBUSY;
 	}
@@ -1148,44 +946,6 @@ static int parse_consumer(struct stream_c *sc, const char *s,
 	return 0;
 }
 
-/*
- * Answer "<next cursor> <first>+<count>..." with the runs of set (@set) or
- * clear bits of @map from @cursor on, as many as fit in @maxlen; the next
- * cursor is the total number of blocks once the map is exhausted.
- */
-static int emit_ranges(struct stream_c *sc, const unsigned long *map,
-		       bool set, u64 cursor, char *result, unsigned int maxlen)
-{
-	unsigned int sz, room = maxlen > 48 ? maxlen - 48 : 0;
-	char *ranges;
-	u64 start, len, next = cursor;
-	int n;
-
-	if (cursor > sc->nr_blocks)
-		return -ERANGE;
-	ranges = kmalloc(maxlen, GFP_KERNEL);
-	if (!ranges)
-		return -ENOMEM;
-	sz = 0;
-	while (dsm_next_range(map, sc->nr_blocks, next, set, &start, &len)) {
-		n = snprintf(ranges + sz, maxlen - sz, " %llu+%llu", start, len);
-		if (sz + n >= room)
-			break;
-		sz += n;
-		next = start + len;
-	}
-	if (!dsm_next_range(map, sc->nr_blocks, next, set, &start, &len))
-		next = sc->nr_blocks;
-	ranges[sz] = '\0';
-	if (!sz && next < sc->nr_blocks) {
-		kfree(ranges);
-		return -ENOSPC;		/* buffer too small for one range */
-	}
-	snprintf(result, maxlen, "%llu%s", next, ranges);
-	kfree(ranges);
-	return 1;
-}
-
 static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 			char *result, unsigned int maxlen)
 {
@@ -1196,42 +956,32 @@ static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 	if (argc != 2)
 		return -EINVAL;
 	r = parse_consumer(sc, argv[1], &c);
-	if (!r)
-		r = check_quiesced(sc, "snapshot");
 	if (r)
 		return r;
-	mutex_lock(&sc->snap_lock);
-	if (!sc->undrained[c]) {
-		unsigned long *u = kvcalloc(BITS_TO_LONGS(sc->nr_blocks),
-					    sizeof(unsigned long), GFP_KERNEL);
-
-		if (!u) {
-			r = -ENOMEM;
-			goto out;
-		}
-		WRITE_ONCE(sc->undrained[c], u);
+	mutex_lock(&sc->quiesce_lock);
+	r = check_quiesced(sc, "snapshot");
+	if (r) {
+		mutex_unlock(&sc->quiesce_lock);
+		return r;
 	}
-	r = dsm_snapshot(sc->md, sc->data_dev->bdev, c, &gen, &nr);
+	r = stream_snap_cut(sc, c, &gen, &nr);
+	mutex_unlock(&sc->quiesce_lock);
 	if (r == -EBUSY) {
 		DMERR("%s: snapshot: consumer %u has snapshot %llu in progress",
 		      dev_name_of(sc), c, dsm_snap_gen(sc->md, c));
-		goto out;
+		return r;
 	}
 	if (r) {
 		DMERR("%s: snapshot failed: %d", dev_name_of(sc), r);
 		/* Only a metadata write error says the device is unwritable. */
 		if (r != -ENOMEM)
 			set_mode(sc, STREAM_MODE_RO);
-		goto out;
+		return r;
 	}
-	bitmap_copy(sc->undrained[c], dsm_snap_map(sc->md, c), sc->nr_blocks);
 	DMINFO("%s: consumer %u snapshot %llu: %llu blocks", dev_name_of(sc),
 	       c, gen, nr);
 	DMEMIT("%llu %llu", gen, nr);
-	r = 1;
-out:
-	mutex_unlock(&sc->snap_lock);
-	return r;
+	return 1;
 }
 
 /* ack|abort <consumer> <id> */
@@ -1254,12 +1004,7 @@ static int msg_end_snapshot(struct stream_c *sc, bool ack, unsigned int argc,
 	}
 	if (ack && READ_ONCE(sc->mode) != STREAM_MODE_RW)
 		return -EROFS;
-	mutex_lock(&sc->snap_lock);
-	r = ack ? dsm_ack(sc->md, c, gen, &nr) : dsm_abort(sc->md, c, gen, &nr);
-	/* Even a failed ack ended the snapshot in core. */
-	if (!dsm_snap_gen(sc->md, c))
-		__drop_copies(sc, c);
-	mutex_unlock(&sc->snap_lock);
+	r = stream_snap_end(sc, ack, c, gen, &nr);
 	if (r == -ESTALE) {
 		DMERR("%s: %s: consumer %u has no snapshot %llu (current: %llu)",
 		      dev_name_of(sc), argv[0], c, gen, dsm_snap_gen(sc->md, c));
@@ -1292,13 +1037,7 @@ static int msg_ranges(struct stream_c *sc, unsigned int argc, char **argv,
 		      dev_name_of(sc));
 		return -EINVAL;
 	}
-	mutex_lock(&sc->snap_lock);
-	if (!gen || dsm_snap_gen(sc->md, c) != gen)
-		r = -ESTALE;
-	else
-		r = emit_ranges(sc, dsm_snap_map(sc->md, c), true, cursor,
-				result, maxlen);
-	mutex_unlock(&sc->snap_lock);
+	r = stream_snap_ranges(sc, c, gen, cursor, result, maxlen);
 	if (r == -ESTALE)
 		DMERR("%s: ranges: consumer %u has no snapshot %llu",
 		      dev_name_of(sc), c, gen);
@@ -1388,10 +1127,14 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 		      dev_name_of(sc));
 		return -EINVAL;
 	}
+	mutex_lock(&sc->quiesce_lock);
 	r = check_quiesced(sc, "invalidate");
-	if (r)
+	if (r) {
+		mutex_unlock(&sc->quiesce_lock);
 		return r;
+	}
 	r = dsm_invalidate(sc->md, sc->data_dev->bdev, argv[2], keep);
+	mutex_unlock(&sc->quiesce_lock);
 	if (r == -EBUSY) {
 		DMERR("%s: invalidate: a snapshot is in progress",
 		      dev_name_of(sc));
@@ -1432,6 +1175,26 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
 }
 
 /*
+ * fail_parked: fail every bio waiting for the helper with EIO now (the way
+ * out of a flushing suspend with no helper).  The fetches stay queued.
+ */
+static int msg_fail_parked(struct stream_c *sc, char *result,
+			   unsigned int maxlen)
+{
+	struct bio_list bios = BIO_EMPTY_LIST;
+	unsigned int sz = 0, n;
+
+	flush_workqueue(sc->wq);
+	n = take_parked(sc, &bios);
+	end_parked(sc, &bios, BLK_STS_IOERR);
+	if (n)
+		DMWARN("%s: failed %u parked bios on request", dev_name_of(sc),
+		       n);
+	DMEMIT("failed %u", n);
+	return 1;
+}
+
+/*
  * Messages (answers through the message response):
  *
  *   revert
@@ -1456,6 +1219,9 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
  *	Image update, see dm-stream.rst.  commit: suspended only.
  *   fill on|off, fill rate <bytes/s>
  *	Switch for the helper's background fill (read from the status).
+ *   fail_parked
+ *	Fail every bio waiting for the helper with EIO.  Answers
+ *	"failed <n>".
  */
 static int stream_message(struct dm_target *ti, unsigned int argc,
 			  char **argv, char *result, unsigned int maxlen)
@@ -1468,10 +1234,14 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 	if (!argc)
 		goto unknown;
 	if (argc == 1 && !strcasecmp(argv[0], "revert")) {
+		mutex_lock(&sc->quiesce_lock);
 		r = check_quiesced(sc, "revert");
-		if (r)
+		if (r) {
+			mutex_unlock(&sc->quiesce_lock);
 			return r;
+		}
 		r = dsm_revert(sc->md, sc->data_dev->bdev);
+		mutex_unlock(&sc->quiesce_lock);
 		if (r == -EBUSY) {
 			DMERR("%s: revert: a snapshot is in progress",
 			      dev_name_of(sc));
@@ -1496,12 +1266,14 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 		r = msg_ranges(sc, argc, argv, result, maxlen);
 	else if (!strcasecmp(argv[0], "absent") && argc == 2 &&
 		 !parse_u64(argv[1], &cursor))
-		r = emit_ranges(sc, dsm_present_map(sc->md), false, cursor,
-				result, maxlen);
+		r = dsm_emit_ranges(dsm_present_map(sc->md), sc->nr_blocks,
+				    false, cursor, result, maxlen);
 	else if (!strcasecmp(argv[0], "invalidate"))
 		r = msg_invalidate(sc, argc, argv, result, maxlen);
 	else if (!strcasecmp(argv[0], "fill"))
 		r = msg_fill(sc, argc, argv);
+	else if (!strcasecmp(argv[0], "fail_parked") && argc == 1)
+		r = msg_fail_parked(sc, result, maxlen);
 	else
 		goto unknown;
 	if (r == -EINVAL)
@@ -1533,13 +1305,18 @@ static void stream_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 static struct target_type stream_target = {
 	.name = "stream",
-	.version = {1, 2, 0},
+	.version = {2, 0, 0},
+	/* one helper per table: streamd attaches by device name */
+	.features = DM_TARGET_SINGLETON,
 	.module = THIS_MODULE,
 	.ctr = stream_ctr,
 	.dtr = stream_dtr,
 	.map = stream_map,
 	.end_io = stream_end_io,
+	.presuspend = stream_presuspend,
+	.presuspend_undo = stream_presuspend_undo,
 	.postsuspend = stream_postsuspend,
+	.preresume = stream_preresume,
 	.resume = stream_resume,
 	.status = stream_status,
 	.message = stream_message,
@@ -1551,12 +1328,9 @@ static int __init dm_stream_init(void)
 {
 	int r;
 
-	fetch_cache = KMEM_CACHE(stream_fetch, 0);
-	if (!fetch_cache)
-		return -ENOMEM;
 	r = stream_chan_init();
 	if (r)
-		goto out_cache;
+		return r;
 	r = dm_register_target(&stream_target);
 	if (r) {
 		DMERR("register failed %d", r);
@@ -1566,8 +1340,6 @@ static int __init dm_stream_init(void)
 
 out_chan:
 	stream_chan_exit();
-out_cache:
-	kmem_cache_destroy(fetch_cache);
 	return r;
 }
 
@@ -1575,7 +1347,6 @@ static void __exit dm_stream_exit(void)
 {
 	dm_unregister_target(&stream_target);
 	stream_chan_exit();
-	kmem_cache_destroy(fetch_cache);
 }
 
 module_init(dm_stream_init);

@@ -36,7 +36,9 @@ static const struct sb_case sb_cases[] = {
 	{ "bit flip, checksum stale", SB_OFF_NR_BLOCKS, 7, false, 0, -EILSEQ },
 	{ "flags changed, checksum stale", SB_OFF_FLAGS, 1, false, 0, -EILSEQ },
 	{ "bad magic", SB_OFF_MAGIC, 0x12345678, true, 0, -EBADMSG },
-	{ "future version", SB_OFF_VERSION, 2, true, 0, -EPROTONOSUPPORT },
+	{ "future version", SB_OFF_VERSION, 3, true, 0, -EPROTONOSUPPORT },
+	{ "format 1 (no journal)", SB_OFF_VERSION, 1, true, 0,
+	  -EPROTONOSUPPORT },
 	{ "unknown flag", SB_OFF_FLAGS, 0x80, true, 0, -EPROTONOSUPPORT },
 	{ "reverting flag is known", SB_OFF_FLAGS, 1, true, 0, 0 },
 	{ "version zero", SB_OFF_VERSION, 0, true, 0, -EPROTONOSUPPORT },
@@ -237,12 +239,14 @@ static void stream_bitmap_damage_test(struct kunit *test)
 static void stream_geometry_test(struct kunit *test)
 {
 	static const struct { u64 blocks; u32 bb; u64 total; } g[] = {
-		{ 0, 0, DSM_FIRST_BITMAP },
-		{ 1, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS },
-		{ BPB, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS },
-		{ BPB + 1, 2, DSM_FIRST_BITMAP + 2 * DSM_NR_BITMAPS },
+		{ 0, 0, DSM_FIRST_BITMAP + DSM_JNL_BLOCKS },
+		{ 1, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS + DSM_JNL_BLOCKS },
+		{ BPB, 1, DSM_FIRST_BITMAP + DSM_NR_BITMAPS + DSM_JNL_BLOCKS },
+		{ BPB + 1, 2, DSM_FIRST_BITMAP + 2 * DSM_NR_BITMAPS +
+		  DSM_JNL_BLOCKS },
 		/* 1 TiB of 64 KiB blocks */
-		{ 1ULL << 24, 516, DSM_FIRST_BITMAP + 516 * DSM_NR_BITMAPS },
+		{ 1ULL << 24, 516, DSM_FIRST_BITMAP + 516 * DSM_NR_BITMAPS +
+		  DSM_JNL_BLOCKS },
 	};
 	unsigned int i;
 
@@ -258,11 +262,11 @@ static void stream_geometry_test(struct kunit *test)
  * Commit state machine.  A script of steps over an in-core metadata:
  *   'P' b  block b's data write completed: dsm_set_present(b)
  *   'D' b  block b written: dsm_set_dirty(b)
- *   'B'    commit step 1 (take the pending list; the data flush follows)
- *   'A'    commit step 3 for the list taken by the last 'B'
+ *   'B'    commit step 1 (take the present bits; the data flush follows)
+ *   'A'    commit step 3 for what the last 'B' took
  *   'C' b  expect b committable (its present bit may reach the disk)
  *   'N' b  expect b not committable
- *   'L' n  expect the last 'B' to have taken n blocks
+ *   'L' n  expect the last 'B' to have taken n new blocks
  *   'S' s  expect present slice s marked changed; 'T' s dirty slice s
  */
 struct step {
@@ -304,14 +308,13 @@ static void stream_commit_test(struct kunit *test)
 	const struct commit_case *c = test->param_value;
 	struct dm_stream_metadata *md = dsm_create_incore(3 * BPB);
 	const struct step *s;
-	u64 *list = NULL;
-	size_t n = 0;
+	u64 n = 0;
 
 	KUNIT_ASSERT_NOT_NULL(test, md);
 	for (s = c->steps; s->op; s++) {
 		switch (s->op) {
 		case 'P':
-			KUNIT_ASSERT_EQ(test, dsm_set_present(md, s->arg), 0);
+			KUNIT_EXPECT_FALSE(test, dsm_set_present(md, s->arg));
 			KUNIT_EXPECT_TRUE(test, dsm_test(dsm_present_map(md),
 							 s->arg));
 			break;
@@ -320,11 +323,10 @@ static void stream_commit_test(struct kunit *test)
 			KUNIT_EXPECT_TRUE(test, dsm_changed(md));
 			break;
 		case 'B':
-			kvfree(list);
-			n = dsm_commit_begin(md, &list);
+			n = dsm_commit_begin(md);
 			break;
 		case 'A':
-			dsm_commit_apply(md, list, n);
+			dsm_commit_apply(md);
 			break;
 		case 'C':
 			KUNIT_EXPECT_TRUE(test, dsm_committable(md, s->arg));
@@ -333,7 +335,7 @@ static void stream_commit_test(struct kunit *test)
 			KUNIT_EXPECT_FALSE(test, dsm_committable(md, s->arg));
 			break;
 		case 'L':
-			KUNIT_EXPECT_EQ(test, n, (size_t)s->arg);
+			KUNIT_EXPECT_EQ(test, n, s->arg);
 			break;
 		case 'S':
 			KUNIT_EXPECT_TRUE(test, dsm_slice_changed(md, false,
@@ -345,30 +347,34 @@ static void stream_commit_test(struct kunit *test)
 			break;
 		}
 	}
-	kvfree(list);
 	dsm_destroy_incore(md);
 }
 
-/* The pending list grows past its first allocation without losing blocks. */
+/*
+ * Many blocks made present between two commits need no memory (they are
+ * tracked per bitmap slice); the last absent block reports completion.
+ */
 static void stream_pending_growth_test(struct kunit *test)
 {
-	struct dm_stream_metadata *md = dsm_create_incore(5000);
-	u64 *list, b;
-	size_t n;
+	struct dm_stream_metadata *md = dsm_create_incore(BPB + 5000);
+	u64 b;
 
 	KUNIT_ASSERT_NOT_NULL(test, md);
-	for (b = 0; b < 5000; b += 2)
-		KUNIT_ASSERT_EQ(test, dsm_set_present(md, b), 0);
-	KUNIT_EXPECT_EQ(test, dsm_nr_present(md), 2500ULL);
-	n = dsm_commit_begin(md, &list);
-	KUNIT_EXPECT_EQ(test, n, (size_t)2500);
-	dsm_commit_apply(md, list, n);
-	for (b = 0; b < 5000; b++)
+	for (b = 0; b < BPB + 5000; b += 2)
+		KUNIT_EXPECT_FALSE(test, dsm_set_present(md, b));
+	KUNIT_EXPECT_EQ(test, dsm_nr_present(md), (BPB + 5000ULL) / 2);
+	KUNIT_EXPECT_EQ(test, dsm_commit_begin(md), (BPB + 5000ULL) / 2);
+	dsm_commit_apply(md);
+	for (b = 0; b < BPB + 5000; b++)
 		if (dsm_committable(md, b) != !(b & 1)) {
 			KUNIT_FAIL(test, "block %llu", b);
 			break;
 		}
-	kvfree(list);
+	/* a second commit finds nothing new */
+	KUNIT_EXPECT_EQ(test, dsm_commit_begin(md), 0ULL);
+	for (b = 1; b < BPB + 5000 - 1; b += 2)
+		KUNIT_EXPECT_FALSE(test, dsm_set_present(md, b));
+	KUNIT_EXPECT_TRUE(test, dsm_set_present(md, BPB + 5000 - 1));
 	dsm_destroy_incore(md);
 }
 
@@ -560,3 +566,7 @@ static struct kunit_suite stream_bitmap_suite = {
 
 kunit_test_suites(&stream_format_suite, &stream_bitmap_suite,
 		  &stream_commit_suite, &stream_snapshot_suite);
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+MODULE_DESCRIPTION("KUnit tests of the dm-stream metadata encodings and state machines");
+MODULE_LICENSE("GPL");

@@ -127,6 +127,11 @@ build_initramfs() {
 		done
 	fi
 	install -m 0644 "$ko" "$root/lib/modules/dm-stream.ko"
+	# KUnit kernels: the test cases are a module of their own.
+	if [ -e "$(dirname "$ko")/dm-stream-test.ko" ]; then
+		install -m 0644 "$(dirname "$ko")/dm-stream-test.ko" \
+			"$root/lib/modules/dm-stream-test.ko"
+	fi
 	cp "$TOP"/tests/guest/*.sh "$root/tests/"
 	install -m 0755 "$TOP/tests/guest/init" "$root/init"
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) \

@@ -8,6 +8,7 @@
  *   streamctl revert <device>
  *   streamctl invalidate <device> --image-id ID [--keep|--discard] <file|->
  *   streamctl fill <device> on|off|--rate R
+ *   streamctl upgrade-metadata <metadata device>
  *
  * Every device-mapper operation is a libdevmapper task (create, set name,
  * run, read the response, destroy); nothing shells out to dmsetup.  The
@@ -41,6 +42,7 @@
 
 #include "uapi/dm-stream.h"
 #include "size.h"
+#include "upgrade.h"
 
 #define EXIT_USAGE	2
 #define EXIT_NOT_STREAM	3
@@ -71,6 +73,7 @@ static void usage(FILE *f)
 "       streamctl invalidate <device> --image-id ID [--keep|--discard]\n"
 "                 <ranges file|->\n"
 "       streamctl fill <device> on|off|--rate BYTES[K|M|G]\n"
+"       streamctl upgrade-metadata <metadata device>\n"
 "\n"
 "status      presence, dirty blocks per consumer, fill progress\n"
 "snapshot    cut a snapshot for consumer N, write its blocks (content at\n"
@@ -78,7 +81,8 @@ static void usage(FILE *f)
 "ack/abort   acknowledge or abort a snapshot drained by other means\n"
 "revert      make every block written on this machine absent again\n"
 "invalidate  make the blocks changed by a new image version absent\n"
-"fill        switch the helper's background fill, or set its rate\n");
+"fill        switch the helper's background fill, or set its rate\n"
+"upgrade-metadata  convert format 1 metadata to format 2, offline\n");
 }
 
 /* Returns 0, -ENOENT (no such device) or -EMEDIUMTYPE (not stream). */
@@ -794,6 +798,8 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "fill") && (nargs == 2 || (nargs == 1 && rate)))
 		return cmd_fill(argv[optind], nargs == 2 ? argv[optind + 1] :
 				NULL, rate);
+	if (!strcmp(cmd, "upgrade-metadata") && nargs == 1)
+		return upgrade_metadata(argv[optind]) ? 1 : 0;
 	fprintf(stderr, "streamctl: bad command line for '%s'\n", cmd);
 	usage(stderr);
 	return EXIT_USAGE;

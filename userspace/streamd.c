@@ -104,6 +104,8 @@ struct streamd {
 	bool verbose;
 	bool use_syslog;
 	bool by_uuid;
+	const char *image_id;		/* --image-id, or NULL */
+	uint64_t image_size;		/* export size once connected, else 0 */
 
 	int fd;				/* /dev/dm-stream, -1 when detached */
 	uint32_t block_size;
@@ -264,8 +266,16 @@ static int attach(struct streamd *sd)
 	a.size = sizeof(a);
 	a.flags = sd->by_uuid ? DM_STREAM_ATTACH_BY_UUID : 0;
 	snprintf(a.id, sizeof(a.id), "%s", sd->name);
+	/* The kernel refuses an image that is not the device's. */
+	a.image_size = sd->image_size;
+	if (sd->image_id)
+		snprintf(a.image_id, sizeof(a.image_id), "%s", sd->image_id);
 	if (ioctl(fd, DM_STREAM_IOC_ATTACH, &a) < 0) {
 		r = -errno;
+		if (r == -EMEDIUMTYPE)
+			err("%s: the device refuses image %s (%s%s): see the kernel log",
+			    sd->name, sd->uri, sd->image_id ? "id " : "size",
+			    sd->image_id ? sd->image_id : "");
 		close(fd);
 		return r;
 	}
@@ -515,6 +525,7 @@ static int nbd_connect(struct streamd *sd)
 		return -EINVAL;
 	}
 	build_zero_map(sd, h);
+	sd->image_size = size;
 	sd->nbd = h;
 	sd->backoff_ms = 0;
 	if (sd->conn_gen++)
@@ -1028,6 +1039,9 @@ static void usage(FILE *f)
 "  -x, --exit-when-complete\n"
 "                        exit once every block is present\n"
 "  -u, --uuid            <dm device name> is a dm uuid\n"
+"  -i, --image-id ID     the image's identity; the device refuses the\n"
+"                        helper unless it matches the id its last image\n"
+"                        update recorded\n"
 "  -s, --stats FILE      write counters to FILE on SIGUSR1 and at exit\n"
 "  -d, --daemon          detach and log to syslog\n"
 "  -p, --pidfile FILE    write the process id to FILE\n"
@@ -1047,6 +1061,7 @@ int main(int argc, char **argv)
 		{ "fill-rate", required_argument, NULL, 'r' },
 		{ "exit-when-complete", no_argument, NULL, 'x' },
 		{ "uuid", no_argument, NULL, 'u' },
+		{ "image-id", required_argument, NULL, 'i' },
 		{ "stats", required_argument, NULL, 's' },
 		{ "daemon", no_argument, NULL, 'd' },
 		{ "pidfile", required_argument, NULL, 'p' },
@@ -1063,7 +1078,8 @@ int main(int argc, char **argv)
 	char *end;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "q:fr:xus:dp:vhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "q:fr:xui:s:dp:vhV", opts,
+				NULL)) != -1) {
 		switch (c) {
 		case 'q':
 			errno = 0;
@@ -1088,6 +1104,14 @@ int main(int argc, char **argv)
 			break;
 		case 'u':
 			sd.by_uuid = true;
+			break;
+		case 'i':
+			if (strlen(optarg) >= DM_STREAM_IMAGE_ID_LEN) {
+				fprintf(stderr, "streamd: --image-id: at most %d characters\n",
+					DM_STREAM_IMAGE_ID_LEN - 1);
+				return 1;
+			}
+			sd.image_id = optarg;
 			break;
 		case 's':
 			sd.stats_path = optarg;

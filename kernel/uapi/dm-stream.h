@@ -32,10 +32,20 @@
  * unattached /dev/dm-stream file: it copies one block of a snapshot in
  * progress as it was at the cut (see dm-stream.rst, Snapshots).
  *
+ * Growing structures: the ioctl structures carry their size; the kernel
+ * accepts any size from the version 1 layout up, zero-filling fields a
+ * smaller (older) caller lacks and refusing (-E2BIG) a larger one whose
+ * extra bytes are not zero (copy_struct_from_user()).  The ioctl numbers
+ * are matched on type and number only, not on the size they encode.
+ * Every reserved field must be zero (-EINVAL).
+ *
  * Changelog:
  *   1: initial version.  DM_STREAM_IOC_SNAP_READ was added later without
  *      a version change: a new ioctl number, which an older module
  *      answers with -ENOTTY.
+ *   2: dm_stream_attach carries the image's size and identity, checked
+ *      against the device (-EMEDIUMTYPE); structures may grow; reserved
+ *      fields must be zero.
  */
 #ifndef _UAPI_DM_STREAM_H
 #define _UAPI_DM_STREAM_H
@@ -44,18 +54,24 @@
 #include <linux/ioctl.h>
 
 #define DM_STREAM_MAGIC		0x4d525453	/* "STRM" */
-#define DM_STREAM_VERSION	1
+#define DM_STREAM_VERSION	2
 #define DM_STREAM_DEVNAME	"dm-stream"
 
 #define DM_STREAM_NAME_LEN	128	/* DM_NAME_LEN */
 #define DM_STREAM_UUID_LEN	129	/* DM_UUID_LEN */
+#define DM_STREAM_IMAGE_ID_LEN	64	/* including the NUL */
 
 /* dm_stream_attach.flags */
 #define DM_STREAM_ATTACH_BY_UUID	(1U << 0)
 
 /*
  * DM_STREAM_IOC_ATTACH
- * in:  magic, version, size, flags, id (dm name, or uuid with BY_UUID).
+ * in:  magic, version, size, flags, id (dm name, or uuid with BY_UUID);
+ *      image_size: the export's size in bytes, 0 if not known yet; it MUST
+ *      equal the device's size (-EMEDIUMTYPE otherwise);
+ *      image_id: the image's identity if the helper knows it (streamd
+ *      --image-id), else empty; when the device has recorded one (the
+ *      last image update's), they MUST be equal (-EMEDIUMTYPE).
  * out: block_size (bytes), nr_blocks, nr_present.
  */
 struct dm_stream_attach {
@@ -69,6 +85,9 @@ struct dm_stream_attach {
 	__u64 nr_present;
 	__u32 block_size;
 	__u32 reserved[5];
+	/* version 2 */
+	__u64 image_size;
+	char image_id[DM_STREAM_IMAGE_ID_LEN];
 };
 
 #define DM_STREAM_IOC_ATTACH	_IOWR('S', 0x01, struct dm_stream_attach)

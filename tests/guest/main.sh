@@ -397,6 +397,7 @@ bad_superblocks() {
 	for d in csum:"Metadata superblock checksum mismatch" \
 		 magic:"Metadata superblock has bad magic" \
 		 version:"Unsupported metadata format version" \
+		 format1:"Metadata format 1: run streamctl upgrade-metadata" \
 		 blocknr:"Metadata superblock is at the wrong location" \
 		 geometry:"Metadata superblock geometry is inconsistent" \
 		 flags:"Metadata superblock has unknown flags" \
@@ -424,6 +425,51 @@ bad_superblocks() {
 	done
 }
 
+# A power cut tears the in-place superblock write of the last commit: the
+# load replays the journal instead of refusing the device (format 2).
+t_torn_superblock() {
+	stream_up
+	apply_writes $DEV
+	helper_stop
+	dmsetup remove s
+	stream-meta $META torn
+	_n=$(dmesg | wc -l)
+	create
+	dmesg | tail -n +$((_n + 1)) | grep -q "journal: .* rewritten"
+	expected_image
+	helper_start
+	expect_eq "block 3" "$(blk_sum $SCRATCH 3)" "$(blk_sum $DEV 3)"
+	expect_eq "block 5" "$(blk_sum $SCRATCH 5)" "$(blk_sum $DEV 5)"
+	expect_eq "dirty" 2 "$(st 3)"
+}
+
+# A format 1 device (bitmaps in place, no journal) is refused, then
+# converted offline by streamctl upgrade-metadata, keeping its state; the
+# upgrade refuses a device in use.
+t_upgrade_format1() {
+	stream_up
+	apply_writes $DEV
+	if streamctl upgrade-metadata $META; then
+		echo "# upgrade of a device in use was accepted"
+		return 1
+	fi
+	helper_stop
+	dmsetup remove s
+	stream-meta $META format1
+	if create 2>/dev/null; then
+		echo "# format 1 accepted"
+		return 1
+	fi
+	streamctl upgrade-metadata $META
+	streamctl upgrade-metadata $META | grep -q "format 2 already"
+	create
+	expected_image
+	helper_start
+	expect_eq "block 3" "$(blk_sum $SCRATCH 3)" "$(blk_sum $DEV 3)"
+	expect_eq "block 5" "$(blk_sum $SCRATCH 5)" "$(blk_sum $DEV 5)"
+	expect_eq "dirty" 2 "$(st 3)"
+}
+
 # shellcheck source=lifecycle.sh
 . /tests/lifecycle.sh
 
@@ -445,6 +491,8 @@ run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
 run revert t_revert
 run revert_interrupted t_revert_interrupted
+run torn_superblock t_torn_superblock
+run upgrade_format1 t_upgrade_format1
 run revert_1tib t_revert_1tib
 run snapshot_qcow2 t_snapshot_qcow2
 run consumers t_consumers

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +119,26 @@ int main(int argc, char **argv)
 	a.version = 99;
 	expect("attach with unknown version", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
 	init_attach(&a, argv[1]);
-	a.size -= 8;
-	expect("attach with wrong size", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	a.size = 16;
+	expect("attach with a size below version 1's", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	{
+		/* A larger (future) structure whose extra bytes are set. */
+		struct { struct dm_stream_attach a; uint64_t more; } big;
+
+		init_attach(&big.a, argv[1]);
+		big.a.size = sizeof(big);
+		big.more = 1;
+		expect("attach with unknown non-zero fields", ioctl(fd, DM_STREAM_IOC_ATTACH, &big), E2BIG);
+	}
+	init_attach(&a, argv[1]);
+	a.reserved[2] = 1;
+	expect("attach with a reserved field set", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EINVAL);
+	init_attach(&a, argv[1]);
+	a.image_size = 4096;
+	expect("attach with another image's size", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EMEDIUMTYPE);
+	init_attach(&a, argv[1]);
+	memset(a.image_id, 'x', sizeof(a.image_id));
+	expect("attach with an unterminated image id", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EINVAL);
 	init_attach(&a, argv[1]);
 	a.flags = 0x80;
 	expect("attach with unknown flag", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EINVAL);
@@ -167,7 +186,7 @@ int main(int argc, char **argv)
 	h.magic = 0;
 	expect("reply with bad magic", send_reply(fd, &h, data, bs), EPROTO);
 	h = good;
-	h.version = 2;
+	h.version = 99;
 	expect("reply with unknown version", send_reply(fd, &h, data, bs), EPROTO);
 	h = good;
 	h.tag += 1000;

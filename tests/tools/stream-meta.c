@@ -5,9 +5,15 @@
  * kernel/dm-stream-metadata.c; "reseal" recomputes the checksum so that
  * only the named field is wrong.
  *
- *   stream-meta <dev> csum|magic|version|blocknr|geometry|bitmap|flags|
- *                     reverting|show
+ *   stream-meta <dev> csum|magic|version|format1|blocknr|geometry|bitmap|
+ *                     flags|reverting|torn|show
  *   stream-meta <dev> invalidating <block>
+ *
+ * Every kind but "torn" and "show" also empties the journal (format 2): an
+ * edit of a quiesced device, so that the loader sees exactly the edited
+ * blocks instead of replaying the last batches over them.  "torn" zeroes
+ * the second half of the in-place superblock and leaves the journal: the
+ * loader must replay it (a write torn by a power cut).
  *
  * "reverting" is not damage: it sets the flag an interrupted revert leaves
  * behind, so that the test can check the revert is completed on load.
@@ -16,6 +22,7 @@
  * INVALIDATING flag and the image id "interrupted".
  */
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +35,8 @@
 #define BITMAP_BITS_OFF 24	/* struct stream_bitmap_disk.bits */
 #define SB_IMAGE_ID_OFF 112	/* struct stream_sb_disk.image_id */
 #define FIRST_BITMAP 16
+#define NR_BITMAPS 9
+#define JNL_SLOT_BLOCKS 65
 
 static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t n)
 {
@@ -77,8 +86,26 @@ static int invalidating(int fd, uint8_t *sb, unsigned long block)
 	return 0;
 }
 
+/* Zero both journal slot headers (after the bitmaps). */
+static int zap_journal(int fd, const uint8_t *sb)
+{
+	uint8_t z[BS] = { 0 };
+	uint32_t bitmap_blocks;
+	off_t jnl;
+	int i;
+
+	memcpy(&bitmap_blocks, sb + 72, 4);
+	jnl = FIRST_BITMAP + (off_t)NR_BITMAPS * bitmap_blocks;
+	for (i = 0; i < 2; i++)
+		if (pwrite(fd, z, BS, (jnl + i * JNL_SLOT_BLOCKS) * BS) != BS)
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	uint8_t sb[BS];
+	bool keep_journal = false;
 	uint8_t b[BS];
 	off_t where = 0;
 	int fd;
@@ -92,6 +119,7 @@ int main(int argc, char **argv)
 		perror(argv[1]);
 		return 1;
 	}
+	memcpy(sb, b, BS);
 	if (!strcmp(argv[2], "show")) {
 		uint64_t gen;
 
@@ -106,6 +134,12 @@ int main(int argc, char **argv)
 	} else if (!strcmp(argv[2], "version")) {
 		put32(b, 40, 99);
 		reseal(b);
+	} else if (!strcmp(argv[2], "format1")) {
+		put32(b, 40, 1);
+		reseal(b);
+	} else if (!strcmp(argv[2], "torn")) {
+		memset(b + BS / 2, 0, BS / 2);
+		keep_journal = true;
 	} else if (!strcmp(argv[2], "blocknr")) {
 		put32(b, 8, 7);
 		reseal(b);
@@ -132,7 +166,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "unknown damage %s\n", argv[2]);
 		return 2;
 	}
-	if (pwrite(fd, b, BS, where) != BS || fsync(fd)) {
+	if (pwrite(fd, b, BS, where) != BS ||
+	    (!keep_journal && zap_journal(fd, sb)) || fsync(fd)) {
 		perror("write");
 		return 1;
 	}

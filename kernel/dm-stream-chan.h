@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-stream fetch queue and helper channel (/dev/dm-stream): one home for
+ * the state machine of a block being made present, from the miss that
+ * parks a bio to the retirement of its fetch.  Called by the target; calls
+ * only into the metadata and the snapshot reader, never back into the
+ * target (completions are handed over on sc->completed and the worker is
+ * queued on sc->wq).
+ */
+#ifndef DM_STREAM_CHAN_H
+#define DM_STREAM_CHAN_H
+
+#include <linux/bio.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/rwsem.h>
+#include <linux/wait.h>
+#include <linux/xarray.h>
+
+struct stream_c;
+struct stream_file;
+
+enum stream_fetch_state {
+	FETCH_QUEUED,		/* on sc->pending, waiting for a helper */
+	FETCH_SENT,		/* on sc->sent, read by helper @owner */
+	FETCH_WRITING,		/* data being written to the data device */
+	FETCH_FILLING,		/* whole-block write in flight, no fetch */
+};
+
+struct stream_file;
+
+/*
+ * One block being made present, by a fetch or by a whole-block write.
+ * Lives in sc->fetches (indexed by block) from creation until the worker
+ * retires it; I/O to the block meanwhile waits on @waiters.
+ */
+struct stream_fetch {
+	struct stream_c *sc;
+	u64 block;
+	u64 tag;
+	enum stream_fetch_state state;
+	struct stream_file *owner;	/* FETCH_SENT only */
+	unsigned long queued_at;	/* jiffies */
+	struct list_head list;		/* pending/sent, then completed */
+	struct bio_list waiters;
+	blk_status_t status;
+	bool zero;
+	struct page **pages;		/* FETCH_WRITING payload */
+	unsigned int nr_pages;
+};
+
+/*
+ * The fetch queue of a target.  lock guards every field and every fetch's
+ * state, owner, list and waiters; process context only.  helper is also
+ * changed only under stream_chan_lock.
+ */
+struct stream_fetchq {
+	struct mutex lock;		/* see above */
+	struct xarray fetches;		/* block -> struct stream_fetch */
+	struct list_head pending;	/* FETCH_QUEUED */
+	struct list_head sent;		/* FETCH_SENT */
+	u64 next_tag;
+	struct stream_file *helper;
+	bool dying;			/* helper being detached */
+};
+
+/* An open /dev/dm-stream. */
+struct stream_file {
+	/* Held for read by file operations using @sc, for write to change it. */
+	struct rw_semaphore sem;
+	struct stream_c *sc;
+	wait_queue_head_t wait;		/* requests pending or target gone */
+};
+
+extern struct mutex stream_chan_lock;
+int stream_chan_init(void);
+void stream_chan_exit(void);
+
+/* Target lifetime: make it findable by helpers, forget it, drop them. */
+void stream_chan_register(struct stream_c *sc);
+void stream_chan_unregister(struct stream_c *sc);
+void stream_chan_detach(struct stream_c *sc);
+void stream_put(struct stream_c *sc);
+
+void stream_fetchq_init(struct stream_fetchq *fq);
+/* dtr: free what is left (no waiters: see stream_postsuspend()). */
+void stream_fetch_destroy(struct stream_c *sc);
+
+enum stream_park {
+	STREAM_PARK_PRESENT,	/* present after all: map it */
+	STREAM_PARK_REQUEUE,	/* noflush suspend in progress */
+	STREAM_PARK_WAITING,	/* parked behind the block's fetch */
+	STREAM_PARK_FILL,	/* a fill was started: *@fill, submit the bio */
+	STREAM_PARK_NOMEM,	/* no memory: retry later */
+};
+
+/*
+ * Worker: park @bio (to absent @block) behind the block's fetch, queueing
+ * one for the helper if there is none, or with @fill (a whole-block write
+ * a snapshot does not need) start a fill instead.
+ */
+enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
+				   u64 block, bool fill,
+				   struct stream_fetch **f);
+/* Any context: the data write of a fetch or fill has ended. */
+void stream_fetch_io_done(struct stream_fetch *f);
+/*
+ * Worker: a completed fetch leaves the queue; its block is present if its
+ * write succeeded.  Its waiters go to @waiters.  Returns true if that made
+ * the last absent block present.  Free it with stream_fetch_free().
+ */
+bool stream_fetch_retire(struct stream_c *sc, struct stream_fetch *f,
+			 struct bio_list *waiters);
+void stream_fetch_free(struct stream_fetch *f);
+/*
+ * Move the waiters of every fetch waiting for the helper (queued or sent,
+ * not being written) to @out; the fetches stay queued.  Returns how many.
+ */
+unsigned int stream_fetch_take_waiters(struct stream_c *sc,
+				       struct bio_list *out);
+/* Worker: drop fetches older than @limit jiffies; their waiters to @dead. */
+void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
+			 struct bio_list *dead);
+/*
+ * Suspended: drop the fetches nobody waits for.  Returns true if fetches
+ * whose data is being written remain.
+ */
+bool stream_fetch_cancel_idle(struct stream_c *sc);
+
+#endif
