@@ -6,7 +6,11 @@
  *   stream-replay list <log>
  *   stream-replay replay <log> <dev> --from A --to B
  *   stream-replay tear <log> <dev> --entry N --sectors K
- *   stream-replay sums <dev> --bs BYTES [--count N]
+ *   stream-replay sums <dev> --bs BYTES [--count N] [--skip N]
+ *   stream-replay point <log> <ref> <copy> --from A --to B --meta SECTORS
+ *                 --bs BYTES [--tear N --sectors K]
+ *   stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE
+ *                 [<first>+<count> ...]
  *   stream-replay fsync <dev>
  *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
  *                 [--dsync 1]
@@ -39,12 +43,32 @@
  * support and the suite expects none to be logged; zeroing is the
  * conservative choice for any other discard.)
  *
- * "sums" prints one FNV-1a 64-bit hash per block of <dev>, one a line, in
- * hex: the oracle and the checks compare blocks by it.  It reads with
+ * "sums" prints one 64-bit hash per block of <dev> (from block --skip on),
+ * one a line, in hex: the oracle and the checks compare blocks by it.  The
+ * hash is FNV-1a over 64-bit little-endian words (not bytes: eight times
+ * fewer steps, which matters under TCG); blocks are multiples of 512.  It reads with
  * O_DIRECT when the device allows it, so that a dm device is really read.
  * "fsync" opens a device for writing and fsyncs it: a REQ_PREFLUSH.
  * "write" copies <len> bytes of <src> to <dev> in one O_DIRECT write
  * (O_DSYNC too with --dsync 1: a REQ_FUA write), the workload's writes.
+ *
+ * "point" prepares one crash point, in one pass: it applies entries
+ * [A, B) to <ref> (a file: the replay moved forward, never loaded), reads
+ * <ref> into memory, applies the first K sectors of entry N there when
+ * --tear is given, then makes <copy> (the device the check loads, which the
+ * previous check's target wrote to) equal to it by rewriting only the
+ * <bs>-sized blocks that differ (O_DIRECT both ways).  Output: "zero 1" if
+ * the first <meta> sectors (the metadata slice) are all zero, else
+ * "zero 0", then "copied <n> <m>": <n> blocks rewritten, and <m> data
+ * blocks of <copy> that differed from <ref> as it was before this call
+ * outside the previous point's torn range (remembered in "<ref>.torn"):
+ * m > 0 means the previous check wrote to the data slice, which the suite
+ * relies on never happening.
+ *
+ * "diff" reads the blocks of the given ranges (block numbers, <bs> blocks
+ * from sector --at of <dev>) and prints "<block> <hash>" for each whose
+ * content differs from the same block of <image>: the checks need no
+ * other hash, every other block holding the image's content.
  *
  * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
  */
@@ -362,7 +386,7 @@ static int sync_dev(int fd, const char *dev)
 }
 
 static int cmd_replay(const char *path, const char *dev, uint64_t from,
-		      uint64_t to)
+		      uint64_t to, bool sync)
 {
 	struct log log;
 	struct entry e;
@@ -390,7 +414,7 @@ static int cmd_replay(const char *path, const char *dev, uint64_t from,
 		if (!r)
 			r = apply(&log, &e, fd, -1);
 	}
-	if (!r)
+	if (!r && sync)
 		r = sync_dev(fd, dev);
 	close(fd);
 out_log:
@@ -436,18 +460,20 @@ out_log:
 	return r;
 }
 
+/* FNV-1a over 64-bit words; n is a multiple of 8. */
 static uint64_t fnv1a(const unsigned char *p, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ULL;
 
-	while (n--) {
-		h ^= *p++;
+	for (; n >= 8; n -= 8, p += 8) {
+		h ^= get_le64(p);
 		h *= 0x100000001b3ULL;
 	}
 	return h;
 }
 
-static int cmd_sums(const char *dev, size_t bs, uint64_t count)
+static int cmd_sums(const char *dev, size_t bs, uint64_t count,
+		    uint64_t skip)
 {
 	unsigned char *buf;
 	uint64_t b;
@@ -471,7 +497,7 @@ static int cmd_sums(const char *dev, size_t bs, uint64_t count)
 		close(fd);
 		return -r;
 	}
-	for (b = 0; !count || b < count; b++) {
+	for (b = skip; !count || b < skip + count; b++) {
 		ssize_t n = pread(fd, buf, bs, b * bs);
 
 		if (n == 0 && !count)
@@ -490,6 +516,225 @@ static int cmd_sums(const char *dev, size_t bs, uint64_t count)
 	}
 	free(buf);
 	close(fd);
+	return r;
+}
+
+static int read_file(const char *path, unsigned char **buf, size_t *len)
+{
+	off_t size;
+	int fd, r;
+
+	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", path);
+		return -errno;
+	}
+	size = lseek(fd, 0, SEEK_END);
+	if (size <= 0 || size % 4096) {
+		fprintf(stderr, "stream-replay: %s: size %lld not a multiple of 4096\n",
+			path, (long long)size);
+		close(fd);
+		return -EINVAL;
+	}
+	r = posix_memalign((void **)buf, 4096, size);
+	if (r) {
+		fprintf(stderr, "stream-replay: no memory for %s\n", path);
+		close(fd);
+		return -r;
+	}
+	*len = size;
+	r = read_full(fd, *buf, size, 0, path);
+	close(fd);
+	if (r)
+		free(*buf);
+	return r;
+}
+
+static int cmd_point(const char *path, const char *ref, const char *copy,
+		     uint64_t from, uint64_t to, uint64_t meta, size_t bs,
+		     bool tear, uint64_t tear_idx,
+		     uint64_t tear_sectors)
+{
+	unsigned char *buf = NULL, *cbuf = NULL, *old = NULL;
+	uint64_t torn_first = 0, torn_end = 0, copied = 0, outside = 0;
+	unsigned long long prev_first = 0, prev_end = 0;
+	char side[4096];
+	FILE *f;
+	size_t len, ilen, off, chunk = 1 << 20, i;
+	struct log log;
+	struct entry e;
+	bool zero = true;
+	int fd, r;
+
+	if (!bs || bs % 512 || chunk % bs || (meta * 512) % bs) {
+		fprintf(stderr, "stream-replay: point: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	snprintf(side, sizeof(side), "%s.torn", ref);
+	f = fopen(side, "r");
+	if (f) {
+		if (fscanf(f, "%llu %llu", &prev_first, &prev_end) != 2)
+			prev_first = prev_end = 0;
+		fclose(f);
+		unlink(side);
+	}
+	r = read_file(ref, &old, &len);
+	if (r)
+		return r;
+	r = cmd_replay(path, ref, from, to, false);
+	if (r)
+		goto out;
+	r = read_file(ref, &buf, &ilen);
+	if (!r && ilen != len) {
+		fprintf(stderr, "stream-replay: %s changed size\n", ref);
+		r = -EINVAL;
+	}
+	if (r)
+		goto out;
+	if (len <= meta * 512 || len % chunk) {
+		fprintf(stderr, "stream-replay: %s: size %zu: no data slice or not in MiB\n",
+			ref, len);
+		r = -EINVAL;
+		goto out;
+	}
+	if (tear) {
+		r = log_open(&log, path);
+		if (r)
+			goto out;
+		r = log_seek(&log, tear_idx);
+		if (!r)
+			r = log_next(&log, &e);
+		if (!r && (!has_data(&e) || tear_sectors >= e.nr_sectors)) {
+			fprintf(stderr,
+				"stream-replay: %s: entry %llu (%llu sectors) cannot be torn after %llu\n",
+				path, (unsigned long long)tear_idx,
+				(unsigned long long)e.nr_sectors,
+				(unsigned long long)tear_sectors);
+			r = -EINVAL;
+		}
+		torn_first = e.sector * log.sectorsize;
+		torn_end = torn_first + tear_sectors * log.sectorsize;
+		if (!r && torn_end > len) {
+			fprintf(stderr, "stream-replay: entry %llu beyond %s\n",
+				(unsigned long long)tear_idx, ref);
+			r = -ERANGE;
+		}
+		if (!r)
+			r = read_full(log.fd, buf + torn_first,
+				      torn_end - torn_first, e.data_pos, path);
+		close(log.fd);
+		if (r)
+			goto out;
+		f = fopen(side, "w");
+		if (!f || fprintf(f, "%llu %llu\n",
+				  (unsigned long long)torn_first,
+				  (unsigned long long)torn_end) < 0 || fclose(f)) {
+			fprintf(stderr, "stream-replay: write %s: %m\n", side);
+			r = -EIO;
+			goto out;
+		}
+	}
+	for (i = 0; i < meta * 512 && zero; i++)
+		zero = !buf[i];
+	r = posix_memalign((void **)&cbuf, 4096, chunk);
+	if (r) {
+		r = -r;
+		goto out;
+	}
+	fd = open(copy, O_RDWR | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", copy);
+		r = -errno;
+		goto out;
+	}
+	for (off = 0; off < len && !r; off += chunk) {
+		r = read_full(fd, cbuf, chunk, off, copy);
+		for (i = 0; !r && i < chunk; i += bs) {
+			if (!memcmp(cbuf + i, buf + off + i, bs))
+				continue;
+			r = write_full(fd, buf + off + i, bs, off + i, copy);
+			copied++;
+			if (off + i >= meta * 512 &&
+			    (off + i + bs <= prev_first || off + i >= prev_end) &&
+			    memcmp(cbuf + i, old + off + i, bs) &&
+			    outside++ < 8)
+				fprintf(stderr,
+					"stream-replay: %s: data block %zu changed since the last point\n",
+					copy, (off + i - meta * 512) / bs);
+		}
+	}
+	if (!r && fsync(fd)) {
+		fprintf(stderr, "stream-replay: fsync %s: %m\n", copy);
+		r = -errno;
+	}
+	close(fd);
+	if (r)
+		goto out;
+	printf("zero %d copied %llu %llu\n", zero,
+	       (unsigned long long)copied, (unsigned long long)outside);
+out:
+	free(old);
+	free(cbuf);
+	free(buf);
+	return r;
+}
+
+/* The blocks of @ranges ("<first>+<count>") differing from @image. */
+static int cmd_diff(const char *dev, size_t bs, uint64_t at,
+		    const char *image, int nr, char **ranges)
+{
+	unsigned char *img = NULL, *buf = NULL;
+	unsigned long long first, count, b, n, k;
+	size_t ilen, chunk = 1 << 20;
+	int fd, i, r;
+
+	if (!bs || bs % 512 || chunk % bs) {
+		fprintf(stderr, "stream-replay: diff: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	r = read_file(image, &img, &ilen);
+	if (r)
+		return r;
+	r = posix_memalign((void **)&buf, 4096, chunk);
+	if (r) {
+		free(img);
+		return -r;
+	}
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+		goto out;
+	}
+	for (i = 0; i < nr && !r; i++) {
+		char end;
+
+		if (sscanf(ranges[i], "%llu+%llu%c", &first, &count, &end) != 2) {
+			fprintf(stderr, "stream-replay: diff: bad range '%s'\n",
+				ranges[i]);
+			r = -EINVAL;
+			break;
+		}
+		for (b = first; b < first + count && !r; b += n) {
+			n = first + count - b;
+			if (n > chunk / bs)
+				n = chunk / bs;
+			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
+			for (k = 0; !r && k < n; k++) {
+				unsigned char *p = buf + k * bs;
+
+				if ((b + k + 1) * bs <= ilen &&
+				    !memcmp(p, img + (b + k) * bs, bs))
+					continue;
+				printf("%llu %016llx\n", b + k,
+				       (unsigned long long)fnv1a(p, bs));
+			}
+		}
+	}
+	close(fd);
+out:
+	free(buf);
+	free(img);
 	return r;
 }
 
@@ -551,7 +796,11 @@ static void usage(void)
 "Usage: stream-replay list <log>\n"
 "       stream-replay replay <log> <dev> --from A --to B\n"
 "       stream-replay tear <log> <dev> --entry N --sectors K\n"
-"       stream-replay sums <dev> --bs BYTES [--count N]\n"
+"       stream-replay sums <dev> --bs BYTES [--count N] [--skip N]\n"
+"       stream-replay point <log> <ref> <copy> --from A --to B --meta SECTORS\n"
+"                     --bs BYTES [--tear N --sectors K]\n"
+"       stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE\n"
+"                     [<first>+<count> ...]\n"
 "       stream-replay fsync <dev>\n"
 "       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
 "                     --src-at BYTES [--dsync 1]\n");
@@ -596,14 +845,30 @@ int main(int argc, char **argv)
 	else if (!strcmp(argv[1], "replay") && argc == 8)
 		r = cmd_replay(argv[2], argv[3],
 			       opt(argc, argv, 4, "--from", true, 0),
-			       opt(argc, argv, 4, "--to", true, 0));
+			       opt(argc, argv, 4, "--to", true, 0), true);
 	else if (!strcmp(argv[1], "tear") && argc == 8)
 		r = cmd_tear(argv[2], argv[3],
 			     opt(argc, argv, 4, "--entry", true, 0),
 			     opt(argc, argv, 4, "--sectors", true, 0));
-	else if (!strcmp(argv[1], "sums") && (argc == 5 || argc == 7))
+	else if (!strcmp(argv[1], "sums") && argc >= 5 && argc <= 9 &&
+		 argc % 2)
 		r = cmd_sums(argv[2], opt(argc, argv, 3, "--bs", true, 0),
-			     opt(argc, argv, 3, "--count", false, 0));
+			     opt(argc, argv, 3, "--count", false, 0),
+			     opt(argc, argv, 3, "--skip", false, 0));
+	else if (!strcmp(argv[1], "point") && (argc == 13 || argc == 17))
+		r = cmd_point(argv[2], argv[3], argv[4],
+			      opt(argc, argv, 5, "--from", true, 0),
+			      opt(argc, argv, 5, "--to", true, 0),
+			      opt(argc, argv, 5, "--meta", true, 0),
+			      opt(argc, argv, 5, "--bs", true, 0),
+			      argc == 17,
+			      opt(argc, argv, 5, "--tear", argc == 17, 0),
+			      opt(argc, argv, 5, "--sectors", argc == 17, 0));
+	else if (!strcmp(argv[1], "diff") && argc >= 9 &&
+		 !strcmp(argv[7], "--image"))
+		r = cmd_diff(argv[2], opt(9, argv, 3, "--bs", true, 0),
+			     opt(9, argv, 3, "--at", true, 0), argv[8],
+			     argc - 9, argv + 9);
 	else if (!strcmp(argv[1], "fsync") && argc == 3)
 		r = cmd_fsync(argv[2]);
 	else if (!strcmp(argv[1], "write") && (argc == 11 || argc == 13)) {
