@@ -406,6 +406,9 @@ choose_points() {
 			while (j <= b && (j in pt)) j++
 			if (j <= b) { pt[j] = 1; k++ }
 		}
+		# collisions with FLUSH/FUA points: fill up from the start
+		for (j = a; j <= b && k < cnt; j++)
+			if (!(j in pt)) { pt[j] = 1; k++ }
 	}
 	END {
 		for (i = 0; i < n; i++)
