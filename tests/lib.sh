@@ -71,6 +71,9 @@ build_tools() {
 		"$TOP/tests/tools/stream-meta.c" || die "stream-meta"
 	gcc -O2 -Wall -I"$TOP/kernel" -o "$WORK/tools/stream-chan" \
 		"$TOP/tests/tools/stream-chan.c" || die "stream-chan"
+	gcc -O2 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
+		-o "$WORK/tools/stream-replay" \
+		"$TOP/tests/tools/stream-replay.c" || die "stream-replay"
 }
 
 # Copy a binary and the shared libraries it needs into root $1.
@@ -92,8 +95,10 @@ copy_lib() {
 
 # Modules the guest loads, in order, for a stock kernel.  crc32c_generic
 # first: busybox ignores the soft dependency libcrc32c has on it.
+# dm-log-writes records the replay suite's workload (built into the debug
+# kernel).
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
-dm-flakey dm-delay loop ext4"
+dm-flakey dm-delay dm-log-writes loop ext4"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
 build_initramfs() {
@@ -108,6 +113,7 @@ build_initramfs() {
 	copy_bin "$root" "$WORK/tools/stream-io"
 	copy_bin "$root" "$WORK/tools/stream-meta"
 	copy_bin "$root" "$WORK/tools/stream-chan"
+	copy_bin "$root" "$WORK/tools/stream-replay"
 	copy_bin "$root" "$(command -v nbdkit)"
 	copy_bin "$root" "$(command -v qemu-nbd)"
 	copy_bin "$root" "$(command -v nbdcopy)"

@@ -3,11 +3,13 @@
 # 6.12, the KUnit/KASAN/lockdep debug kernel) boot the main integration
 # suite, the clean-reboot pair and the power-cut pairs (after fsync'd
 # writes, and in the middle of a snapshot drain); on the debug kernel
-# also collect the KUnit results.  Ends with "N passed, N failed".
+# also collect the KUnit results; then the crash-point replay suite.  Ends
+# with "N passed, N failed".
 #
 # Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels;
 #      STREAM_SUITES="main fio ..." to choose boots (default: all of
-#      main reboot crash crashdrain fio fiocrash regress mempressure;
+#      main reboot crash crashdrain fio fiocrash regress mempressure
+#      replay;
 #      mempressure boots on the debug kernel only);
 #      STREAM_ONLY="a+b" runs only those tests of the single-boot suites
 #      (main, fio, regress, mempressure): stream.only= on the cmdline;
@@ -23,7 +25,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
-SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress mempressure}
+SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress mempressure replay}
 ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
 LANES=${STREAM_LANES:-2}
 
@@ -169,6 +171,18 @@ run_kernel() {
 	# Fault injection needs the debug kernel's FAILSLAB/FAIL_PAGE_ALLOC.
 	if [ "$k" = debug ] && want mempressure; then
 		boot "$k" "$initrd" "$logs" mempressure
+	fi
+
+	# Crash-point replay: records a workload with dm-log-writes, then
+	# checks every flush point and 200+ others (tests/guest/replay.sh).
+	if want replay; then
+		make_disks
+		t1=$(date +%s)
+		STREAM_VM_TIMEOUT=${STREAM_REPLAY_TIMEOUT:-3600} \
+			run_vm "$k" "$initrd" "$logs/replay.log" \
+			"stream.suite=replay" -- "${DISKS[@]}"
+		collect "$k" replay "$logs/replay.log"
+		echo "[$k] replay boot took $(($(date +%s) - t1)) s"
 	fi
 	echo "[$k] done in $(($(date +%s) - t0)) s"
 }

@@ -1,0 +1,891 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * stream-replay: read a dm-log-writes log and replay it, for the crash-point
+ * suite (tests/guest/replay.sh).
+ *
+ *   stream-replay list <log>
+ *   stream-replay replay <log> <dev> --from A --to B
+ *   stream-replay tear <log> <dev> --entry N --sectors K
+ *   stream-replay sums <dev> --bs BYTES [--count N] [--skip N]
+ *   stream-replay point <log> <ref> <copy> --from A --to B --meta SECTORS
+ *                 --bs BYTES [--tear N --sectors K]
+ *   stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE
+ *                 [<first>+<count> ...]
+ *   stream-replay fsync <dev>
+ *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
+ *                 [--dsync 1]
+ *
+ * The log format (Documentation/admin-guide/device-mapper/log-writes.rst,
+ * drivers/md/dm-log-writes.c), all fields little endian:
+ *
+ *   sector 0        super: le64 magic 0x6a736677736872, le64 version (1),
+ *                   le64 nr_entries, le32 sectorsize
+ *   then, nr_entries times, starting at byte <sectorsize>:
+ *     one sector    entry: le64 sector, le64 nr_sectors, le64 flags,
+ *                   le64 data_len; a MARK's string (data_len bytes, no
+ *                   terminator) follows in the same sector
+ *     nr_sectors    the data written, unless the entry is a DISCARD
+ *
+ * "sector" and "nr_sectors" count <sectorsize> units of the logged device.
+ * Flags: FLUSH 1, FUA 2, DISCARD 4, MARK 8, METADATA 16.  The log holds
+ * writes in completion order, each write before the flush that followed
+ * its completion; the super's nr_entries is only updated on FUA and MARK
+ * entries (and when the target is removed, which adds a last mark).
+ *
+ * Entries are numbered from 0.  "replay --from A --to B" applies entries
+ * [A, B), so a caller can move a device forward from one crash point to
+ * the next.  "tear" applies the first K sectors of entry N only: a write
+ * torn at a sector boundary by a power cut.
+ *
+ * DISCARD entries are replayed as zeroes over their range: the content the
+ * stream target gives a discarded block.  (dm-log-writes does not pass
+ * REQ_OP_WRITE_ZEROES down, so over it the target advertises no discard
+ * support and the suite expects none to be logged; zeroing is the
+ * conservative choice for any other discard.)
+ *
+ * "sums" prints one 64-bit hash per block of <dev> (from block --skip on),
+ * one a line, in hex: the oracle and the checks compare blocks by it.  The
+ * hash is FNV-1a over 64-bit little-endian words (not bytes: eight times
+ * fewer steps, which matters under TCG); blocks are multiples of 512.  It reads with
+ * O_DIRECT when the device allows it, so that a dm device is really read.
+ * "fsync" opens a device for writing and fsyncs it: a REQ_PREFLUSH.
+ * "write" copies <len> bytes of <src> to <dev> in one O_DIRECT write
+ * (O_DSYNC too with --dsync 1: a REQ_FUA write), the workload's writes.
+ *
+ * "point" prepares one crash point, in one pass: it applies entries
+ * [A, B) to <ref> (a file: the replay moved forward, never loaded), reads
+ * <ref> into memory, applies the first K sectors of entry N there when
+ * --tear is given, then makes <copy> (the device the check loads, which the
+ * previous check's target wrote to) equal to it by rewriting only the
+ * <bs>-sized blocks that differ (O_DIRECT both ways).  Output: "zero 1" if
+ * the first <meta> sectors (the metadata slice) are all zero, else
+ * "zero 0", then "copied <n> <m>": <n> blocks rewritten, and <m> data
+ * blocks of <copy> that differed from <ref> as it was before this call
+ * outside the previous point's torn range (remembered in "<ref>.torn"):
+ * m > 0 means the previous check wrote to the data slice, which the suite
+ * relies on never happening.
+ *
+ * "diff" reads the blocks of the given ranges (block numbers, <bs> blocks
+ * from sector --at of <dev>) and prints "<block> <hash>" for each whose
+ * content differs from the same block of <image>: the checks need no
+ * other hash, every other block holding the image's content.
+ *
+ * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define LOG_MAGIC	0x6a736677736872ULL
+#define LOG_VERSION	1
+
+#define LOG_FLUSH	(1 << 0)
+#define LOG_FUA		(1 << 1)
+#define LOG_DISCARD	(1 << 2)
+#define LOG_MARK	(1 << 3)
+#define LOG_METADATA	(1 << 4)
+
+#define ENTRY_HDR_LEN	32	/* four le64 */
+#define MAX_SECTORSIZE	4096
+
+struct log {
+	int fd;
+	const char *path;
+	uint32_t sectorsize;
+	uint64_t nr_entries;
+	/* cursor: the entry at byte offset "pos" has number "idx" */
+	uint64_t idx;
+	off_t pos;
+};
+
+struct entry {
+	uint64_t sector;	/* in sectorsize units */
+	uint64_t nr_sectors;
+	uint64_t flags;
+	uint64_t data_len;
+	char mark[MAX_SECTORSIZE];
+	off_t data_pos;		/* byte offset of the data in the log */
+};
+
+static int read_full(int fd, void *buf, size_t len, off_t off,
+		     const char *what)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pread(fd, buf, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "stream-replay: read %s at %lld: %m\n",
+				what, (long long)off);
+			return -errno;
+		}
+		if (n == 0) {
+			fprintf(stderr,
+				"stream-replay: read %s at %lld: unexpected end\n",
+				what, (long long)off);
+			return -EIO;
+		}
+		buf = (char *)buf + n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len, off_t off,
+		      const char *what)
+{
+	ssize_t n;
+
+	while (len) {
+		n = pwrite(fd, buf, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			fprintf(stderr, "stream-replay: write %s at %lld: %m\n",
+				what, (long long)off);
+			return -errno;
+		}
+		buf = (const char *)buf + n;
+		len -= n;
+		off += n;
+	}
+	return 0;
+}
+
+static uint64_t get_le64(const unsigned char *p)
+{
+	uint64_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return le64toh(v);
+}
+
+static uint32_t get_le32(const unsigned char *p)
+{
+	uint32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return le32toh(v);
+}
+
+static int log_open(struct log *log, const char *path)
+{
+	unsigned char sb[MAX_SECTORSIZE];
+	uint64_t magic, version;
+	int r;
+
+	log->path = path;
+	log->fd = open(path, O_RDONLY);
+	if (log->fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", path);
+		return -errno;
+	}
+	r = read_full(log->fd, sb, 512, 0, path);
+	if (r)
+		goto out_close;
+	magic = get_le64(sb);
+	version = get_le64(sb + 8);
+	log->nr_entries = get_le64(sb + 16);
+	log->sectorsize = get_le32(sb + 24);
+	r = -EINVAL;
+	if (magic != LOG_MAGIC) {
+		fprintf(stderr,
+			"stream-replay: %s: magic: expected %llx, found %llx\n",
+			path, LOG_MAGIC, (unsigned long long)magic);
+		goto out_close;
+	}
+	if (version != LOG_VERSION) {
+		fprintf(stderr,
+			"stream-replay: %s: version: expected %d, found %llu\n",
+			path, LOG_VERSION, (unsigned long long)version);
+		goto out_close;
+	}
+	if (log->sectorsize < 512 || log->sectorsize > MAX_SECTORSIZE ||
+	    (log->sectorsize & (log->sectorsize - 1))) {
+		fprintf(stderr, "stream-replay: %s: bad sector size %u\n",
+			path, log->sectorsize);
+		goto out_close;
+	}
+	log->idx = 0;
+	log->pos = log->sectorsize;
+	return 0;
+out_close:
+	close(log->fd);
+	return r;
+}
+
+/* Read the entry at the cursor and move the cursor past it. */
+static int log_next(struct log *log, struct entry *e)
+{
+	unsigned char hdr[MAX_SECTORSIZE];
+	int r;
+
+	if (log->idx >= log->nr_entries) {
+		fprintf(stderr, "stream-replay: %s: no entry %llu (%llu in log)\n",
+			log->path, (unsigned long long)log->idx,
+			(unsigned long long)log->nr_entries);
+		return -ERANGE;
+	}
+	r = read_full(log->fd, hdr, log->sectorsize, log->pos, log->path);
+	if (r)
+		return r;
+	e->sector = get_le64(hdr);
+	e->nr_sectors = get_le64(hdr + 8);
+	e->flags = get_le64(hdr + 16);
+	e->data_len = get_le64(hdr + 24);
+	e->mark[0] = '\0';
+	if (e->flags & LOG_MARK) {
+		size_t n = e->data_len;
+
+		if (n > log->sectorsize - ENTRY_HDR_LEN) {
+			fprintf(stderr,
+				"stream-replay: %s: entry %llu: mark of %zu bytes\n",
+				log->path, (unsigned long long)log->idx, n);
+			return -EINVAL;
+		}
+		memcpy(e->mark, hdr + ENTRY_HDR_LEN, n);
+		e->mark[n] = '\0';
+	}
+	e->data_pos = log->pos + log->sectorsize;
+	log->pos = e->data_pos;
+	if (!(e->flags & LOG_DISCARD))
+		log->pos += (off_t)e->nr_sectors * log->sectorsize;
+	log->idx++;
+	return 0;
+}
+
+static int log_seek(struct log *log, uint64_t idx)
+{
+	struct entry e;
+	int r;
+
+	if (idx < log->idx) {
+		log->idx = 0;
+		log->pos = log->sectorsize;
+	}
+	while (log->idx < idx) {
+		r = log_next(log, &e);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+static bool has_data(const struct entry *e)
+{
+	return e->nr_sectors && !(e->flags & (LOG_DISCARD | LOG_MARK));
+}
+
+/* Apply the first "limit" sectors of entry e (all of it if limit < 0). */
+static int apply(struct log *log, const struct entry *e, int dev,
+		 int64_t limit)
+{
+	static char buf[1 << 20];
+	uint64_t left = e->nr_sectors, done = 0;
+	size_t chunk;
+	int r;
+
+	if (!has_data(e) && !(e->flags & LOG_DISCARD))
+		return 0;
+	if (limit >= 0 && (uint64_t)limit < left)
+		left = limit;
+	if (e->flags & LOG_DISCARD)
+		memset(buf, 0, sizeof(buf));
+	while (left) {
+		chunk = sizeof(buf) / log->sectorsize;
+		if (chunk > left)
+			chunk = left;
+		if (!(e->flags & LOG_DISCARD)) {
+			r = read_full(log->fd, buf, chunk * log->sectorsize,
+				      e->data_pos + done * log->sectorsize,
+				      log->path);
+			if (r)
+				return r;
+		}
+		r = write_full(dev, buf, chunk * log->sectorsize,
+			       (e->sector + done) * log->sectorsize, "device");
+		if (r)
+			return r;
+		done += chunk;
+		left -= chunk;
+	}
+	return 0;
+}
+
+static const char *flag_names(uint64_t f, char *buf, size_t len)
+{
+	static const char *const names[] = {
+		"FLUSH", "FUA", "DISCARD", "MARK", "METADATA"
+	};
+	size_t i, off = 0;
+
+	buf[0] = '\0';
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (f & (1ULL << i))
+			off += snprintf(buf + off, len - off, "%s%s",
+					off ? "," : "", names[i]);
+	if (!off)
+		snprintf(buf, len, "WRITE");
+	return buf;
+}
+
+/* One line per entry: index, flags (decimal), sector, sectors, names, mark */
+static int cmd_list(const char *path)
+{
+	struct log log;
+	struct entry e;
+	char names[64];
+	int r = 0;
+
+	r = log_open(&log, path);
+	if (r)
+		return r;
+	while (log.idx < log.nr_entries) {
+		uint64_t idx = log.idx;
+
+		r = log_next(&log, &e);
+		if (r)
+			break;
+		printf("%llu %llu %llu %llu %s %s\n", (unsigned long long)idx,
+		       (unsigned long long)e.flags,
+		       (unsigned long long)e.sector,
+		       (unsigned long long)e.nr_sectors,
+		       flag_names(e.flags, names, sizeof(names)),
+		       e.mark[0] ? e.mark : "-");
+	}
+	close(log.fd);
+	return r;
+}
+
+static int open_dev(const char *dev)
+{
+	int fd = open(dev, O_WRONLY);
+
+	if (fd < 0)
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+	return fd < 0 ? -errno : fd;
+}
+
+static int sync_dev(int fd, const char *dev)
+{
+	if (fsync(fd)) {
+		fprintf(stderr, "stream-replay: fsync %s: %m\n", dev);
+		return -errno;
+	}
+	return 0;
+}
+
+static int cmd_replay(const char *path, const char *dev, uint64_t from,
+		      uint64_t to, bool sync)
+{
+	struct log log;
+	struct entry e;
+	int fd, r;
+
+	r = log_open(&log, path);
+	if (r)
+		return r;
+	if (to > log.nr_entries || from > to) {
+		fprintf(stderr,
+			"stream-replay: %s: range [%llu, %llu) outside the %llu entries\n",
+			path, (unsigned long long)from, (unsigned long long)to,
+			(unsigned long long)log.nr_entries);
+		r = -ERANGE;
+		goto out_log;
+	}
+	fd = open_dev(dev);
+	if (fd < 0) {
+		r = fd;
+		goto out_log;
+	}
+	r = log_seek(&log, from);
+	while (!r && log.idx < to) {
+		r = log_next(&log, &e);
+		if (!r)
+			r = apply(&log, &e, fd, -1);
+	}
+	if (!r && sync)
+		r = sync_dev(fd, dev);
+	close(fd);
+out_log:
+	close(log.fd);
+	return r;
+}
+
+static int cmd_tear(const char *path, const char *dev, uint64_t idx,
+		    uint64_t sectors)
+{
+	struct log log;
+	struct entry e;
+	int fd, r;
+
+	r = log_open(&log, path);
+	if (r)
+		return r;
+	r = log_seek(&log, idx);
+	if (!r)
+		r = log_next(&log, &e);
+	if (r)
+		goto out_log;
+	if (!has_data(&e) || sectors >= e.nr_sectors) {
+		fprintf(stderr,
+			"stream-replay: %s: entry %llu (%llu sectors) cannot be torn after %llu\n",
+			path, (unsigned long long)idx,
+			(unsigned long long)e.nr_sectors,
+			(unsigned long long)sectors);
+		r = -EINVAL;
+		goto out_log;
+	}
+	fd = open_dev(dev);
+	if (fd < 0) {
+		r = fd;
+		goto out_log;
+	}
+	r = apply(&log, &e, fd, sectors);
+	if (!r)
+		r = sync_dev(fd, dev);
+	close(fd);
+out_log:
+	close(log.fd);
+	return r;
+}
+
+/* FNV-1a over 64-bit words; n is a multiple of 8. */
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (; n >= 8; n -= 8, p += 8) {
+		h ^= get_le64(p);
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+static int cmd_sums(const char *dev, size_t bs, uint64_t count,
+		    uint64_t skip)
+{
+	unsigned char *buf;
+	uint64_t b;
+	int fd, r = 0;
+
+	if (!bs || bs % 512) {
+		fprintf(stderr, "stream-replay: sums: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0 && errno == EINVAL)
+		fd = open(dev, O_RDONLY);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		return -errno;
+	}
+	r = posix_memalign((void **)&buf, 4096, bs);
+	if (r) {
+		fprintf(stderr, "stream-replay: sums: no memory for %zu bytes\n",
+			bs);
+		close(fd);
+		return -r;
+	}
+	for (b = skip; !count || b < skip + count; b++) {
+		ssize_t n = pread(fd, buf, bs, b * bs);
+
+		if (n == 0 && !count)
+			break;
+		if (n != (ssize_t)bs) {
+			if (n < 0)
+				fprintf(stderr, "stream-replay: read %s block %llu: %m\n",
+					dev, (unsigned long long)b);
+			else
+				fprintf(stderr, "stream-replay: read %s block %llu: short read\n",
+					dev, (unsigned long long)b);
+			r = n < 0 ? -errno : -EIO;
+			break;
+		}
+		printf("%016llx\n", (unsigned long long)fnv1a(buf, bs));
+	}
+	free(buf);
+	close(fd);
+	return r;
+}
+
+static int read_file(const char *path, unsigned char **buf, size_t *len)
+{
+	off_t size;
+	int fd, r;
+
+	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", path);
+		return -errno;
+	}
+	size = lseek(fd, 0, SEEK_END);
+	if (size <= 0 || size % 4096) {
+		fprintf(stderr, "stream-replay: %s: size %lld not a multiple of 4096\n",
+			path, (long long)size);
+		close(fd);
+		return -EINVAL;
+	}
+	r = posix_memalign((void **)buf, 4096, size);
+	if (r) {
+		fprintf(stderr, "stream-replay: no memory for %s\n", path);
+		close(fd);
+		return -r;
+	}
+	*len = size;
+	r = read_full(fd, *buf, size, 0, path);
+	close(fd);
+	if (r)
+		free(*buf);
+	return r;
+}
+
+static int cmd_point(const char *path, const char *ref, const char *copy,
+		     uint64_t from, uint64_t to, uint64_t meta, size_t bs,
+		     bool tear, uint64_t tear_idx,
+		     uint64_t tear_sectors)
+{
+	unsigned char *buf = NULL, *cbuf = NULL, *old = NULL;
+	uint64_t torn_first = 0, torn_end = 0, copied = 0, outside = 0;
+	unsigned long long prev_first = 0, prev_end = 0;
+	char side[4096];
+	FILE *f;
+	size_t len, ilen, off, chunk = 1 << 20, i;
+	struct log log;
+	struct entry e;
+	bool zero = true;
+	int fd, r;
+
+	if (!bs || bs % 512 || chunk % bs || (meta * 512) % bs) {
+		fprintf(stderr, "stream-replay: point: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	snprintf(side, sizeof(side), "%s.torn", ref);
+	f = fopen(side, "r");
+	if (f) {
+		if (fscanf(f, "%llu %llu", &prev_first, &prev_end) != 2)
+			prev_first = prev_end = 0;
+		fclose(f);
+		unlink(side);
+	}
+	r = read_file(ref, &old, &len);
+	if (r)
+		return r;
+	r = cmd_replay(path, ref, from, to, false);
+	if (r)
+		goto out;
+	r = read_file(ref, &buf, &ilen);
+	if (!r && ilen != len) {
+		fprintf(stderr, "stream-replay: %s changed size\n", ref);
+		r = -EINVAL;
+	}
+	if (r)
+		goto out;
+	if (len <= meta * 512 || len % chunk) {
+		fprintf(stderr, "stream-replay: %s: size %zu: no data slice or not in MiB\n",
+			ref, len);
+		r = -EINVAL;
+		goto out;
+	}
+	if (tear) {
+		r = log_open(&log, path);
+		if (r)
+			goto out;
+		r = log_seek(&log, tear_idx);
+		if (!r)
+			r = log_next(&log, &e);
+		if (!r && (!has_data(&e) || tear_sectors >= e.nr_sectors)) {
+			fprintf(stderr,
+				"stream-replay: %s: entry %llu (%llu sectors) cannot be torn after %llu\n",
+				path, (unsigned long long)tear_idx,
+				(unsigned long long)e.nr_sectors,
+				(unsigned long long)tear_sectors);
+			r = -EINVAL;
+		}
+		torn_first = e.sector * log.sectorsize;
+		torn_end = torn_first + tear_sectors * log.sectorsize;
+		if (!r && torn_end > len) {
+			fprintf(stderr, "stream-replay: entry %llu beyond %s\n",
+				(unsigned long long)tear_idx, ref);
+			r = -ERANGE;
+		}
+		if (!r)
+			r = read_full(log.fd, buf + torn_first,
+				      torn_end - torn_first, e.data_pos, path);
+		close(log.fd);
+		if (r)
+			goto out;
+		f = fopen(side, "w");
+		if (!f || fprintf(f, "%llu %llu\n",
+				  (unsigned long long)torn_first,
+				  (unsigned long long)torn_end) < 0 || fclose(f)) {
+			fprintf(stderr, "stream-replay: write %s: %m\n", side);
+			r = -EIO;
+			goto out;
+		}
+	}
+	for (i = 0; i < meta * 512 && zero; i++)
+		zero = !buf[i];
+	r = posix_memalign((void **)&cbuf, 4096, chunk);
+	if (r) {
+		r = -r;
+		goto out;
+	}
+	fd = open(copy, O_RDWR | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", copy);
+		r = -errno;
+		goto out;
+	}
+	for (off = 0; off < len && !r; off += chunk) {
+		r = read_full(fd, cbuf, chunk, off, copy);
+		for (i = 0; !r && i < chunk; i += bs) {
+			if (!memcmp(cbuf + i, buf + off + i, bs))
+				continue;
+			r = write_full(fd, buf + off + i, bs, off + i, copy);
+			copied++;
+			if (off + i >= meta * 512 &&
+			    (off + i + bs <= prev_first || off + i >= prev_end) &&
+			    memcmp(cbuf + i, old + off + i, bs) &&
+			    outside++ < 8)
+				fprintf(stderr,
+					"stream-replay: %s: data block %zu changed since the last point\n",
+					copy, (off + i - meta * 512) / bs);
+		}
+	}
+	if (!r && fsync(fd)) {
+		fprintf(stderr, "stream-replay: fsync %s: %m\n", copy);
+		r = -errno;
+	}
+	close(fd);
+	if (r)
+		goto out;
+	printf("zero %d copied %llu %llu\n", zero,
+	       (unsigned long long)copied, (unsigned long long)outside);
+out:
+	free(old);
+	free(cbuf);
+	free(buf);
+	return r;
+}
+
+/* The blocks of @ranges ("<first>+<count>") differing from @image. */
+static int cmd_diff(const char *dev, size_t bs, uint64_t at,
+		    const char *image, int nr, char **ranges)
+{
+	unsigned char *img = NULL, *buf = NULL;
+	unsigned long long first, count, b, n, k;
+	size_t ilen, chunk = 1 << 20;
+	int fd, i, r;
+
+	if (!bs || bs % 512 || chunk % bs) {
+		fprintf(stderr, "stream-replay: diff: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	r = read_file(image, &img, &ilen);
+	if (r)
+		return r;
+	r = posix_memalign((void **)&buf, 4096, chunk);
+	if (r) {
+		free(img);
+		return -r;
+	}
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+		goto out;
+	}
+	for (i = 0; i < nr && !r; i++) {
+		char end;
+
+		if (sscanf(ranges[i], "%llu+%llu%c", &first, &count, &end) != 2) {
+			fprintf(stderr, "stream-replay: diff: bad range '%s'\n",
+				ranges[i]);
+			r = -EINVAL;
+			break;
+		}
+		for (b = first; b < first + count && !r; b += n) {
+			n = first + count - b;
+			if (n > chunk / bs)
+				n = chunk / bs;
+			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
+			for (k = 0; !r && k < n; k++) {
+				unsigned char *p = buf + k * bs;
+
+				if ((b + k + 1) * bs <= ilen &&
+				    !memcmp(p, img + (b + k) * bs, bs))
+					continue;
+				printf("%llu %016llx\n", b + k,
+				       (unsigned long long)fnv1a(p, bs));
+			}
+		}
+	}
+	close(fd);
+out:
+	free(buf);
+	free(img);
+	return r;
+}
+
+static int cmd_fsync(const char *dev)
+{
+	int fd = open_dev(dev), r;
+
+	if (fd < 0)
+		return fd;
+	r = sync_dev(fd, dev);
+	close(fd);
+	return r;
+}
+
+static int cmd_write(const char *dev, uint64_t at, uint64_t len,
+		     const char *src, uint64_t src_at, bool dsync)
+{
+	void *buf;
+	int in, out, r;
+
+	if (!len || len % 512 || at % 512 || len > (64 << 20)) {
+		fprintf(stderr, "stream-replay: write: bad range %llu+%llu\n",
+			(unsigned long long)at, (unsigned long long)len);
+		return -EINVAL;
+	}
+	r = posix_memalign(&buf, 4096, len);
+	if (r) {
+		fprintf(stderr, "stream-replay: write: no memory for %llu bytes\n",
+			(unsigned long long)len);
+		return -r;
+	}
+	in = open(src, O_RDONLY);
+	if (in < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", src);
+		r = -errno;
+		goto out_buf;
+	}
+	r = read_full(in, buf, len, src_at, src);
+	if (r)
+		goto out_in;
+	out = open(dev, O_WRONLY | O_DIRECT | (dsync ? O_DSYNC : 0));
+	if (out < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+		goto out_in;
+	}
+	r = write_full(out, buf, len, at, dev);
+	close(out);
+out_in:
+	close(in);
+out_buf:
+	free(buf);
+	return r;
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+"Usage: stream-replay list <log>\n"
+"       stream-replay replay <log> <dev> --from A --to B\n"
+"       stream-replay tear <log> <dev> --entry N --sectors K\n"
+"       stream-replay sums <dev> --bs BYTES [--count N] [--skip N]\n"
+"       stream-replay point <log> <ref> <copy> --from A --to B --meta SECTORS\n"
+"                     --bs BYTES [--tear N --sectors K]\n"
+"       stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE\n"
+"                     [<first>+<count> ...]\n"
+"       stream-replay fsync <dev>\n"
+"       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
+"                     --src-at BYTES [--dsync 1]\n");
+	exit(2);
+}
+
+/* The value of option "name" in argv[first..argc), or "def". */
+static uint64_t opt(int argc, char **argv, int first, const char *name,
+		    bool required, uint64_t def)
+{
+	char *end;
+	uint64_t v;
+	int i;
+
+	for (i = first; i + 1 < argc; i++) {
+		if (strcmp(argv[i], name))
+			continue;
+		errno = 0;
+		v = strtoull(argv[i + 1], &end, 0);
+		if (errno || *end || end == argv[i + 1]) {
+			fprintf(stderr, "stream-replay: %s: bad number '%s'\n",
+				name, argv[i + 1]);
+			exit(2);
+		}
+		return v;
+	}
+	if (required) {
+		fprintf(stderr, "stream-replay: %s is required\n", name);
+		usage();
+	}
+	return def;
+}
+
+int main(int argc, char **argv)
+{
+	int r;
+
+	if (argc < 3)
+		usage();
+	if (!strcmp(argv[1], "list") && argc == 3)
+		r = cmd_list(argv[2]);
+	else if (!strcmp(argv[1], "replay") && argc == 8)
+		r = cmd_replay(argv[2], argv[3],
+			       opt(argc, argv, 4, "--from", true, 0),
+			       opt(argc, argv, 4, "--to", true, 0), true);
+	else if (!strcmp(argv[1], "tear") && argc == 8)
+		r = cmd_tear(argv[2], argv[3],
+			     opt(argc, argv, 4, "--entry", true, 0),
+			     opt(argc, argv, 4, "--sectors", true, 0));
+	else if (!strcmp(argv[1], "sums") && argc >= 5 && argc <= 9 &&
+		 argc % 2)
+		r = cmd_sums(argv[2], opt(argc, argv, 3, "--bs", true, 0),
+			     opt(argc, argv, 3, "--count", false, 0),
+			     opt(argc, argv, 3, "--skip", false, 0));
+	else if (!strcmp(argv[1], "point") && (argc == 13 || argc == 17))
+		r = cmd_point(argv[2], argv[3], argv[4],
+			      opt(argc, argv, 5, "--from", true, 0),
+			      opt(argc, argv, 5, "--to", true, 0),
+			      opt(argc, argv, 5, "--meta", true, 0),
+			      opt(argc, argv, 5, "--bs", true, 0),
+			      argc == 17,
+			      opt(argc, argv, 5, "--tear", argc == 17, 0),
+			      opt(argc, argv, 5, "--sectors", argc == 17, 0));
+	else if (!strcmp(argv[1], "diff") && argc >= 9 &&
+		 !strcmp(argv[7], "--image"))
+		r = cmd_diff(argv[2], opt(9, argv, 3, "--bs", true, 0),
+			     opt(9, argv, 3, "--at", true, 0), argv[8],
+			     argc - 9, argv + 9);
+	else if (!strcmp(argv[1], "fsync") && argc == 3)
+		r = cmd_fsync(argv[2]);
+	else if (!strcmp(argv[1], "write") && (argc == 11 || argc == 13)) {
+		const char *src = NULL;
+		int i;
+
+		for (i = 3; i + 1 < argc; i++)
+			if (!strcmp(argv[i], "--src"))
+				src = argv[i + 1];
+		if (!src)
+			usage();
+		r = cmd_write(argv[2], opt(argc, argv, 3, "--at", true, 0),
+			      opt(argc, argv, 3, "--len", true, 0), src,
+			      opt(argc, argv, 3, "--src-at", true, 0),
+			      opt(argc, argv, 3, "--dsync", false, 0));
+	}
+	else
+		usage();
+	return r ? 1 : 0;
+}
