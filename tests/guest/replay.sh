@@ -75,11 +75,18 @@ RP_LOG=$DATA			# the dm-log-writes log (32 MiB)
 RP_OTHER=200			# points besides FLUSH/FUA ones
 RP_TORN=60			# torn points
 RP_MAX=0			# stop after this many points (0: all)
-# Kernel command line: stream.replay=<other>,<torn>,<max> (run-all.sh
-# passes fewer "other" points on the debug kernel).
+RP_FLUSH=0			# FLUSH/FUA points, evenly sampled (0: all)
+# Kernel command line: stream.replay=<other>,<torn>,<max>[,<flush>]
+# (run-all.sh explores every point on Debian 6.12 and samples on the
+# others, see STREAM_REPLAY_* there).
 read -r _cl </proc/cmdline
 for _a in $_cl; do
 	case $_a in
+	stream.replay=*,*,*,*)
+		IFS=, read -r RP_OTHER RP_TORN RP_MAX RP_FLUSH <<-EOF
+		${_a#stream.replay=}
+		EOF
+		;;
 	stream.replay=*,*,*)
 		IFS=, read -r RP_OTHER RP_TORN RP_MAX <<-EOF
 		${_a#stream.replay=}
@@ -396,7 +403,7 @@ t_replay_workload() {
 # in-place metadata write), data, or - for a whole point.
 choose_points() {
 	awk -v other=$RP_OTHER -v torn=$RP_TORN -v meta=$RMETA \
-	    -v j0=$RJ0 -v j1=$RJ1 '
+	    -v j0=$RJ0 -v j1=$RJ1 -v flush=$RP_FLUSH '
 	{ n = $1 + 1; fl[$1] = $2; sec[$1] = $3; nr[$1] = $4; nm[$1] = $5
 	  if ($6 == "updated") upd = $1 }
 	function pick(a, b, cnt,   step, i, j, k) {	# cnt points in [a, b]
@@ -412,7 +419,12 @@ choose_points() {
 	}
 	END {
 		for (i = 0; i < n; i++)
-			if (fl[i] % 4 >= 1) pt[i + 1] = 1
+			if (fl[i] % 4 >= 1) fp[nf++] = i + 1
+		if (flush > 0 && flush < nf) {
+			for (k = 0; k < flush; k++) pt[fp[int(k * nf / flush)]] = 1
+		} else {
+			for (k = 0; k < nf; k++) pt[fp[k]] = 1
+		}
 		# three quarters of the others before the image update, the
 		# rest over the fill (thousands of one-block writes)
 		if (upd == "") upd = n
