@@ -49,7 +49,9 @@
 # Nothing reads an absent block: its content is by definition the image's
 # (the version the status names).  Present blocks are read straight from
 # the data slice ("stream-replay diff": a hash for each block differing
-# from image v1); the dirty sets come from suspend, "snapshot <c>",
+# from image v1; hashes are "h" and hex digits, never a number to awk,
+# whose numeric comparison of a hash such as 1461933e95733710 is wrong);
+# the dirty sets come from suspend, "snapshot <c>",
 # "ranges", "abort" (in core: the state is unchanged for the revert that
 # follows).  The oracle: state s is the model content (the blocks that
 # differ from v1, with their hash) and the blocks dirty for consumers 0 and

@@ -44,7 +44,12 @@
  * conservative choice for any other discard.)
  *
  * "sums" prints one 64-bit hash per block of <dev> (from block --skip on),
- * one a line, in hex: the oracle and the checks compare blocks by it.  The
+ * one a line, as "h" and 16 hex digits: the oracle and the checks compare
+ * blocks by it, in awk.  The "h" keeps a hash from looking like a number:
+ * bare, a hash such as 1461933e95733710 is a decimal float to awk, which
+ * compares such fields numerically; it overflows to inf, and busybox awk
+ * finds inf != inf (inf - inf is NaN), so a block equal to the image
+ * "differed" from it; all-digit hashes would compare with rounding.  The
  * hash is FNV-1a over 64-bit little-endian words (not bytes: eight times
  * fewer steps, which matters under TCG); blocks are multiples of 512.  It reads with
  * O_DIRECT when the device allows it, so that a dm device is really read.
@@ -66,8 +71,9 @@
  * relies on never happening.
  *
  * "diff" reads the blocks of the given ranges (block numbers, <bs> blocks
- * from sector --at of <dev>) and prints "<block> <hash>" for each whose
- * content differs from the same block of <image>: the checks need no
+ * from sector --at of <dev>) and prints "<block> <hash>" (the hash as
+ * "sums" prints it) for each whose content differs from the same block of
+ * <image>: the checks need no
  * other hash, every other block holding the image's content.
  *
  * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
@@ -94,6 +100,9 @@
 
 #define ENTRY_HDR_LEN	32	/* four le64 */
 #define MAX_SECTORSIZE	4096
+
+/* A block hash, never numeric to awk (see "sums" above). */
+#define HASH_FMT	"h%016llx"
 
 struct log {
 	int fd;
@@ -512,7 +521,7 @@ static int cmd_sums(const char *dev, size_t bs, uint64_t count,
 			r = n < 0 ? -errno : -EIO;
 			break;
 		}
-		printf("%016llx\n", (unsigned long long)fnv1a(buf, bs));
+		printf(HASH_FMT "\n", (unsigned long long)fnv1a(buf, bs));
 	}
 	free(buf);
 	close(fd);
@@ -726,7 +735,7 @@ static int cmd_diff(const char *dev, size_t bs, uint64_t at,
 				if ((b + k + 1) * bs <= ilen &&
 				    !memcmp(p, img + (b + k) * bs, bs))
 					continue;
-				printf("%llu %016llx\n", b + k,
+				printf("%llu " HASH_FMT "\n", b + k,
 				       (unsigned long long)fnv1a(p, bs));
 			}
 		}
