@@ -83,10 +83,9 @@ helper_start
 # metadata, every block made present through the helper, then the same
 # sequential write on the stream device and on dm-linear over the same
 # data device, in alternating order; the median ratio and the range.
-FW_RUNS=${FW_RUNS:-5}
-fw_ratios=""
-i=1
-while [ $i -le $FW_RUNS ]; do
+# Fresh metadata, every block present (read through the helper), then no
+# helper nor server: present, clean blocks.
+all_present_clean() {
 	teardown
 	fresh
 	server_start nbdkit
@@ -95,6 +94,13 @@ while [ $i -le $FW_RUNS ]; do
 	seq_read $DEV >/dev/null 2>&1
 	helper_stop
 	server_stop
+}
+
+FW_RUNS=${FW_RUNS:-5}
+fw_ratios=""
+i=1
+while [ $i -le $FW_RUNS ]; do
+	all_present_clean
 	if [ $((i % 2)) = 1 ]; then
 		s_w=$(timed seq_write $DEV)
 	fi
@@ -116,17 +122,9 @@ fw_min=$1 fw_med=$2 fw_max=$3
 pct() { echo "$(($1 / 100)).$(printf '%02d' $(($1 % 100)))"; }
 echo "BENCH first_seq_write_present_clean_vs_linear_median $(pct $fw_med)"
 echo "BENCHNOTE first write over present clean blocks: $FW_RUNS runs, ratios$(for r in $fw_ratios; do printf ' %s' "$(pct $r)"; done), range $(pct $fw_min)-$(pct $fw_max)"
-teardown
-fresh
-server_start nbdkit
-create
-helper_start
-
 # Make every block present, then compare with dm-linear on the same data
 # device (only one table is live at a time).
-seq_read $DEV >/dev/null 2>&1
-helper_stop
-server_stop
+all_present_clean
 for r in 1 2; do
 	s_seq=$(timed seq_read $DEV)
 	s_rand=$(timed rand_read $DEV)
