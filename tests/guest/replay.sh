@@ -751,13 +751,16 @@ r_points() {
 	_e=$(wc -l <$RP/entries 2>/dev/null || echo 0)
 	_f=$(awk '$2 % 4 >= 1' $RP/entries 2>/dev/null | wc -l)
 	_t=$(awk '$2 != "-"' $RP/points 2>/dev/null | wc -l)
-	_want=$((_f + RP_OTHER))
+	# a sample of the FLUSH/FUA points when stream.replay asked for one
+	_fw=$_f
+	[ "$RP_FLUSH" -gt 0 ] && [ "$RP_FLUSH" -lt "$_f" ] && _fw=$RP_FLUSH
+	_want=$((_fw + RP_OTHER))
 	[ $_want -le $((_e + 1)) ] || _want=$((_e + 1))
 	echo "# measured: crash points checked $_n ($((_n - _t)) whole," \
 		"$_t torn: $(awk '$7 == "jnl"' $RP/points | wc -l) journal," \
 		"$(awk '$7 == "meta"' $RP/points | wc -l) in-place metadata," \
 		"$(awk '$7 == "data"' $RP/points | wc -l) data; $_e log entries," \
-		"$_f FLUSH/FUA, $RP_OTHER other points asked)"
+		"$_f FLUSH/FUA of which $_fw asked, $RP_OTHER other points asked)"
 	[ "$_n" -gt 0 ] && [ $((_n - _t)) -ge $_want ] && [ "$_t" -gt 0 ]
 }
 
