@@ -368,7 +368,7 @@ static int chan_release(struct inode *inode, struct file *file)
 
 		__detach(sc);
 		DMINFO("%s: helper detached",
-		       dm_device_name(dm_table_get_md(sc->ti->table)));
+		       stream_name(sc));
 	}
 	mutex_unlock(&stream_chan_lock);
 	kfree(hf);
@@ -483,7 +483,7 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	a.nr_blocks = found->nr_blocks;
 	a.nr_present = dsm_nr_present(found->md);
 	DMINFO("%s: helper attached",
-	       dm_device_name(dm_table_get_md(found->ti->table)));
+	       stream_name(found));
 	/* Only what the caller's (possibly older) layout has room for. */
 	if (copy_to_user(argp, &a, min_t(size_t, a.size, sizeof(a))))
 		r = -EFAULT;
@@ -744,7 +744,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 
 	if (rep.error) {
 		DMERR_LIMIT("%s: helper could not fetch block %llu: %d",
-			    dm_device_name(dm_table_get_md(sc->ti->table)),
+			    stream_name(sc),
 			    rep.block, rep.error);
 		f->status = BLK_STS_IOERR;
 		stream_fetch_io_done(f);

@@ -69,7 +69,7 @@ static void set_mode(struct stream_c *sc, enum stream_mode m)
 			return;
 	} while (!try_cmpxchg(&sc->mode, &old, m));
 	DMERR("%s: switching to %s mode",
-	      dm_device_name(dm_table_get_md(sc->ti->table)), mode_name(m));
+	      stream_name(sc), mode_name(m));
 	dm_table_event(sc->ti->table);
 }
 
@@ -373,7 +373,7 @@ static int stream_commit(struct stream_c *sc)
 	r = dsm_commit(sc->md, sc->data_dev->bdev, &data_error);
 	if (r) {
 		DMERR("%s: cannot commit metadata: %s failed: %d",
-		      dm_device_name(dm_table_get_md(sc->ti->table)),
+		      stream_name(sc),
 		      data_error ? "data device flush" : "metadata write", r);
 		set_mode(sc, data_error ? STREAM_MODE_FAIL : STREAM_MODE_RO);
 	}
@@ -909,11 +909,6 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	}
 }
 
-static const char *dev_name_of(struct stream_c *sc)
-{
-	return dm_device_name(dm_table_get_md(sc->ti->table));
-}
-
 /*
  * Messages that change what is present need a quiesced device and rw
  * mode.  Returns 0 or the errno to answer.  The caller holds quiesce_lock
@@ -923,17 +918,17 @@ static int check_quiesced(struct stream_c *sc, const char *what)
 {
 	lockdep_assert_held(&sc->quiesce_lock);
 	if (sc->active) {
-		DMERR("%s: %s: suspend the device first", dev_name_of(sc), what);
+		DMERR("%s: %s: suspend the device first", stream_name(sc), what);
 		return -EBUSY;
 	}
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
-		DMERR("%s: %s: target is in %s mode", dev_name_of(sc), what,
+		DMERR("%s: %s: target is in %s mode", stream_name(sc), what,
 		      mode_name(READ_ONCE(sc->mode)));
 		return -EROFS;
 	}
 	flush_workqueue(sc->wq);
 	if (stream_fetch_cancel_idle(sc)) {
-		DMERR("%s: %s: fetches still in flight", dev_name_of(sc), what);
+		DMERR("%s: %s: fetches still in flight", stream_name(sc), what);
 		return -EBUSY;
 	}
 	return 0;
@@ -948,7 +943,7 @@ static int parse_consumer(struct stream_c *sc, const char *s,
 			  unsigned int *c)
 {
 	if (kstrtouint(s, 10, c) || *c >= DSM_MAX_CONSUMERS) {
-		DMERR("%s: invalid consumer '%s' (0-%u)", dev_name_of(sc), s,
+		DMERR("%s: invalid consumer '%s' (0-%u)", stream_name(sc), s,
 		      DSM_MAX_CONSUMERS - 1);
 		return -EINVAL;
 	}
@@ -977,17 +972,17 @@ static int msg_snapshot(struct stream_c *sc, unsigned int argc, char **argv,
 	mutex_unlock(&sc->quiesce_lock);
 	if (r == -EBUSY) {
 		DMERR("%s: snapshot: consumer %u has snapshot %llu in progress",
-		      dev_name_of(sc), c, dsm_snap_gen(sc->md, c));
+		      stream_name(sc), c, dsm_snap_gen(sc->md, c));
 		return r;
 	}
 	if (r) {
-		DMERR("%s: snapshot failed: %d", dev_name_of(sc), r);
+		DMERR("%s: snapshot failed: %d", stream_name(sc), r);
 		/* Only a metadata write error says the device is unwritable. */
 		if (r != -ENOMEM)
 			set_mode(sc, STREAM_MODE_RO);
 		return r;
 	}
-	DMINFO("%s: consumer %u snapshot %llu: %llu blocks", dev_name_of(sc),
+	DMINFO("%s: consumer %u snapshot %llu: %llu blocks", stream_name(sc),
 	       c, gen, nr);
 	DMEMIT("%llu %llu", gen, nr);
 	return 1;
@@ -1007,7 +1002,7 @@ static int msg_end_snapshot(struct stream_c *sc, bool ack, unsigned int argc,
 	if (r)
 		return r;
 	if (parse_u64(argv[2], &gen)) {
-		DMERR("%s: %s: invalid snapshot id '%s'", dev_name_of(sc),
+		DMERR("%s: %s: invalid snapshot id '%s'", stream_name(sc),
 		      argv[0], argv[2]);
 		return -EINVAL;
 	}
@@ -1016,11 +1011,11 @@ static int msg_end_snapshot(struct stream_c *sc, bool ack, unsigned int argc,
 	r = stream_snap_end(sc, ack, c, gen, &nr);
 	if (r == -ESTALE) {
 		DMERR("%s: %s: consumer %u has no snapshot %llu (current: %llu)",
-		      dev_name_of(sc), argv[0], c, gen, dsm_snap_gen(sc->md, c));
+		      stream_name(sc), argv[0], c, gen, dsm_snap_gen(sc->md, c));
 		return r;
 	}
 	if (r) {
-		DMERR("%s: %s failed: %d", dev_name_of(sc), argv[0], r);
+		DMERR("%s: %s failed: %d", stream_name(sc), argv[0], r);
 		set_mode(sc, STREAM_MODE_RO);
 		return r;
 	}
@@ -1043,13 +1038,13 @@ static int msg_ranges(struct stream_c *sc, unsigned int argc, char **argv,
 		return r;
 	if (parse_u64(argv[2], &gen) || parse_u64(argv[3], &cursor)) {
 		DMERR("%s: ranges: invalid snapshot id or cursor",
-		      dev_name_of(sc));
+		      stream_name(sc));
 		return -EINVAL;
 	}
 	r = stream_snap_ranges(sc, c, gen, cursor, result, maxlen);
 	if (r == -ESTALE)
 		DMERR("%s: ranges: consumer %u has no snapshot %llu",
-		      dev_name_of(sc), c, gen);
+		      stream_name(sc), c, gen);
 	return r;
 }
 
@@ -1103,7 +1098,7 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 			    first >= sc->nr_blocks ||
 			    count > sc->nr_blocks - first) {
 				DMERR("%s: invalidate: bad range '%s' (device has %llu blocks)",
-				      dev_name_of(sc), argv[i], sc->nr_blocks);
+				      stream_name(sc), argv[i], sc->nr_blocks);
 				return -EINVAL;
 			}
 		}
@@ -1124,7 +1119,7 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 		return -EINVAL;
 	if (!valid_image_id(argv[2])) {
 		DMERR("%s: invalidate: invalid image id '%s' (1-%u of [A-Za-z0-9._:-])",
-		      dev_name_of(sc), argv[2], DSM_IMAGE_ID_LEN - 1);
+		      stream_name(sc), argv[2], DSM_IMAGE_ID_LEN - 1);
 		return -EINVAL;
 	}
 	if (!strcasecmp(argv[3], "keep")) {
@@ -1133,7 +1128,7 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 		keep = false;
 	} else {
 		DMERR("%s: invalidate: policy must be keep or discard",
-		      dev_name_of(sc));
+		      stream_name(sc));
 		return -EINVAL;
 	}
 	mutex_lock(&sc->quiesce_lock);
@@ -1146,15 +1141,15 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 	mutex_unlock(&sc->quiesce_lock);
 	if (r == -EBUSY) {
 		DMERR("%s: invalidate: a snapshot is in progress",
-		      dev_name_of(sc));
+		      stream_name(sc));
 		return r;
 	}
 	if (r < 0) {
-		DMERR("%s: invalidate failed: %ld", dev_name_of(sc), r);
+		DMERR("%s: invalidate failed: %ld", stream_name(sc), r);
 		set_mode(sc, STREAM_MODE_RO);
 		return r;
 	}
-	DMINFO("%s: image %s: %ld blocks invalidated (%s)", dev_name_of(sc),
+	DMINFO("%s: image %s: %ld blocks invalidated (%s)", stream_name(sc),
 	       argv[2], r, keep ? "keep" : "discard");
 	/* Whatever the helper knows about the old image is stale now. */
 	stream_chan_detach(sc);
@@ -1176,7 +1171,7 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
 		WRITE_ONCE(sc->fill_rate, rate);
 	} else {
 		DMERR("%s: fill: expected on, off or rate <bytes/s>",
-		      dev_name_of(sc));
+		      stream_name(sc));
 		return -EINVAL;
 	}
 	dm_table_event(sc->ti->table);
@@ -1197,7 +1192,7 @@ static int msg_fail_parked(struct stream_c *sc, char *result,
 	n = take_parked(sc, &bios);
 	end_parked(sc, &bios, BLK_STS_IOERR);
 	if (n)
-		DMWARN("%s: failed %u parked bios on request", dev_name_of(sc),
+		DMWARN("%s: failed %u parked bios on request", stream_name(sc),
 		       n);
 	DMEMIT("failed %u", n);
 	return 1;
@@ -1253,15 +1248,15 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 		mutex_unlock(&sc->quiesce_lock);
 		if (r == -EBUSY) {
 			DMERR("%s: revert: a snapshot is in progress",
-			      dev_name_of(sc));
+			      stream_name(sc));
 			return r;
 		}
 		if (r < 0) {
-			DMERR("%s: revert failed: %ld", dev_name_of(sc), r);
+			DMERR("%s: revert failed: %ld", stream_name(sc), r);
 			set_mode(sc, STREAM_MODE_RO);
 			return r;
 		}
-		DMINFO("%s: reverted %ld blocks", dev_name_of(sc), r);
+		DMINFO("%s: reverted %ld blocks", stream_name(sc), r);
 		DMEMIT("reverted %ld", r);
 		return 1;
 	}
@@ -1287,11 +1282,11 @@ static int stream_message(struct dm_target *ti, unsigned int argc,
 		goto unknown;
 	if (r == -EINVAL)
 		DMERR("%s: invalid '%s' message (%u arguments)",
-		      dev_name_of(sc), argv[0], argc - 1);
+		      stream_name(sc), argv[0], argc - 1);
 	return r;
 
 unknown:
-	DMERR("%s: unsupported message '%s'", dev_name_of(sc),
+	DMERR("%s: unsupported message '%s'", stream_name(sc),
 	      argc ? argv[0] : "");
 	return -EINVAL;
 }
