@@ -63,6 +63,9 @@ struct stream_c {
 	unsigned int block_shift;	/* log2(block_sectors) */
 	u64 nr_blocks;
 	unsigned int fetch_timeout;	/* seconds, 0 = forever */
+	u32 intent_sectors;		/* table: write-intent region, 0 off */
+	bool intent_set;		/* ... given in the table */
+	u32 intent_shift;		/* log2 blocks, or DSM_INTENT_OFF */
 	bool discard_zeroes;		/* data dev can write zeroes */
 
 	enum stream_mode mode;		/* READ_ONCE; set_mode() changes it */

@@ -117,7 +117,9 @@
 #define SB_F_REVERTING	0x1U	/* a revert was interrupted: redo it */
 #define SB_F_INVALIDATING 0x2U	/* an image update was interrupted */
 #define SB_F_INVAL_KEEP	0x4U	/* ... with the keep policy */
-#define SB_KNOWN_FLAGS	(SB_F_REVERTING | SB_F_INVALIDATING | SB_F_INVAL_KEEP)
+#define SB_F_INTENT	0x8U	/* the write-intent map names regions */
+#define SB_KNOWN_FLAGS	(SB_F_REVERTING | SB_F_INVALIDATING | \
+			 SB_F_INVAL_KEEP | SB_F_INTENT)
 #define INVAL_MAP	2	/* bitmap holding the invalidate set */
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
@@ -141,6 +143,10 @@ struct stream_sb_disk {
 	__le32 first_bitmap;	/* metadata block of bitmap 0 */
 	__le64 consumer_gen[DSM_MAX_CONSUMERS];	/* last snapshot id cut */
 	char image_id[DSM_IMAGE_ID_LEN];	/* NUL-terminated, or empty */
+	__le32 intent_shift;	/* log2 blocks per write-intent region */
+	__le32 pad;
+	/* regions that may hold writes missing from the dirty maps */
+	__le64 intent[DSM_INTENT_WORDS];
 } __packed;
 
 struct stream_bitmap_disk {
@@ -212,6 +218,27 @@ struct dm_stream_metadata {
 	 * cleared wholesale while the device is quiesced.
 	 */
 	unsigned long *durable;
+
+	/*
+	 * Write intent (see "Write intent" at the top), regions of
+	 * 1 << sb.intent_shift blocks (changed only while quiesced).
+	 * intent: regions whose intent is on disk; writers test it, only a
+	 * commit clears a bit (before staging) or sets one (once its batch
+	 * is durable).  intent_want: regions writers wait for; intent_used:
+	 * written since the last tick.  All three: atomic bitops, any
+	 * context.  Under commit_lock: intent_disk (the superblock's map,
+	 * sb.intent points to it), intent_add (regions this commit adds),
+	 * intent_clear (idle regions to drop), intent_age (ticks idle) and
+	 * intent_drop_all.
+	 */
+	unsigned long *intent;
+	unsigned long *intent_want;
+	unsigned long *intent_used;
+	unsigned long *intent_disk;
+	unsigned long *intent_add;
+	unsigned long *intent_clear;
+	u8 *intent_age;
+	bool intent_drop_all;
 
 	/*
 	 * Serialises dsm_commit() and every other metadata write; protects
@@ -294,6 +321,35 @@ bool dsm_buf_is_zero(const void *buf, size_t len)
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_buf_is_zero);
 
+/*
+ * 64 bits of an in-core bitmap of @nr bits from bit @bit, a multiple of 64
+ * (slices start at multiples of 64: DSM_BITS_PER_BLOCK is 509 * 64).  Bits
+ * at and beyond @nr read as zero.
+ */
+static u64 get_word(const unsigned long *bits, u64 nr, u64 bit)
+{
+	u64 word;
+
+	if (BITS_PER_LONG == 64) {
+		word = bits[bit / BITS_PER_LONG];
+	} else {
+		word = bits[bit / BITS_PER_LONG];
+		if (bit + 32 < nr)
+			word |= (u64)bits[bit / BITS_PER_LONG + 1] << 32;
+	}
+	if (nr - bit < 64)
+		word &= (1ULL << (nr - bit)) - 1;
+	return word;
+}
+
+/* OR @word into the 64 bits from @bit (a multiple of 64, within the map). */
+static void or_word(unsigned long *bits, u64 bit, u64 word)
+{
+	bits[bit / BITS_PER_LONG] |= (unsigned long)word;
+	if (BITS_PER_LONG == 32 && word >> 32)
+		bits[bit / BITS_PER_LONG + 1] |= (unsigned long)(word >> 32);
+}
+
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 {
 	struct stream_sb_disk *d = buf;
@@ -315,9 +371,71 @@ void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf)
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++)
 		d->consumer_gen[c] = cpu_to_le64(sb->consumer_gen[c]);
 	strscpy(d->image_id, sb->image_id, sizeof(d->image_id));
+	/*
+	 * SB_F_INTENT exactly when regions are named: a module that does not
+	 * know write intent refuses such a superblock instead of losing the
+	 * dirty state the regions stand for.
+	 */
+	d->flags &= ~cpu_to_le32(SB_F_INTENT);
+	d->intent_shift = cpu_to_le32(sb->intent_shift);
+	if (sb->intent && !bitmap_empty(sb->intent, DSM_INTENT_BITS)) {
+		d->flags |= cpu_to_le32(SB_F_INTENT);
+		for (c = 0; c < DSM_INTENT_WORDS; c++)
+			d->intent[c] = cpu_to_le64(get_word(sb->intent,
+							    DSM_INTENT_BITS,
+							    (u64)c * 64));
+	}
 	d->csum = cpu_to_le32(block_csum(buf, SB_CSUM_XOR));
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_sb_pack);
+
+/*
+ * The write-intent map of a superblock whose nr_blocks is decoded already:
+ * SB_F_INTENT exactly when a region is named, regions of at most
+ * DSM_MAX_BLOCKS blocks, none beyond the device.
+ */
+static int intent_unpack(const struct stream_sb_disk *d,
+			 struct dsm_sb_info *sb)
+{
+	bool flag = le32_to_cpu(d->flags) & SB_F_INTENT, any = false;
+	u32 shift = le32_to_cpu(d->intent_shift);
+	u64 nr = 0;
+	unsigned int w;
+
+	if (shift > DSM_INTENT_OFF) {
+		DMERR("superblock write intent: region shift %u", shift);
+		return -EUCLEAN;
+	}
+	if (flag) {
+		if (shift > ilog2(DSM_MAX_BLOCKS)) {
+			DMERR("superblock write intent: region shift %u", shift);
+			return -EUCLEAN;
+		}
+		nr = DIV_ROUND_UP_ULL(sb->nr_blocks, 1ULL << shift);
+	}
+	if (sb->intent)
+		bitmap_zero(sb->intent, DSM_INTENT_BITS);
+	for (w = 0; w < DSM_INTENT_WORDS; w++) {
+		u64 word = le64_to_cpu(d->intent[w]), bit = (u64)w * 64;
+
+		if (!word)
+			continue;
+		if (bit >= nr || (nr - bit < 64 && word >> (nr - bit))) {
+			DMERR("superblock write intent: region beyond %llu (flag %d)",
+			      nr, flag);
+			return -EUCLEAN;
+		}
+		any = true;
+		if (sb->intent)
+			or_word(sb->intent, bit, word);
+	}
+	if (flag && !any) {
+		DMERR("superblock write intent: flag set, no region");
+		return -EUCLEAN;
+	}
+	sb->intent_shift = shift;
+	return 0;
+}
 
 /*
  * Decode and check a superblock.  Each kind of damage has its own errno so
@@ -331,6 +449,7 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	const struct stream_sb_disk *d = buf;
 	u32 csum = block_csum(buf, SB_CSUM_XOR);
 	unsigned int c;
+	int r;
 
 	if (le32_to_cpu(d->csum) != csum) {
 		DMERR("superblock checksum: expected %08x, found %08x",
@@ -383,6 +502,11 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 		return -EUCLEAN;
 	}
 	memcpy(sb->image_id, d->image_id, sizeof(sb->image_id));
+	r = intent_unpack(d, sb);
+	if (r) {
+		*why = "Metadata superblock write intent is inconsistent";
+		return r;
+	}
 	if (le32_to_cpu(d->meta_block_size) != DSM_BLOCK_SIZE ||
 	    le32_to_cpu(d->first_bitmap) != DSM_FIRST_BITMAP ||
 	    sb->nr_consumers != DSM_MAX_CONSUMERS ||
@@ -398,35 +522,6 @@ int dsm_sb_unpack(const void *buf, u64 blocknr, struct dsm_sb_info *sb,
 	return 0;
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_sb_unpack);
-
-/*
- * 64 bits of an in-core bitmap of @nr bits from bit @bit, a multiple of 64
- * (slices start at multiples of 64: DSM_BITS_PER_BLOCK is 509 * 64).  Bits
- * at and beyond @nr read as zero.
- */
-static u64 get_word(const unsigned long *bits, u64 nr, u64 bit)
-{
-	u64 word;
-
-	if (BITS_PER_LONG == 64) {
-		word = bits[bit / BITS_PER_LONG];
-	} else {
-		word = bits[bit / BITS_PER_LONG];
-		if (bit + 32 < nr)
-			word |= (u64)bits[bit / BITS_PER_LONG + 1] << 32;
-	}
-	if (nr - bit < 64)
-		word &= (1ULL << (nr - bit)) - 1;
-	return word;
-}
-
-/* OR @word into the 64 bits from @bit (a multiple of 64, within the map). */
-static void or_word(unsigned long *bits, u64 bit, u64 word)
-{
-	bits[bit / BITS_PER_LONG] |= (unsigned long)word;
-	if (BITS_PER_LONG == 32 && word >> 32)
-		bits[bit / BITS_PER_LONG + 1] |= (unsigned long)(word >> 32);
-}
 
 /*
  * Encode bits [slice * DSM_BITS_PER_BLOCK, +DSM_BITS_PER_BLOCK) of @bits
@@ -805,6 +900,13 @@ static void free_maps(struct dm_stream_metadata *md)
 		kvfree(md->snap[c]);
 	}
 	kvfree(md->inval);
+	kvfree(md->intent);
+	kvfree(md->intent_want);
+	kvfree(md->intent_used);
+	kvfree(md->intent_disk);
+	kvfree(md->intent_add);
+	kvfree(md->intent_clear);
+	kvfree(md->intent_age);
 }
 
 /* Write the changed blocks of consumer @c's dirty map (dirty | snap). */
@@ -853,7 +955,7 @@ static int __write_present(struct dm_stream_metadata *md)
  * present bit (a block recorded present but clean would be skipped by
  * revert).
  */
-static int __write_maps(struct dm_stream_metadata *md, unsigned int first)
+static int __stage_maps(struct dm_stream_metadata *md, unsigned int first)
 {
 	unsigned int c;
 	int r = 0;
@@ -861,8 +963,23 @@ static int __write_maps(struct dm_stream_metadata *md, unsigned int first)
 	lockdep_assert_held(&md->commit_lock);
 	for (c = first; c < DSM_MAX_CONSUMERS && !r; c++)
 		r = __write_dirty(md, c);
+	return r ? r : __write_present(md);
+}
+
+static int __write_maps(struct dm_stream_metadata *md, unsigned int first)
+{
+	int r = __stage_maps(md, first);
+
+	return r ? r : flush_buffers(md);
+}
+
+/* Every map, then the superblock (last: see dsm_commit()), durable. */
+static int __write_maps_sb(struct dm_stream_metadata *md)
+{
+	int r = __stage_maps(md, 0);
+
 	if (!r)
-		r = __write_present(md);
+		r = stage_sb(md);
 	return r ? r : flush_buffers(md);
 }
 
@@ -1345,9 +1462,21 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	md->taken_slices = alloc_bitmap(md->sb.bitmap_blocks);
 	md->pending_present = alloc_bitmap(md->sb.bitmap_blocks);
 	md->changed_present = alloc_bitmap(md->sb.bitmap_blocks);
+	md->intent = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_want = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_used = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_disk = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_add = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_clear = alloc_bitmap(DSM_INTENT_BITS);
+	md->intent_age = kvcalloc(DSM_INTENT_BITS, 1, GFP_KERNEL);
+	md->sb.intent = md->intent_disk;
+	md->sb.intent_shift = DSM_INTENT_OFF;
 	ok = md->present && md->durable && md->present_commit &&
 		md->present_taken && md->taken_slices &&
-		md->pending_present && md->changed_present;
+		md->pending_present && md->changed_present &&
+		md->intent && md->intent_want && md->intent_used &&
+		md->intent_disk && md->intent_add && md->intent_clear &&
+		md->intent_age;
 	for (c = 0; c < DSM_MAX_CONSUMERS; c++) {
 		md->dirty[c] = alloc_bitmap(nr_blocks);
 		md->changed_dirty[c] = alloc_bitmap(md->sb.bitmap_blocks);
@@ -1382,6 +1511,38 @@ void dsm_destroy_incore(struct dm_stream_metadata *md)
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_destroy_incore);
 
+/*
+ * Load after an unclean shutdown: every block of a region the write-intent
+ * map names may have been written without its dirty bits reaching the
+ * disk.  Make them dirty for every consumer, then write the maps and drop
+ * the regions in one commit (dirty before the superblock, as always).
+ */
+static int __intent_recover(struct dm_stream_metadata *md)
+{
+	u32 shift = md->sb.intent_shift, n = 0, i;
+	unsigned long r;
+	unsigned int c;
+	u64 first, end;
+
+	lockdep_assert_held(&md->commit_lock);
+	for_each_set_bit(r, md->intent_disk, DSM_INTENT_BITS) {
+		first = (u64)r << shift;
+		end = min_t(u64, first + (1ULL << shift), md->sb.nr_blocks);
+		for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+			bitmap_set(md->dirty[c], first, end - first);
+		for (i = first / DSM_BITS_PER_BLOCK;
+		     i <= (end - 1) / DSM_BITS_PER_BLOCK; i++)
+			for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+				set_bit(i, md->changed_dirty[c]);
+		n++;
+	}
+	DMINFO("write intent: %u regions of %llu blocks were open, their blocks are dirty again",
+	       n, 1ULL << shift);
+	bitmap_zero(md->intent_disk, DSM_INTENT_BITS);
+	md->sb.generation++;
+	return __write_maps_sb(md);
+}
+
 /* dsm_open(): load the maps of an existing metadata device. */
 static int load(struct dm_stream_metadata *md, const char **error)
 {
@@ -1394,6 +1555,15 @@ static int load(struct dm_stream_metadata *md, const char **error)
 		r = read_bitmap(md, dirty_bitmap(c), md->dirty[c], error);
 	if (r)
 		return r;
+	if (md->sb.flags & SB_F_INTENT) {
+		mutex_lock(&md->commit_lock);
+		r = __intent_recover(md);
+		mutex_unlock(&md->commit_lock);
+		if (r) {
+			*error = "Cannot write the dirty bits of open write-intent regions";
+			return r;
+		}
+	}
 	bitmap_copy(md->present_commit, md->present, nr);
 	recount(md);
 	/*
@@ -1610,6 +1780,7 @@ static int recover(struct dm_stream_metadata *md, u32 block_sectors,
 		r = 0;
 		goto out;
 	}
+	sb.intent = md->intent_disk;
 	r = dsm_sb_unpack(p, 0, &sb, error);
 	if (b)
 		dm_bufio_release(b);
@@ -1846,7 +2017,10 @@ bool dsm_changed(struct dm_stream_metadata *md)
 		if (!bitmap_empty(md->changed_dirty[c], md->sb.bitmap_blocks))
 			return true;
 	return !bitmap_empty(md->changed_present, md->sb.bitmap_blocks) ||
-		!bitmap_empty(md->pending_present, md->sb.bitmap_blocks);
+		!bitmap_empty(md->pending_present, md->sb.bitmap_blocks) ||
+		READ_ONCE(md->intent_drop_all) ||
+		!bitmap_empty(md->intent_want, DSM_INTENT_BITS) ||
+		!bitmap_empty(md->intent_clear, DSM_INTENT_BITS);
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_changed);
 
@@ -1860,6 +2034,171 @@ void dsm_mark_durable(struct dm_stream_metadata *md, u64 block)
 	if (dsm_dirty_all(md, block))
 		set_bit(block, md->durable);
 }
+EXPORT_SYMBOL_IF_KUNIT(dsm_mark_durable);
+
+static u32 nr_regions(struct dm_stream_metadata *md)
+{
+	if (md->sb.intent_shift == DSM_INTENT_OFF)
+		return 0;
+	return DIV_ROUND_UP_ULL(md->sb.nr_blocks, 1ULL << md->sb.intent_shift);
+}
+
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block)
+{
+	u32 shift = READ_ONCE(md->sb.intent_shift);
+	unsigned long region;
+
+	if (test_bit(block, md->durable))
+		return true;
+	/*
+	 * Bits set already were set with their slices marked changed:
+	 * either on disk or staged by the commit that could drop the
+	 * region (see below).
+	 */
+	if (!dsm_dirty_all(md, block))
+		dsm_set_dirty(md, block);
+	if (shift == DSM_INTENT_OFF)
+		return false;
+	region = block >> shift;
+	/*
+	 * Pairs with smp_mb() in dsm_intent_begin(): either that commit
+	 * drops the region after this test (and stages the bits set
+	 * above, with their slices marked changed), or this sees the
+	 * region dropped and waits.
+	 */
+	smp_mb();
+	if (test_bit(region, md->intent)) {
+		if (!test_bit(region, md->intent_used))
+			set_bit(region, md->intent_used);
+		return true;
+	}
+	set_bit(region, md->intent_want);
+	return false;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_write_ready);
+
+int dsm_set_intent(struct dm_stream_metadata *md, struct block_device *data,
+		   u32 shift)
+{
+	bool data_error;
+	int r = 0;
+
+	mutex_lock(&md->commit_lock);
+	if (md->sb.intent_shift == shift)
+		goto out;
+	if (!bitmap_empty(md->intent_disk, DSM_INTENT_BITS)) {
+		/* Regions of the old size: drop them first. */
+		mutex_unlock(&md->commit_lock);
+		dsm_intent_drop(md);
+		r = dsm_commit(md, data, &data_error);
+		if (r)
+			return r;
+		mutex_lock(&md->commit_lock);
+		if (!bitmap_empty(md->intent_disk, DSM_INTENT_BITS)) {
+			r = -EBUSY;
+			goto out;
+		}
+	}
+	bitmap_zero(md->intent_want, DSM_INTENT_BITS);
+	WRITE_ONCE(md->sb.intent_shift, shift);
+out:
+	mutex_unlock(&md->commit_lock);
+	return r;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_set_intent);
+
+/* Ticks a region may stay idle before a commit drops it. */
+#define INTENT_IDLE_TICKS	3
+
+bool dsm_intent_tick(struct dm_stream_metadata *md)
+{
+	u32 r, nr;
+	bool any = false;
+
+	mutex_lock(&md->commit_lock);
+	nr = nr_regions(md);
+	for_each_set_bit(r, md->intent, nr) {
+		if (test_and_clear_bit(r, md->intent_used))
+			md->intent_age[r] = 0;
+		else if (++md->intent_age[r] >= INTENT_IDLE_TICKS)
+			set_bit(r, md->intent_clear);
+		any = any || test_bit(r, md->intent_clear);
+	}
+	mutex_unlock(&md->commit_lock);
+	return any;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_intent_tick);
+
+void dsm_intent_drop(struct dm_stream_metadata *md)
+{
+	WRITE_ONCE(md->intent_drop_all, true);
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_intent_drop);
+
+u32 dsm_intent_held(struct dm_stream_metadata *md)
+{
+	return bitmap_weight(md->intent, DSM_INTENT_BITS);
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_intent_held);
+
+/*
+ * Commit, before staging any bitmap: drop the regions to clear from
+ * md->intent, then take the regions asked for; intent_disk becomes the
+ * map this commit's superblock records.
+ */
+static void dsm_intent_begin(struct dm_stream_metadata *md)
+{
+	u32 r, nr = nr_regions(md);
+
+	lockdep_assert_held(&md->commit_lock);
+	if (READ_ONCE(md->intent_drop_all))
+		bitmap_copy(md->intent_clear, md->intent, DSM_INTENT_BITS);
+	WRITE_ONCE(md->intent_drop_all, false);
+	for_each_set_bit(r, md->intent_clear, DSM_INTENT_BITS) {
+		clear_bit(r, md->intent);
+		clear_bit(r, md->intent_used);
+		md->intent_age[r] = 0;
+	}
+	bitmap_zero(md->intent_clear, DSM_INTENT_BITS);
+	/* Pairs with smp_mb() in dsm_write_ready(). */
+	smp_mb();
+	bitmap_zero(md->intent_add, DSM_INTENT_BITS);
+	for_each_set_bit(r, md->intent_want, DSM_INTENT_BITS)
+		if (test_and_clear_bit(r, md->intent_want) && r < nr)
+			__set_bit(r, md->intent_add);
+	bitmap_or(md->intent_disk, md->intent, md->intent_add,
+		  DSM_INTENT_BITS);
+}
+
+/* Commit, once its batch is durable (@ok) or failed. */
+static void dsm_intent_end(struct dm_stream_metadata *md, bool ok)
+{
+	u32 r;
+
+	lockdep_assert_held(&md->commit_lock);
+	for_each_set_bit(r, md->intent_add, DSM_INTENT_BITS) {
+		if (ok) {
+			md->intent_age[r] = 0;
+			set_bit(r, md->intent);
+		} else {
+			set_bit(r, md->intent_want);
+		}
+	}
+	if (!ok)
+		bitmap_andnot(md->intent_disk, md->intent_disk,
+			      md->intent_add, DSM_INTENT_BITS);
+	bitmap_zero(md->intent_add, DSM_INTENT_BITS);
+}
+
+/* KUnit: the intent steps of a commit that succeeds (@ok) or fails. */
+void dsm_intent_commit_incore(struct dm_stream_metadata *md, bool ok)
+{
+	mutex_lock(&md->commit_lock);
+	dsm_intent_begin(md);
+	dsm_intent_end(md, ok);
+	mutex_unlock(&md->commit_lock);
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_intent_commit_incore);
 
 bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block)
 {
@@ -2034,12 +2373,17 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 		goto out;
 	}
 
-	/* 3. dirty, then present bitmap blocks, and the superblock: one batch */
+	/*
+	 * 3. dirty, then present bitmap blocks, then the superblock with the
+	 * write-intent map: one batch, or several in that order.  A region
+	 * dropped from the map is dropped in the batch that holds the last
+	 * of the dirty bits it covered, or a later one.
+	 */
 	dsm_commit_apply(md);
+	dsm_intent_begin(md);
 	md->sb.generation++;
-	r = stage_sb(md);
-	if (!r)
-		r = __write_maps(md, 0);
+	r = __write_maps_sb(md);
+	dsm_intent_end(md, !r);
 out:
 	mutex_unlock(&md->commit_lock);
 	return r;

@@ -30,6 +30,14 @@
  */
 #define DSM_MAX_BLOCKS		BIT_ULL(30)
 #define DSM_IMAGE_ID_LEN	64	/* including the NUL */
+/*
+ * Write intent: at most this many regions (a bitmap in the superblock);
+ * a region is a power of two of blocks.  DSM_INTENT_OFF: no write intent,
+ * every first write of a block waits for a commit of its own bits.
+ */
+#define DSM_INTENT_WORDS	384
+#define DSM_INTENT_BITS		(DSM_INTENT_WORDS * 64)
+#define DSM_INTENT_OFF		63
 
 struct dm_stream_metadata;
 
@@ -44,6 +52,12 @@ struct dsm_sb_info {
 	u32 bitmap_blocks;
 	u64 consumer_gen[DSM_MAX_CONSUMERS];	/* last snapshot id cut */
 	char image_id[DSM_IMAGE_ID_LEN];
+	/*
+	 * Write-intent regions of 1 << intent_shift blocks: a bitmap of
+	 * DSM_INTENT_BITS, or NULL (unpack: checked only; pack: none).
+	 */
+	u32 intent_shift;
+	unsigned long *intent;
 };
 
 /*
@@ -103,6 +117,30 @@ bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block);
  */
 bool dsm_durable(struct dm_stream_metadata *md, u64 block);
 void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);
+
+/*
+ * A write to present block @block is about to be issued.  Returns true
+ * when it may go down now: its dirty bits are on disk, or they are set
+ * here in core and its region's write intent is on disk (a later commit
+ * writes the bits).  Otherwise its bits are set in core and its region's
+ * intent is requested: the write waits for the next commit that begins
+ * after this call, then dsm_mark_durable().  Any context, never sleeps.
+ */
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block);
+
+/*
+ * Write-intent upkeep.  dsm_intent_tick() (once a commit period, process
+ * context) ages the regions held and returns true when idle ones should
+ * be dropped by a commit.  dsm_intent_drop() makes the next commit drop
+ * every region (quiesced: at suspend).  dsm_set_intent() sets the region
+ * size (log2 blocks, or DSM_INTENT_OFF) with I/O quiesced, committing
+ * first if regions are held.
+ */
+bool dsm_intent_tick(struct dm_stream_metadata *md);
+void dsm_intent_drop(struct dm_stream_metadata *md);
+int dsm_set_intent(struct dm_stream_metadata *md, struct block_device *data,
+		   u32 shift);
+u32 dsm_intent_held(struct dm_stream_metadata *md);
 
 /* Lockless, any context: is @block dirty for every consumer? */
 bool dsm_dirty_all(struct dm_stream_metadata *md, u64 block);
@@ -195,6 +233,7 @@ long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
 u64 dsm_commit_begin(struct dm_stream_metadata *md);
 void dsm_commit_apply(struct dm_stream_metadata *md);
 bool dsm_committable(struct dm_stream_metadata *md, u64 block);
+void dsm_intent_commit_incore(struct dm_stream_metadata *md, bool ok);
 bool dsm_slice_changed(struct dm_stream_metadata *md, bool dirty, u32 slice);
 u64 dsm_snapshot_cut(struct dm_stream_metadata *md, unsigned int c);
 u64 dsm_snapshot_merge(struct dm_stream_metadata *md, unsigned int c);

@@ -21,6 +21,9 @@
 #define SB_OFF_META_BS		64
 #define SB_OFF_CONSUMERS	68
 #define SB_OFF_BITMAP_BLOCKS	72
+#define SB_OFF_INTENT_SHIFT	176
+#define SB_OFF_INTENT		184
+#define SB_F_INTENT		0x8
 
 struct sb_case {
 	const char *desc;
@@ -86,6 +89,7 @@ static void stream_sb_test(struct kunit *test)
 		if (c->reseal)
 			dsm_sb_reseal(buf);
 	}
+	out.intent = NULL;
 	r = dsm_sb_unpack(buf, c->blocknr, &out, &why);
 	KUNIT_EXPECT_EQ(test, r, c->expected);
 	if (r) {
@@ -106,11 +110,94 @@ static void stream_sb_zero_test(struct kunit *test)
 	const char *why;
 
 	KUNIT_ASSERT_NOT_NULL(test, buf);
+	out.intent = NULL;
 	KUNIT_EXPECT_TRUE(test, dsm_buf_is_zero(buf, DSM_BLOCK_SIZE));
 	/* An all-zero block is "unformatted", never a valid superblock. */
 	KUNIT_EXPECT_LT(test, dsm_sb_unpack(buf, 0, &out, &why), 0);
 	buf[DSM_BLOCK_SIZE - 1] = 1;
 	KUNIT_EXPECT_FALSE(test, dsm_buf_is_zero(buf, DSM_BLOCK_SIZE));
+}
+
+/*
+ * The superblock's write-intent map.  100000 blocks in regions of 1 << 4:
+ * 6250 regions.  @regions are set before packing, then @off (if not ~0)
+ * gets @value and the block is resealed.
+ */
+struct intent_sb_case {
+	const char *desc;
+	u32 regions[3];		/* up to three regions, ~0 ends */
+	unsigned int off;
+	u32 value;
+	bool flag;		/* SB_F_INTENT expected in the packed block */
+	int expected;
+};
+
+static const struct intent_sb_case intent_sb_cases[] = {
+	{ "regions round-trip", { 0, 63, 6249 }, ~0U, 0, true, 0 },
+	{ "no region, no flag", { ~0U }, ~0U, 0, false, 0 },
+	{ "flag without a region", { ~0U }, SB_OFF_FLAGS, SB_F_INTENT,
+	  true, -EUCLEAN },
+	{ "region without the flag", { 5, ~0U }, SB_OFF_FLAGS, 0, false,
+	  -EUCLEAN },
+	{ "region beyond the device", { 5, ~0U }, SB_OFF_INTENT + 6250 / 8,
+	  0x4, true, -EUCLEAN },
+	{ "region shift beyond the largest device", { 5, ~0U },
+	  SB_OFF_INTENT_SHIFT, 31, true, -EUCLEAN },
+	{ "region shift unknown, no region", { ~0U }, SB_OFF_INTENT_SHIFT,
+	  64, false, -EUCLEAN },
+};
+
+static void intent_sb_case_desc(const struct intent_sb_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(intent_sb, intent_sb_cases, intent_sb_case_desc);
+
+static void stream_sb_intent_test(struct kunit *test)
+{
+	const struct intent_sb_case *c = test->param_value;
+	size_t sz = BITS_TO_LONGS(DSM_INTENT_BITS) * sizeof(long);
+	unsigned long *in_map = kunit_kzalloc(test, sz, GFP_KERNEL);
+	unsigned long *out_map = kunit_kzalloc(test, sz, GFP_KERNEL);
+	u8 *buf = kunit_kzalloc(test, DSM_BLOCK_SIZE, GFP_KERNEL);
+	struct dsm_sb_info in, out;
+	const char *why = NULL;
+	unsigned int i;
+	__le32 flags;
+	int r;
+
+	KUNIT_ASSERT_NOT_NULL(test, in_map);
+	KUNIT_ASSERT_NOT_NULL(test, out_map);
+	KUNIT_ASSERT_NOT_NULL(test, buf);
+	sb_info(&in);
+	in.intent_shift = 4;
+	in.intent = in_map;
+	for (i = 0; i < ARRAY_SIZE(c->regions) && c->regions[i] != ~0U; i++)
+		set_bit(c->regions[i], in_map);
+	dsm_sb_pack(&in, 0, buf);
+	memcpy(&flags, buf + SB_OFF_FLAGS, sizeof(flags));
+	KUNIT_EXPECT_EQ(test, !!(le32_to_cpu(flags) & SB_F_INTENT), c->flag);
+	if (c->off == SB_OFF_FLAGS) {
+		flags = cpu_to_le32(c->value);
+		memcpy(buf + c->off, &flags, sizeof(flags));
+		dsm_sb_reseal(buf);
+	} else if (c->off != ~0U) {
+		buf[c->off] |= c->value;
+		if (c->off == SB_OFF_INTENT_SHIFT)
+			buf[c->off] = c->value;
+		dsm_sb_reseal(buf);
+	}
+	out.intent = out_map;
+	r = dsm_sb_unpack(buf, 0, &out, &why);
+	KUNIT_EXPECT_EQ(test, r, c->expected);
+	if (r) {
+		KUNIT_EXPECT_NOT_NULL(test, why);
+		return;
+	}
+	KUNIT_EXPECT_EQ(test, out.intent_shift, 4U);
+	KUNIT_EXPECT_TRUE(test, bitmap_equal(in_map, out_map,
+					     DSM_INTENT_BITS));
 }
 
 /* Bitmap ranges: which bits to set, over how many, in which slice. */
@@ -481,6 +568,99 @@ static void stream_snapshot_test(struct kunit *test)
 	dsm_destroy_incore(md);
 }
 
+/*
+ * The write-intent state machine, in core, regions of 8 blocks.  Steps:
+ *   'W' - b  a write to b must wait (dsm_write_ready() false)
+ *   'w' - b  a write to b may go
+ *   'C' - -  a commit's intent steps (begin, then end: durable)
+ *   'F' - -  a commit that fails (begin, then end: not durable)
+ *   'T' - n  a tick; n: 1 if it must ask for a commit, 0 if not
+ *   'D' - -  drop every region at the next commit (suspend)
+ *   'h' - n  n regions held
+ *   'M' - b  b's commit completed (dsm_mark_durable)
+ *   'O' - -  write intent off
+ */
+struct intent_case {
+	const char *desc;
+	struct snap_step steps[20];
+};
+
+static const struct intent_case intent_cases[] = {
+	{ "the first write in a region waits, the next ones go",
+	  { {'W', 0, 5}, {'h', 0, 0}, {'C'}, {'h', 0, 1}, {'w', 0, 6},
+	    {'w', 0, 0}, {'w', 0, 7}, {'W', 0, 8}, {'C'}, {'h', 0, 2},
+	    {'w', 0, 15} } },
+	{ "a region idle for three ticks is dropped",
+	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'T', 0, 0}, {'T', 0, 0},
+	    {'T', 0, 0}, {'T', 0, 1}, {'h', 0, 1}, {'C'}, {'h', 0, 0},
+	    {'W', 0, 6} } },
+	{ "a region in use is kept",
+	  { {'W', 0, 5}, {'C'}, {'T', 0, 0}, {'w', 0, 6}, {'T', 0, 0},
+	    {'w', 0, 6}, {'T', 0, 0}, {'w', 0, 2}, {'T', 0, 0}, {'C'},
+	    {'h', 0, 1}, {'w', 0, 3} } },
+	{ "suspend drops every region",
+	  { {'W', 0, 5}, {'W', 0, 100}, {'C'}, {'h', 0, 2}, {'D'}, {'C'},
+	    {'h', 0, 0}, {'W', 0, 5}, {'W', 0, 101} } },
+	{ "a failed commit grants nothing and asks again",
+	  { {'W', 0, 5}, {'F'}, {'h', 0, 0}, {'W', 0, 6}, {'C'},
+	    {'h', 0, 1}, {'w', 0, 7} } },
+	{ "intent off: every first write waits",
+	  { {'O'}, {'W', 0, 5}, {'C'}, {'h', 0, 0}, {'W', 0, 6},
+	    {'M', 0, 6}, {'w', 0, 6} } },
+	{ "a block committed dirty goes without a region",
+	  { {'W', 0, 5}, {'C'}, {'M', 0, 5}, {'D'}, {'C'}, {'h', 0, 0},
+	    {'w', 0, 5}, {'W', 0, 6} } },
+};
+
+static void intent_case_desc(const struct intent_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(intent, intent_cases, intent_case_desc);
+
+static void stream_intent_test(struct kunit *test)
+{
+	const struct intent_case *c = test->param_value;
+	struct dm_stream_metadata *md = dsm_create_incore(3 * BPB);
+	const struct snap_step *s;
+
+	KUNIT_ASSERT_NOT_NULL(test, md);
+	/* no region held: no commit, no device needed */
+	KUNIT_ASSERT_EQ(test, dsm_set_intent(md, NULL, 3), 0);
+	for (s = c->steps; s->op; s++) {
+		switch (s->op) {
+		case 'W':
+		case 'w':
+			KUNIT_EXPECT_EQ_MSG(test, dsm_write_ready(md, s->arg),
+					    s->op == 'w', "block %llu", s->arg);
+			break;
+		case 'C':
+		case 'F':
+			dsm_intent_commit_incore(md, s->op == 'C');
+			break;
+		case 'T':
+			KUNIT_EXPECT_EQ(test, dsm_intent_tick(md), !!s->arg);
+			break;
+		case 'D':
+			dsm_intent_drop(md);
+			break;
+		case 'h':
+			KUNIT_EXPECT_EQ(test, dsm_intent_held(md), (u32)s->arg);
+			break;
+		case 'M':
+			dsm_mark_durable(md, s->arg);
+			break;
+		case 'O':
+			KUNIT_ASSERT_EQ(test,
+					dsm_set_intent(md, NULL, DSM_INTENT_OFF),
+					0);
+			break;
+		}
+	}
+	dsm_destroy_incore(md);
+}
+
 /* dsm_next_range over a fixed map: bits 3-5, 10, 63-65 and 99 of 100. */
 struct range_case {
 	const char *desc;
@@ -532,6 +712,7 @@ static void stream_range_test(struct kunit *test)
 
 static struct kunit_case stream_snapshot_cases[] = {
 	KUNIT_CASE_PARAM(stream_snapshot_test, snap_gen_params),
+	KUNIT_CASE_PARAM(stream_intent_test, intent_gen_params),
 	KUNIT_CASE_PARAM(stream_range_test, range_gen_params),
 	{}
 };
@@ -544,6 +725,7 @@ static struct kunit_suite stream_snapshot_suite = {
 static struct kunit_case stream_format_cases[] = {
 	KUNIT_CASE_PARAM(stream_sb_test, sb_gen_params),
 	KUNIT_CASE(stream_sb_zero_test),
+	KUNIT_CASE_PARAM(stream_sb_intent_test, intent_sb_gen_params),
 	KUNIT_CASE(stream_geometry_test),
 	{}
 };

@@ -183,6 +183,93 @@ t_fetch_timeout() {
 	expect_eq "parked" 0 "$(st 4)"
 }
 
+# Write intent: the first writes over present, clean blocks of one region
+# wait for one commit (the region's), not one each.  Prints the commits
+# made while 16 blocks are written one by one, and the seconds it took.
+intent_commits() {	# intent_commits [table words]
+	fresh
+	server_start nbdkit
+	create "$@"
+	helper_start
+	dd if=$DEV of=/dev/null bs=$BB count=16 iflag=direct 2>/dev/null
+	helper_stop
+	_g0=$(st 10)
+	read -r _t0 _ </proc/uptime
+	i=0
+	while [ $i -lt 16 ]; do
+		dd if=$IMG of=$DEV bs=$BB skip=$((40 + i)) seek=$i count=1 \
+			oflag=direct conv=notrunc 2>/dev/null
+		i=$((i + 1))
+	done
+	read -r _t1 _ </proc/uptime
+	echo "$(($(st 10) - _g0)) $((${_t1%.*} - ${_t0%.*} + 1)) $(st 3)"
+	teardown >/dev/null 2>&1
+}
+
+t_write_intent_commits() {
+	# shellcheck disable=SC2046 # two numbers
+	set -- $(intent_commits)
+	say "default regions: $1 commits in $2 s"
+	expect_eq "dirty" 16 "$3"
+	# one for the region, at most one a second from the periodic commit
+	[ "$1" -le $(($2 + 1)) ] || { echo "# $1 commits for one region"; return 1; }
+	# shellcheck disable=SC2046 # two numbers
+	set -- $(intent_commits 2 intent_region 0)
+	say "intent_region 0: $1 commits in $2 s"
+	expect_eq "dirty" 16 "$3"
+	[ "$1" -ge 16 ] || { echo "# $1 commits for 16 blocks without write intent"; return 1; }
+}
+
+# A region open at an unclean shutdown (the metadata device fails before
+# the suspend that would drop it): the next load makes all of its blocks
+# dirty, says so, and a revert then brings them all back to the image.
+t_write_intent_recovery() {
+	fresh
+	server_start nbdkit
+	dmsetup create m --table "0 $(blockdev --getsz $META) linear $META 0"
+	_t="0 $SZ stream /dev/mapper/m $DATA $BS 2 intent_region $((BS * 8))"
+	dmsetup create s --table "$_t"
+	helper_start
+	dd if=$DEV of=/dev/null bs=$BB count=32 iflag=direct 2>/dev/null
+	helper_stop
+	# Keep both regions in use (an idle one is dropped after a few
+	# seconds) until the metadata device fails under them.
+	rm -f /tmp/stop
+	(
+		while [ ! -f /tmp/stop ]; do
+			dd if=$IMG of=$DEV bs=$BB skip=40 seek=3 count=1 \
+				oflag=direct conv=notrunc,fsync 2>/dev/null
+			dd if=$IMG of=$DEV bs=$BB skip=41 seek=21 count=1 \
+				oflag=direct conv=notrunc,fsync 2>/dev/null
+			sleep 1
+		done
+	) &
+	_w=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$6}') -ge 2 ]"
+	dmsetup suspend m
+	dmsetup load m --table "0 $(blockdev --getsz $META) error"
+	dmsetup resume m
+	touch /tmp/stop
+	wait $_w || true
+	dmsetup remove s
+	dmsetup suspend m
+	dmsetup load m --table "0 $(blockdev --getsz $META) linear $META 0"
+	dmsetup resume m
+	_n=$(dmesg | wc -l)
+	dmsetup create s --table "$_t"
+	dmesg | tail -n +$((_n + 1)) | grep -q "write intent: 2 regions of 8 blocks were open" ||
+		{ dmesg | tail -n 5; return 1; }
+	expect_eq "dirty" 16 "$(st 3)"
+	expect_eq "present" 32 "$(present)"
+	dmsetup suspend s
+	dmsetup message s 0 revert >/dev/null
+	dmsetup resume s
+	expect_eq "present after revert" 16 "$(present)"
+	helper_start
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+	teardown
+}
+
 t_status_table() {
 	fresh
 	create 4 fetch_timeout 30 preserve_mb 8
@@ -197,6 +284,11 @@ t_status_table() {
 	shift 10
 	expect_eq "status (fill, image, consumers)" \
 		"off 0 - 0:0:0 0:0:0 0:0:0 0:0:0" "$*"
+	dmsetup remove s
+	create 2 intent_region 0
+	# shellcheck disable=SC2046 # split the table into words
+	set -- $(dmsetup table s)
+	expect_eq "table, write intent off" "$BS 2 intent_region 0" "$5 $6 $7 $8"
 }
 
 is_mode() { [ "$(st 6)" = "$1" ]; }
@@ -389,6 +481,17 @@ bad_tables() {
 		"$tbl $META $DATA $BS 2 fetch_timeout 99999"
 	expect_refused table_too_many "Too many arguments" \
 		"$tbl $META $DATA $BS 2 fetch_timeout 5 extra"
+	expect_refused table_intent_missing "intent_region needs a value" \
+		"$tbl $META $DATA $BS 1 intent_region"
+	for r in 1000 $((BS / 2)) abc -8; do
+		expect_refused "table_intent_region_$r" "Invalid intent_region" \
+			"$tbl $META $DATA $BS 2 intent_region $r"
+	done
+	# 1 TiB of 64 KiB blocks in regions of 8 blocks: 2^21 regions, over
+	# the superblock's 24576 (1024 blocks, 131072 sectors, would fit).
+	expect_refused table_intent_region_too_small \
+		"intent_region too small for this device" \
+		"0 $(blockdev --getsz $BIG) stream $BIGMETA $BIG 128 2 intent_region 1024"
 }
 
 # Each kind of superblock damage is refused with its own message, and the
@@ -508,6 +611,8 @@ run invalidate_interrupted t_invalidate_interrupted
 run fill t_fill
 run fill_switch t_fill_switch
 run status_table t_status_table
+run write_intent_commits t_write_intent_commits
+run write_intent_recovery t_write_intent_recovery
 run mode_ro_on_metadata_error t_mode_ro
 run mode_fail_on_data_flush_error t_mode_fail
 [ -n "${ONLY:-}" ] || bad_tables
