@@ -227,8 +227,8 @@ t_write_intent_recovery() {
 	fresh
 	server_start nbdkit
 	dmsetup create m --table "0 $(blockdev --getsz $META) linear $META 0"
-	_t="0 $SZ stream /dev/mapper/m $DATA $BS 2 intent_region $((BS * 8))"
-	dmsetup create s --table "$_t"
+	_tbl="0 $SZ stream /dev/mapper/m $DATA $BS 2 intent_region $((BS * 8))"
+	dmsetup create s --table "$_tbl"
 	helper_start
 	dd if=$DEV of=/dev/null bs=$BB count=32 iflag=direct 2>/dev/null
 	helper_stop
@@ -256,7 +256,7 @@ t_write_intent_recovery() {
 	dmsetup load m --table "0 $(blockdev --getsz $META) linear $META 0"
 	dmsetup resume m
 	_n=$(dmesg | wc -l)
-	dmsetup create s --table "$_t"
+	dmsetup create s --table "$_tbl"
 	dmesg | tail -n +$((_n + 1)) | grep -q "write intent: 2 regions of 8 blocks were open" ||
 		{ dmesg | tail -n 5; return 1; }
 	expect_eq "dirty" 16 "$(st 3)"
@@ -288,7 +288,7 @@ t_status_table() {
 	create 2 intent_region 0
 	# shellcheck disable=SC2046 # split the table into words
 	set -- $(dmsetup table s)
-	expect_eq "table, write intent off" "$BS 2 intent_region 0" "$5 $6 $7 $8"
+	expect_eq "table, write intent off" "$BS 2 intent_region 0" "$6 $7 $8 $9"
 }
 
 is_mode() { [ "$(st 6)" = "$1" ]; }
