@@ -13,54 +13,66 @@
  *     bitmap 2                   the invalidate set of an image update
  *     bitmap 2 + 2c, c > 0       reserved (zero)
  *
+ *   then the journal: 2 slots of DSM_JNL_SLOT_BLOCKS blocks
+ *
  * bitmap_blocks = ceil(nr_blocks / DSM_BITS_PER_BLOCK), so the metadata
- * device needs (16 + 9 * bitmap_blocks) * 4 KiB.  Every bitmap block starts
- * with a header (crc32c, bitmap index, block number, magic, format version)
- * so that a torn or misdirected write is detected on load instead of
+ * device needs (16 + 9 * bitmap_blocks + 130) * 4 KiB.  Every bitmap block
+ * starts with a header (crc32c, bitmap index, block number, magic, format
+ * version) so that a misdirected write is detected on load instead of
  * silently changing which blocks are present.
  *
  * Present and dirty maps: the target keeps every map in core; the in-core
  * copies are authoritative for I/O and the on-disk copies trail them by at
- * most one commit.  In normal operation a bit only goes from 0 to 1 (a
- * block becomes present, a block becomes dirty), so bitmap blocks are
- * updated in place: a power cut in the middle of a commit leaves each bit
- * either at its old or at its new value, both of which are safe given the
- * ordering below.  (A 4 KiB metadata block is assumed to be written
- * atomically; a torn one fails its checksum and the load is refused.)
+ * most one commit.  Every metadata write after format goes through the
+ * journal (see "The journal" below), so each batch of block images is
+ * atomic: after a power cut at any instant, including half-way through a
+ * metadata write, the metadata loads as the state after the last whole
+ * batch.
  *
- * Commit protocol (dsm_commit(), always in the worker, serialised by
- * md->commit_lock):
+ * Commit protocol (dsm_commit(), in the worker or a quiesced message,
+ * serialised by md->commit_lock):
  *
- *   1. Take the list of blocks that became present since the last commit.
- *      A block is put on that list only after the write of its data to the
- *      data device has completed.
- *   2. Flush the data device.  From here on the data of every block on the
- *      list is durable.
- *   3. Set those blocks in the committed present map (md->present_commit,
- *      touched by nobody but the commit), then, for every bitmap block that
- *      changed, encode it -- present bits from the committed map, dirty bits
- *      from the live maps -- into a dm-bufio buffer, write all buffers and
- *      flush the metadata device.
- *   4. Increment the generation in the superblock, write it and flush.
+ *   1. Take the blocks that became present since the last commit.  A block
+ *      is marked present only after the write of its data to the data
+ *      device has completed.
+ *   2. If there are any, flush the data device: their data is durable.
+ *   3. Write intent: close the idle regions, open the requested ones
+ *      (dsm_intent_begin()).
+ *   4. Stage the changed dirty-map blocks, then the changed present-map
+ *      blocks (present bits from md->present_commit: step 1's blocks), then
+ *      the superblock (generation, write-intent map), and commit: one
+ *      journal write and one metadata flush.  A split batch keeps that
+ *      order.
  *
- * Rule 1 (present): a present bit reaches the disk only in step 3, after the
- * flush of step 2, which was issued after the block's data write completed:
- * the data is durable first.
+ * Rule 1 (present): a present bit reaches the disk only after the flush of
+ * step 2, issued after the block's data write completed.
  *
  * Rule 2 (dirty): a write to a present block is issued only once the
- * block's dirty bits are on disk.  The map path remaps it at once only if
- * the block is in md->durable (its bits for every consumer were set before
- * a commit that has completed); otherwise dsm_set_dirty() sets them in
- * core and the bio waits in the worker for the next commit, which writes
- * them, then dsm_mark_durable() and the bio is issued.  (dm-era holds
- * writes the same way.)  So no data write reaches the data device before
- * the metadata says its block is dirty -- stronger than "durable before a
- * flush covering the write completes", and what revert needs after a power
- * cut.  Writes to absent blocks (whole-block fills) need no wait: until a
- * commit records the block present, a crash makes it absent and it reads
- * as the image again.  Dirty bits copied from the live map may include
- * bits of writes still waiting; a dirty bit without new data only costs a
- * redundant transfer later, so over-approximating is safe.
+ * metadata says the block is, or may be, dirty: its dirty bits for every
+ * consumer are on disk (md->durable), or its write-intent region is open
+ * on disk (md->intent).  Otherwise dsm_write_ready() sets its bits in core
+ * and asks for the region, and the bio waits in the worker for the next
+ * commit (dm-era holds writes the same way).  Writes to absent blocks
+ * (whole-block fills) need no wait: until a commit records the block
+ * present, a crash makes it absent and it reads as the image again; their
+ * dirty bits are staged before their present bits.  A dirty bit without
+ * new data only costs a redundant transfer, so over-approximating is safe.
+ *
+ * Write intent (md's write-intent bitmap): the superblock names regions of
+ * 1 << intent_shift blocks that may hold writes whose dirty bits are not
+ * on disk.  A write in an open region sets its bits in core and goes; the
+ * periodic commit writes the bits.  A region is closed when idle for
+ * INTENT_IDLE_TICKS commit periods, or at suspend (dsm_intent_drop()).
+ * Closing is safe because of two pairings: the writer sets its bits (and
+ * marks their slices changed), smp_mb(), tests the region; the commit
+ * clears the region in core, smp_mb(), then stages the changed slices.
+ * Either the writer sees the region closed and waits, or the commit that
+ * closes the region stages the writer's bits -- and the superblock that
+ * closes it is staged after them.  A load that finds regions open (an
+ * unclean shutdown) makes all their blocks dirty for every consumer and
+ * commits that before anything else (__intent_recover()).  SB_F_INTENT is
+ * set exactly when a region is open, so a module that does not know write
+ * intent refuses such a superblock rather than ignoring it.
  *
  * Snapshots.  Every write marks its block dirty for every consumer.
  * dsm_snapshot() (I/O quiesced) moves consumer c's live dirty bits into an
@@ -73,15 +85,16 @@
  *     are simply dirty again (documented; the drain is redone);
  *   - abort is in core only: dirty[c] |= snap[c];
  *   - ack clears snap[c] and rewrites the affected blocks of c's on-disk
- *     dirty map from the live map, in place, then flushes.  This is the one
- *     normal-operation path where bits go from 1 to 0; a power cut in it
- *     leaves each bit old (still dirty: sent again, never lost) or new
- *     (acknowledged).  Blocks written after the cut are set in the live
- *     map, so they stay dirty.
+ *     dirty map from the live map.  This is the one normal-operation path
+ *     where bits go from 1 to 0; a power cut in it leaves each batch old
+ *     (still dirty: sent again, never lost) or new (acknowledged).  Blocks
+ *     written after the cut are set in the live map, so they stay dirty
+ *     (and a crash may make the other blocks of their open write-intent
+ *     regions dirty again: sent again, never lost).
  *
  * Revert (dsm_revert(), target suspended, after a normal commit) clears
- * bits, which in-place updates cannot make atomic by themselves.  It is
- * made idempotent instead: the superblock is written with SB_F_REVERTING
+ * bits over more blocks than one batch holds.  It is made idempotent
+ * instead: the superblock is written with SB_F_REVERTING
  * first; then every present-bitmap block is rewritten with
  * present &= ~dirty[0], and the blocks are added to the dirty maps of the
  * other consumers (their copies now differ from the device), and flushed;

@@ -20,9 +20,11 @@
  *
  * Crash ordering is the metadata's business; see the commit protocol in
  * dm-stream-metadata.c.  The target's part is to hold REQ_PREFLUSH bios
- * until a commit, to hold a write to a present block whose dirty bits are
- * not yet on disk until a commit (rule 2), to commit before completing a
- * REQ_FUA whole-block fill, and to commit periodically.
+ * until a commit, to hold a write to a present block until a commit when
+ * neither its dirty bits nor its write-intent region are on disk (rule 2),
+ * to commit before completing a REQ_FUA whole-block fill, to commit
+ * periodically (closing idle write-intent regions) and to close every
+ * region at suspend.
  */
 #include <linux/blkdev.h>
 #include <linux/ctype.h>
@@ -892,12 +894,17 @@ static int stream_preresume(struct dm_target *ti)
 	int r;
 
 	stream_snap_abort_foreign(sc);
-	/* The region size is this table's (a reload may change it). */
+	/*
+	 * The region size is this table's (a reload may change it).  It
+	 * fails only when the regions of the old size cannot be closed, that
+	 * is when the metadata can no longer be written: nothing opens a
+	 * region then, so keep the old size rather than fail the resume.
+	 */
 	r = dsm_set_intent(sc->md, sc->data_dev->bdev, sc->intent_shift);
 	if (r)
-		DMERR("%s: cannot set the write-intent region: %d",
+		DMERR("%s: write-intent region size unchanged: %d",
 		      stream_name(sc), r);
-	return r;
+	return 0;
 }
 
 static void stream_resume(struct dm_target *ti)
