@@ -13,8 +13,9 @@
  * dirty.  A write covering a whole absent block needs no fetch: it makes
  * the block present (and dirty) once it completes.
  *
- * Every bio is limited to one block (max_io_len), so "the block of a bio"
- * is always well defined.
+ * A bio over a run of present blocks goes down whole (present_run()); any
+ * other bio is split in map at its first block boundary, so that past map
+ * "the block of a bio" is always well defined.
  *
  * Snapshots (undrained blocks, preserved copies) live in dm-stream-snap.c.
  *
@@ -156,6 +157,37 @@ remap:
 	return DM_MAPIO_REMAPPED;
 }
 
+/*
+ * A read or write over more than one block, from sector @off: the length
+ * of its longest prefix over blocks that can go straight down (present;
+ * for a write, rw mode, no snapshot copy to make and dsm_write_ready()).
+ * 0 when the first block cannot.  Lockless, map context.
+ */
+static sector_t present_run(struct stream_c *sc, struct bio *bio,
+			    sector_t off)
+{
+	u64 first = off >> sc->block_shift, b;
+	u64 last = (off + bio_sectors(bio) - 1) >> sc->block_shift;
+	const unsigned long *present = dsm_present_map(sc->md);
+	bool write = bio_op(bio) == REQ_OP_WRITE;
+
+	if (bio_op(bio) != REQ_OP_READ && !write)
+		return 0;
+	if (write && READ_ONCE(sc->mode) != STREAM_MODE_RW)
+		return 0;
+	for (b = first; b <= last; b++) {
+		if (!dsm_test(present, b))
+			break;
+		/* A write that cannot go now is split off and waits alone. */
+		if (write && (stream_snap_needs_preserve(sc, b) ||
+			      !dsm_write_ready(sc->md, b)))
+			break;
+	}
+	if (b > last)
+		return bio_sectors(bio);
+	return b == first ? 0 : (b << sc->block_shift) - off;
+}
+
 static int stream_map(struct dm_target *ti, struct bio *bio)
 {
 	struct stream_c *sc = ti->private;
@@ -176,11 +208,23 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 		return DM_MAPIO_SUBMITTED;
 	}
 
-	/* Never let a bio span two blocks (discards may). */
+	/*
+	 * A run of present blocks goes down whole; otherwise never let a
+	 * bio span two blocks.
+	 */
 	off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	end = round_down(off, sc->block_sectors) + sc->block_sectors;
-	if (off + bio_sectors(bio) > end)
+	if (off + bio_sectors(bio) > end) {
+		sector_t len = present_run(sc, bio, off);
+
+		if (len) {
+			if (len < bio_sectors(bio))
+				dm_accept_partial_bio(bio, len);
+			remap(sc, bio);
+			return DM_MAPIO_REMAPPED;
+		}
 		dm_accept_partial_bio(bio, end - off);
+	}
 
 	if (bio_op(bio) == REQ_OP_DISCARD) {
 		/*
@@ -774,11 +818,6 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	INIT_WORK(&sc->worker, do_worker);
 	INIT_DELAYED_WORK(&sc->waker, do_waker);
 
-	r = dm_set_target_max_io_len(ti, bs);
-	if (r) {
-		ti->error = "Cannot set max I/O length";
-		goto out_wq;
-	}
 	sc->discard_zeroes =
 		bdev_write_zeroes_sectors(sc->data_dev->bdev) >= bs;
 	if (sc->discard_zeroes) {
@@ -796,8 +835,6 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	stream_chan_register(sc);
 	return 0;
 
-out_wq:
-	destroy_workqueue(sc->wq);
 out_metadata:
 	dsm_close(sc->md);
 out_data_dev:

@@ -468,7 +468,7 @@ bad_tables() {
 	expect_refused table_no_data "Cannot open data device" \
 		"$tbl $META /dev/nonexistent $BS"
 	expect_refused table_feature_count "Invalid number of feature arguments" \
-		"$tbl $META $DATA $BS 5 a b c d e"
+		"$tbl $META $DATA $BS 7 a b c d e f g"
 	expect_refused table_preserve_missing "preserve_mb needs a value" \
 		"$tbl $META $DATA $BS 1 preserve_mb"
 	expect_refused table_preserve_range "Invalid preserve_mb" \
