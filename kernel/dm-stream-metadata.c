@@ -2056,7 +2056,7 @@ static u32 nr_regions(struct dm_stream_metadata *md)
 	return DIV_ROUND_UP_ULL(md->sb.nr_blocks, 1ULL << md->sb.intent_shift);
 }
 
-bool dsm_write_ready(struct dm_stream_metadata *md, u64 block)
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
 {
 	u32 shift = READ_ONCE(md->sb.intent_shift);
 	unsigned long region;
@@ -2070,7 +2070,11 @@ bool dsm_write_ready(struct dm_stream_metadata *md, u64 block)
 	 */
 	if (!dsm_dirty_all(md, block))
 		dsm_set_dirty(md, block);
-	if (shift == DSM_INTENT_OFF)
+	/*
+	 * md->durable implies a committed present bit; a region does not:
+	 * a FUA write waits for the commit that makes both durable.
+	 */
+	if (shift == DSM_INTENT_OFF || fua)
 		return false;
 	region = block >> shift;
 	/*

@@ -124,9 +124,12 @@ void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);
  * here in core and its region's write intent is on disk (a later commit
  * writes the bits).  Otherwise its bits are set in core and its region's
  * intent is requested: the write waits for the next commit that begins
- * after this call, then dsm_mark_durable().  Any context, never sleeps.
+ * after this call, then dsm_mark_durable().  A REQ_FUA write (@fua) goes
+ * through a region never: the block may have become present a moment
+ * ago, and its present bit must be durable when the write completes.
+ * Any context, never sleeps.
  */
-bool dsm_write_ready(struct dm_stream_metadata *md, u64 block);
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua);
 
 /*
  * Write-intent upkeep.  dsm_intent_tick() (once a commit period, process

@@ -148,7 +148,7 @@ static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
 	 * Rule 2: its dirty bits (or its region's write intent) reach the
 	 * disk before its data does.
 	 */
-	if (dsm_write_ready(sc->md, block))
+	if (dsm_write_ready(sc->md, block, bio->bi_opf & REQ_FUA))
 		goto remap;
 	defer_bio(sc, &sc->deferred_dirty, bio);
 	return DM_MAPIO_SUBMITTED;
@@ -180,7 +180,8 @@ static sector_t present_run(struct stream_c *sc, struct bio *bio,
 			break;
 		/* A write that cannot go now is split off and waits alone. */
 		if (write && (stream_snap_needs_preserve(sc, b) ||
-			      !dsm_write_ready(sc->md, b)))
+			      !dsm_write_ready(sc->md, b,
+					       bio->bi_opf & REQ_FUA)))
 			break;
 	}
 	if (b > last)

@@ -572,6 +572,7 @@ static void stream_snapshot_test(struct kunit *test)
  * The write-intent state machine, in core, regions of 8 blocks.  Steps:
  *   'W' - b  a write to b must wait (dsm_write_ready() false)
  *   'w' - b  a write to b may go
+ *   'U' - b  a REQ_FUA write to b must wait
  *   'C' - -  a commit's intent steps (begin, then end: durable)
  *   'F' - -  a commit that fails (begin, then end: not durable)
  *   'T' - n  a tick; n: 1 if it must ask for a commit, 0 if not
@@ -601,6 +602,9 @@ static const struct intent_case intent_cases[] = {
 	{ "suspend drops every region",
 	  { {'W', 0, 5}, {'W', 0, 100}, {'C'}, {'h', 0, 2}, {'D'}, {'C'},
 	    {'h', 0, 0}, {'W', 0, 5}, {'W', 0, 101} } },
+	{ "a FUA write waits even in an open region, not once durable",
+	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'U', 0, 6}, {'C'},
+	    {'M', 0, 6}, {'w', 0, 6}, {'h', 0, 1} } },
 	{ "a failed commit grants nothing and asks again",
 	  { {'W', 0, 5}, {'F'}, {'h', 0, 0}, {'W', 0, 6}, {'C'},
 	    {'h', 0, 1}, {'w', 0, 7} } },
@@ -632,8 +636,13 @@ static void stream_intent_test(struct kunit *test)
 		switch (s->op) {
 		case 'W':
 		case 'w':
-			KUNIT_EXPECT_EQ_MSG(test, dsm_write_ready(md, s->arg),
+			KUNIT_EXPECT_EQ_MSG(test,
+					    dsm_write_ready(md, s->arg, false),
 					    s->op == 'w', "block %llu", s->arg);
+			break;
+		case 'U':
+			KUNIT_EXPECT_FALSE(test, dsm_write_ready(md, s->arg,
+								 true));
 			break;
 		case 'C':
 		case 'F':

@@ -286,6 +286,15 @@ t_replay_workload() {
 	w 3990 0 $RBB dsync
 	mark fua
 
+	# A FUA write to a block a fill made present a moment ago, in a
+	# write-intent region that a write to a present block (10) opened:
+	# the fill's present bit must be durable when the FUA write
+	# completes, not only its data.
+	w 10 0 1024
+	w 14 0 $RBB
+	w 14 1024 1024 dsync
+	mark fua_fill
+
 	# Snapshot of consumer 1 drained and acknowledged while a writer
 	# rewrites a snapshot block (4) and a new one (4050): either may land
 	# before or after the cut, so after the ack they may be dirty or not.
