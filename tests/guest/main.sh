@@ -504,6 +504,7 @@ bad_superblocks() {
 		 blocknr:"Metadata superblock is at the wrong location" \
 		 geometry:"Metadata superblock geometry is inconsistent" \
 		 flags:"Metadata superblock has unknown flags" \
+		 intent:"Metadata superblock write intent is inconsistent" \
 		 bitmap:"Metadata bitmap block checksum mismatch" \
 		 blocksize:"Block size differs from the metadata's" \
 		 size:"Device size differs from the metadata's"; do

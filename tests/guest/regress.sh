@@ -207,9 +207,52 @@ t_concurrent_resume_vs_revert() {
 }
 
 prepare_image || echo "STREAMTEST prepare_image FAIL"
+# 6. Durable only from what is on disk (defect 4).  An absent block whose
+# dirty bits are all set (a crash left a fill's dirty bits without its
+# present bit) must not count as durable: after a fill makes it present
+# again, a REQ_FUA write to it must wait for the commit of that present
+# bit.  The metadata device fails first, so that commit cannot happen:
+# the FUA write must fail.  A kernel that deems the block durable
+# acknowledges it, and the next load finds the block absent: an
+# acknowledged write lost.
+t_durable_from_disk() {
+	fresh
+	server_start nbdkit
+	create
+	dmsetup remove s
+	stream-meta $META dirty 9
+	dmsetup create m --table "0 $(blockdev --getsz $META) linear $META 0"
+	_tbl="0 $SZ stream /dev/mapper/m $DATA $BS"
+	dmsetup create s --table "$_tbl"
+	expect_eq "dirty" 1 "$(st 3)"
+	expect_eq "present" 0 "$(present)"
+	dmsetup suspend m
+	dmsetup load m --table "0 $(blockdev --getsz $META) error"
+	dmsetup resume m
+	# a fill (whole block, no FUA: no commit), then 4 KiB with FUA
+	dd if=$IMG of=$DEV bs=$BB skip=40 seek=9 count=1 oflag=direct \
+		conv=notrunc 2>/dev/null
+	_fua=ok
+	stream-replay write $DEV --at $((9 * BB + 4096)) --len 4096 \
+		--src $IMG --src-at $((41 * BB)) --dsync 1 2>/dev/null ||
+		_fua=failed
+	say "FUA write $_fua, mode $(st 6)"
+	dmsetup remove s
+	dmsetup suspend m
+	dmsetup load m --table "0 $(blockdev --getsz $META) linear $META 0"
+	dmsetup resume m
+	dmsetup create s --table "$_tbl"
+	if [ $_fua = ok ]; then
+		# acknowledged: it must be there
+		expect_eq "present after the acknowledged FUA write" 1 "$(present)"
+	fi
+	expect_eq "FUA write with the metadata failed" failed "$_fua"
+}
+
 run table_reload_keeps_writes t_reload_keeps_writes
 run suspend_noflush_parked t_suspend_noflush_parked
 run fail_parked_message t_fail_parked_message
 run suspend_released_by_fail_parked t_suspend_released_by_fail_parked
 run concurrent_resume_vs_revert t_concurrent_resume_vs_revert
+run durable_from_disk t_durable_from_disk
 [ -n "${ONLY:-}" ] || bad_tables_regress

@@ -8,6 +8,7 @@
  *   stream-meta <dev> csum|magic|version|format1|blocknr|geometry|bitmap|
  *                     flags|reverting|torn|show
  *   stream-meta <dev> invalidating <block>
+ *   stream-meta <dev> dirty <block>
  *
  * Every kind but "torn" and "show" also empties the journal (format 2): an
  * edit of a quiesced device, so that the loader sees exactly the edited
@@ -19,7 +20,10 @@
  * behind, so that the test can check the revert is completed on load.
  * "invalidating" likewise leaves what an image update interrupted after
  * its first step leaves: <block> in the invalidate set (bitmap 2), the
- * INVALIDATING flag and the image id "interrupted".
+ * INVALIDATING flag and the image id "interrupted".  "dirty" sets <block>
+ * in every consumer's dirty map and leaves it absent: what a crash leaves
+ * when a fill's dirty bits reached the disk and its present bit did not.
+ * "intent" sets SB_F_INTENT with no region open (refused on load).
  */
 #include <fcntl.h>
 #include <stdbool.h>
@@ -86,6 +90,31 @@ static int invalidating(int fd, uint8_t *sb, unsigned long block)
 	return 0;
 }
 
+/* Set @block in the dirty maps of consumers 0-3 (bitmaps 1, 3, 5, 7). */
+static int dirty(int fd, const uint8_t *sb, unsigned long block)
+{
+	uint32_t bitmap_blocks;
+	uint8_t b[BS];
+	off_t where;
+	int c;
+
+	memcpy(&bitmap_blocks, sb + 72, 4);
+	if (block >= 509 * 64) {
+		fprintf(stderr, "block %lu not in the first bitmap block\n", block);
+		return 2;
+	}
+	for (c = 0; c < 4; c++) {
+		where = (off_t)(FIRST_BITMAP + (1 + 2 * c) * bitmap_blocks) * BS;
+		if (pread(fd, b, BS, where) != BS)
+			return 1;
+		b[BITMAP_BITS_OFF + block / 8] |= 1 << (block % 8);
+		put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ BITMAP_CSUM_XOR);
+		if (pwrite(fd, b, BS, where) != BS)
+			return 1;
+	}
+	return 0;
+}
+
 /* Zero both journal slot headers (after the bitmaps). */
 static int zap_journal(int fd, const uint8_t *sb)
 {
@@ -110,7 +139,8 @@ int main(int argc, char **argv)
 	off_t where = 0;
 	int fd;
 
-	if (argc != 3 && !(argc == 4 && !strcmp(argv[2], "invalidating"))) {
+	if (argc != 3 && !(argc == 4 && (!strcmp(argv[2], "invalidating") ||
+					!strcmp(argv[2], "dirty")))) {
 		fprintf(stderr, "usage: stream-meta <dev> <damage>\n");
 		return 2;
 	}
@@ -151,6 +181,14 @@ int main(int argc, char **argv)
 
 		if (r)
 			return r;
+	} else if (!strcmp(argv[2], "dirty")) {
+		int r = dirty(fd, b, strtoul(argv[3], NULL, 10));
+
+		if (r)
+			return r;
+	} else if (!strcmp(argv[2], "intent")) {
+		put32(b, 4, 0x8);
+		reseal(b);
 	} else if (!strcmp(argv[2], "reverting")) {
 		put32(b, 4, 1);
 		reseal(b);
