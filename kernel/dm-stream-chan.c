@@ -262,8 +262,9 @@ static int check_image(struct stream_c *sc, u64 image_size,
 		       const char *image_id)
 {
 	u64 size = sc->nr_blocks << (sc->block_shift + SECTOR_SHIFT);
-	const char *have = dsm_image_id(sc->md);
+	char have[DSM_IMAGE_ID_LEN];
 
+	dsm_image_id(sc->md, have);
 	if (image_size && image_size != size) {
 		DMERR("%s: helper's image has %llu bytes, the device %llu: refused",
 		      stream_name(sc), image_size, size);

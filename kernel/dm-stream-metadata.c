@@ -286,6 +286,7 @@ struct dm_stream_metadata {
 	int inplace_error;
 	wait_queue_head_t inplace_wait;
 	const void *owner;		/* the dm device using it */
+	spinlock_t id_lock;		/* sb.image_id against its readers */
 };
 
 /* Open metadata objects, one per metadata device; see dsm_open(). */
@@ -1231,7 +1232,9 @@ long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
 	if (r)
 		goto out;
 	md->sb.flags |= SB_F_INVALIDATING | (keep ? SB_F_INVAL_KEEP : 0);
+	spin_lock(&md->id_lock);
 	strscpy(md->sb.image_id, image_id, sizeof(md->sb.image_id));
+	spin_unlock(&md->id_lock);
 	r = write_sb(md);
 	if (!r)
 		r = __invalidate(md);
@@ -1463,6 +1466,7 @@ struct dm_stream_metadata *dsm_create_incore(u64 nr_blocks)
 	if (!md)
 		return NULL;
 	mutex_init(&md->commit_lock);
+	spin_lock_init(&md->id_lock);
 	INIT_LIST_HEAD(&md->node);
 	md->sb.nr_blocks = nr_blocks;
 	md->sb.nr_consumers = DSM_MAX_CONSUMERS;
@@ -2016,10 +2020,12 @@ u64 dsm_generation(struct dm_stream_metadata *md)
 	return READ_ONCE(md->sb.generation);
 }
 
-/* The string changes only under a quiesced device (invalidate). */
-const char *dsm_image_id(struct dm_stream_metadata *md)
+/* Status and attach read it while an image update may write it. */
+void dsm_image_id(struct dm_stream_metadata *md, char *buf)
 {
-	return md->sb.image_id;
+	spin_lock(&md->id_lock);
+	strscpy(buf, md->sb.image_id, DSM_IMAGE_ID_LEN);
+	spin_unlock(&md->id_lock);
 }
 
 bool dsm_changed(struct dm_stream_metadata *md)

@@ -104,7 +104,8 @@ const unsigned long *dsm_present_map(struct dm_stream_metadata *md);
 u64 dsm_nr_present(struct dm_stream_metadata *md);
 u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c);
 u64 dsm_generation(struct dm_stream_metadata *md);
-const char *dsm_image_id(struct dm_stream_metadata *md);
+/* Copy the image id ("" if none) to @buf, DSM_IMAGE_ID_LEN bytes.  Any context. */
+void dsm_image_id(struct dm_stream_metadata *md, char *buf);
 bool dsm_changed(struct dm_stream_metadata *md);
 
 /* Lockless, any context: is @block dirty for consumer @c (snapshot aside)? */

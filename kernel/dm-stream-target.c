@@ -987,12 +987,12 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	struct stream_c *sc = ti->private;
 	struct dm_stream_metadata *md = sc->md;
 	unsigned int sz = 0, c;
-	const char *id;
+	char id[DSM_IMAGE_ID_LEN];
 	bool budget;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
-		id = dsm_image_id(md);
+		dsm_image_id(md, id);
 		DMEMIT("%u %llu/%llu %llu %d %s %s %lld %lld %lld %llu %s %llu %s",
 		       sc->block_sectors, dsm_nr_present(md),
 		       sc->nr_blocks,
