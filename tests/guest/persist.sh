@@ -30,7 +30,17 @@ phase2() {
 	done
 	expect_eq "fetched again" 0 "$(helper_stat requests)"
 	expect_eq "server reads" 0 "$(server_reads)"
-	expect_eq "dirty" 2 "$(st 3)"
+	# Blocks 3 and 5 are dirty.  After a power cut, block 5's write (to a
+	# present block) may have left write-intent region 0 open (blocks
+	# 0-127 at the default 8 MiB): then all of it is dirty again, and the
+	# load says so.
+	_d=$(st 3)
+	if [ "$SUITE_KIND" = crash ] && [ "$_d" = $((16384 / BS)) ]; then
+		say "region 0 was open at the power cut: $_d blocks dirty"
+		dmesg | grep -q "write intent: 1 regions of $_d blocks were open"
+	else
+		expect_eq "dirty" 2 "$_d"
+	fi
 	expect_eq "device" "$(dev_sum $SCRATCH)" "$(dev_sum $DEV)"
 }
 
