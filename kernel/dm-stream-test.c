@@ -128,7 +128,7 @@ struct intent_sb_case {
 	u32 regions[3];		/* up to three regions, ~0 ends */
 	unsigned int off;
 	u32 value;
-	bool flag;		/* SB_F_INTENT expected in the packed block */
+	bool flag;		/* SB_F_INTENT in the block as packed */
 	int expected;
 };
 
@@ -136,8 +136,8 @@ static const struct intent_sb_case intent_sb_cases[] = {
 	{ "regions round-trip", { 0, 63, 6249 }, ~0U, 0, true, 0 },
 	{ "no region, no flag", { ~0U }, ~0U, 0, false, 0 },
 	{ "flag without a region", { ~0U }, SB_OFF_FLAGS, SB_F_INTENT,
-	  true, -EUCLEAN },
-	{ "region without the flag", { 5, ~0U }, SB_OFF_FLAGS, 0, false,
+	  false, -EUCLEAN },
+	{ "region without the flag", { 5, ~0U }, SB_OFF_FLAGS, 0, true,
 	  -EUCLEAN },
 	{ "region beyond the device", { 5, ~0U }, SB_OFF_INTENT + 6250 / 8,
 	  0x4, true, -EUCLEAN },
