@@ -205,6 +205,15 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	if (bio->bi_opf & REQ_PREFLUSH) {
 		if (mode != STREAM_MODE_RW)
 			return DM_MAPIO_KILL;
+		/*
+		 * dm core sends the flush empty and the data after it; the
+		 * worker handles data of one block only.
+		 */
+		off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+		if (WARN_ON_ONCE(bio_sectors(bio) &&
+				 (off & (sc->block_sectors - 1)) +
+				 bio_sectors(bio) > sc->block_sectors))
+			return DM_MAPIO_KILL;
 		defer_bio(sc, &sc->deferred_flush, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
