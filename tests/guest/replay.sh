@@ -659,7 +659,7 @@ check_point() {
 
 t_replay_check() {
 	rp_teardown
-	rm -f $RP/fail.* $RP/checked $RP/r.img.torn
+	rm -f $RP/fail.* $RP/checked $RP/r.img.torn $RP/r.img.pos
 	[ -s $RP/entries ] || { echo "# no log: the workload failed"; return 1; }
 	stream-replay sums $RP/v2.raw --bs $RBB >$RP/v2.sums
 	cp $RP/base.img $RP/r.img		# the replay, moved forward
