@@ -495,6 +495,16 @@ rp_ranges() {
 	echo "$_out"
 }
 
+# The kernel log records since the last call that contain $1, from this
+# point's marker on, in $RP/klog.  Fd 7 (/dev/kmsg, opened by
+# t_replay_check) remembers where the last call stopped: dmesg would read
+# the whole log, which grows with every point.
+rp_klog() {
+	stream-replay klog --after "replay: point $PT ${_te:--}" --grep "$1" \
+		<&7 >$RP/klog 2>$RP/klog.err ||
+		fail_at load "reading the kernel log failed: $(cat $RP/klog.err)"
+}
+
 fail_at() {	# fail_at <invariant> <message>
 	echo "$PT_DESC: $2" >>$RP/fail.$1
 }
@@ -508,19 +518,22 @@ check_point() {
 	if ! dmsetup create c --table \
 		"0 $RSZ stream /dev/mapper/cm /dev/mapper/cd $RBS" \
 		>/dev/null 2>&1; then
-		fail_at load "refused: $(dmesg | sed -n "/replay: point $PT ${_te:--}\$/,\$p" |
-			grep 'stream' | tail -n 2 | tr '\n' ' ')"
+		rp_klog stream
+		fail_at load "refused: $(tail -n 2 $RP/klog | tr '\n' ' ')"
 		return 0
 	fi
-	_klog=$(dmesg | sed -n "/replay: point $PT ${_te:--}\$/,\$p" | grep 'device-mapper: stream' || true)
-	if echo "$_klog" | grep -Eiq "checksum|magic|version|location|geometry|inconsistent|too small|invalid|corrupt|error|fail|cannot"; then
-		fail_at load "complaint: $(echo "$_klog" | tr '\n' ' ')"
+	rp_klog 'device-mapper: stream'
+	if grep -Eiq "checksum|magic|version|location|geometry|inconsistent|too small|invalid|corrupt|error|fail|cannot" $RP/klog; then
+		fail_at load "complaint: $(tr '\n' ' ' <$RP/klog)"
 	fi
 	# Format writes the bitmaps and empty slots in place, then the
 	# superblock as the first journal batch: before that batch is whole
 	# in the log there is no superblock and formatting again is right.
-	if echo "$_klog" | grep -q "formatted metadata" && [ "$PT_ZERO" != 1 ] &&
-		[ $PT -gt $RP_FIRSTJ ]; then
+	_fmt=0	# grep -q "formatted metadata", without a process
+	while read -r _l; do
+		case $_l in *"formatted metadata"*) _fmt=1 ;; esac
+	done <$RP/klog
+	if [ $_fmt = 1 ] && [ "$PT_ZERO" != 1 ] && [ $PT -gt $RP_FIRSTJ ]; then
 		fail_at load "formatted over metadata that was not zero, after the first journal batch (entry $RP_FIRSTJ)"
 	fi
 	set -- $(dmsetup status c)
@@ -664,6 +677,7 @@ t_replay_check() {
 	stream-replay sums $RP/v2.raw --bs $RBB >$RP/v2.sums
 	cp $RP/base.img $RP/r.img		# the replay, moved forward
 	cp $RP/base.img $RP/c.img		# the copy each point checks
+	exec 7</dev/kmsg
 	LOOP=$(losetup -f)
 	losetup $LOOP $RP/c.img
 	echo $LOOP >$RP/loopdev

@@ -11,6 +11,7 @@
  *                 --bs BYTES [--tear N --sectors K]
  *   stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE
  *                 [<first>+<count> ...]
+ *   stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>
  *   stream-replay fsync <dev>
  *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
  *                 [--dsync 1]
@@ -79,6 +80,13 @@
  * "sums" prints it) for each whose content differs from the same block of
  * <image>: the checks need no
  * other hash, every other block holding the image's content.
+ *
+ * "klog" prints the text of the kernel log records not read yet from the
+ * /dev/kmsg open on its stdin (that open file remembers the position, so
+ * the caller keeps it open across calls), one a line, from the first
+ * ending with --after on, those containing --grep (as "sed -n
+ * '/TEXT$/,$p' | grep -F TEXT" of dmesg).  Lost (overwritten) records
+ * are an error.
  *
  * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
  */
@@ -948,6 +956,66 @@ out:
 	return r;
 }
 
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/*
+ * "klog": the text of the kernel log records not read yet from the
+ * /dev/kmsg the caller keeps open on stdin (its file position is the
+ * next record), one a line, from the first that ends with @after on,
+ * those that contain @grep.
+ * Records lost to the ring buffer wrapping are an error.
+ */
+static int cmd_klog(const char *after, const char *grep)
+{
+	char rec[8192], *text;
+	bool on = !after;
+	int fl, r = 0;
+	ssize_t n;
+
+	fl = fcntl(0, F_GETFL);
+	if (fl < 0 || fcntl(0, F_SETFL, fl | O_NONBLOCK)) {
+		fprintf(stderr, "stream-replay: klog: stdin: %m\n");
+		return -errno;
+	}
+	for (;;) {
+		n = read(0, rec, sizeof(rec) - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EPIPE) {
+			fprintf(stderr, "stream-replay: klog: records lost\n");
+			r = -EPIPE;
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n < 0) {
+			fprintf(stderr, "stream-replay: klog: read: %m\n");
+			r = -errno;
+			break;
+		}
+		if (!n)
+			break;
+		rec[n] = '\0';
+		/* "<prio>,<seq>,<usec>,<flags>;<text>\n" (then " KEY=value") */
+		text = strchr(rec, ';');
+		if (!text)
+			continue;
+		text++;
+		text[strcspn(text, "\n")] = '\0';
+		if (!on && ends_with(text, after))
+			on = true;
+		if (on && (!grep || strstr(text, grep)))
+			puts(text);
+	}
+	fcntl(0, F_SETFL, fl);
+	return r;
+}
+
 static int cmd_fsync(const char *dev)
 {
 	int fd = open_dev(dev), r;
@@ -1011,6 +1079,7 @@ static void usage(void)
 "                     --bs BYTES [--tear N --sectors K]\n"
 "       stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE\n"
 "                     [<first>+<count> ...]\n"
+"       stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>\n"
 "       stream-replay fsync <dev>\n"
 "       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
 "                     --src-at BYTES [--dsync 1]\n");
@@ -1048,7 +1117,7 @@ int main(int argc, char **argv)
 {
 	int r;
 
-	if (argc < 3)
+	if (argc < 2 || (argc < 3 && strcmp(argv[1], "klog")))
 		usage();
 	if (!strcmp(argv[1], "list") && argc == 3)
 		r = cmd_list(argv[2]);
@@ -1079,6 +1148,11 @@ int main(int argc, char **argv)
 		r = cmd_diff(argv[2], opt(9, argv, 3, "--bs", true, 0),
 			     opt(9, argv, 3, "--at", true, 0), argv[8],
 			     argc - 9, argv + 9);
+	else if (!strcmp(argv[1], "klog") && argc == 2)
+		r = cmd_klog(NULL, NULL);
+	else if (!strcmp(argv[1], "klog") && argc == 6 &&
+		 !strcmp(argv[2], "--after") && !strcmp(argv[4], "--grep"))
+		r = cmd_klog(argv[3], argv[5]);
 	else if (!strcmp(argv[1], "fsync") && argc == 3)
 		r = cmd_fsync(argv[2]);
 	else if (!strcmp(argv[1], "write") && (argc == 11 || argc == 13)) {
