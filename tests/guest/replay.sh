@@ -479,22 +479,6 @@ choose_points() {
 	}' $RP/marks $RP/entries -
 }
 
-# rp_ranges <message words...>: every page of a "ranges"-like answer
-# from device c, as "<first>+<count>..." on one line.
-rp_ranges() {
-	_m=$* _cur=0 _out=""
-	while [ $_cur -lt $RNB ]; do
-		set -- $(rp_msg c 0 $_m $_cur) || return 1
-		[ $# -ge 1 ] || return 1
-		# a cursor must move forward (or end the map)
-		[ "$1" -gt $_cur ] || [ "$1" = $RNB ] || return 1
-		_cur=$1
-		shift
-		_out="$_out $*"
-	done
-	echo "$_out"
-}
-
 # The kernel log records since the last call that contain $1, from this
 # point's marker on, in $RP/klog.  Fd 7 (/dev/kmsg, opened by
 # t_replay_check) remembers where the last call stopped: dmesg would read
@@ -536,56 +520,32 @@ check_point() {
 	if [ $_fmt = 1 ] && [ "$PT_ZERO" != 1 ] && [ $PT -gt $RP_FIRSTJ ]; then
 		fail_at load "formatted over metadata that was not zero, after the first journal batch (entry $RP_FIRSTJ)"
 	fi
-	set -- $(dmsetup status c)
-	_mode=$9 _img=${16}
+	# One process asks what the shell used to ask with a dozen dmsetup
+	# calls (stream-replay.c, "probe"): the status; the absent blocks;
+	# the present ones (the complement) that differ from image v1, read
+	# from the data slice into $RP/d; the last present block read through
+	# the target (needs no helper); then, suspended, the dirty sets of
+	# consumers 0 and 1 (snapshot, every page of ranges, abort: in core,
+	# the state is unchanged for the revert that follows); when rw, revert
+	# and the absent blocks after it; resume and remove.  Every ranges-like
+	# answer must start with a cursor that moves forward (or ends the map).
+	_mode="" _img="" _abs=x _d0=x _d1=x _rev="" _abs2=x
+	stream-replay probe c $LOOP --blocks $RNB --bs $RBB --at $RMETA \
+		--image $RP/v1.raw --diff $RP/d >$RP/probe 2>$RP/probe.err ||
+		fail_at ops "probe failed: $(tr '\n' ' ' <$RP/probe.err)"
+	while read -r _k _v; do
+		case $_k in
+		status) set -- $_v; _mode=${9:-} _img=${16:-} ;;
+		absent) _abs=$_v ;;
+		d0) _d0=$_v ;;
+		d1) _d1=$_v ;;
+		rev) _rev=$_v ;;
+		abs2) _abs2=$_v ;;
+		fail) fail_at "${_v%% *}" "${_v#* }" ;;
+		*) fail_at ops "probe said '$_k $_v'" ;;
+		esac
+	done <$RP/probe
 	[ "$_mode" = rw ] || fail_at load "mode $_mode"
-	_abs=$(rp_ranges absent) || { fail_at ops "absent refused"; _abs=x; }
-	# present = the complement of absent; hashes of those that differ
-	# from image v1 (the others hold v1), read from the data slice
-	set -- $(echo "$_abs" | awk -v nb=$RNB '{ c = 0; lb = -1
-		for (f = 1; f <= NF; f++) { split($f, r, "+")
-			if (r[1] > c) { printf " %d+%d", c, r[1] - c; lb = r[1] - 1 }
-			c = r[1] + r[2] }
-		if (c < nb) { printf " %d+%d", c, nb - c; lb = nb - 1 }
-		print " " lb }')
-	_lb=""
-	eval "_lb=\${$#}"
-	[ "$_lb" != -1 ] || _lb=""
-	_pres=""
-	while [ $# -gt 1 ]; do _pres="$_pres $1"; shift; done
-	# shellcheck disable=SC2086 # the ranges are words
-	stream-replay diff $LOOP --bs $RBB --at $RMETA --image $RP/v1.raw \
-		$_pres >$RP/d || fail_at ops "reading the data slice failed"
-	# the last present block, read through the target (needs no helper)
-	if [ -n "$_lb" ]; then
-		_want=$(grep "^$_lb " $RP/d || sed -n "$((_lb + 1))p" $RP/v1.sums)
-		_want=${_want#"$_lb "}
-		_got=$(timeout 10 stream-replay sums /dev/mapper/c --bs $RBB \
-			--skip $_lb --count 1) || true
-		[ "$_got" = "$_want" ] ||
-			fail_at ops "block $_lb read through the target: '$_got', data slice: $_want"
-	fi
-	dmsetup suspend c || fail_at ops "suspend failed"
-	_d0=x _d1=x
-	for _c in 0 1; do
-		if set -- $(rp_msg c 0 snapshot $_c) && [ $# = 2 ]; then
-			_b=$(rp_ranges ranges $_c $1) ||
-				{ fail_at ops "ranges $_c $1 refused"; _b=x; }
-			rp_msg c 0 abort $_c $1 >/dev/null ||
-				fail_at ops "abort $_c $1 refused"
-		else
-			fail_at ops "snapshot $_c refused"
-			_b=x
-		fi
-		eval "_d$_c=\$_b"
-	done
-	_rev="" _abs2=x
-	if [ "$_mode" = rw ]; then
-		rp_msg c 0 revert >/dev/null || _rev="revert refused"
-		_abs2=$(rp_ranges absent) || fail_at ops "absent refused"
-	fi
-	dmsetup resume c || fail_at ops "resume failed"
-	dmsetup remove c || fail_at ops "remove failed"
 	_ih=$RP/v1.sums
 	[ "$_img" = v2 ] && _ih=$RP/v2.sums
 	# Only the blocks some state, the update, the answers or the data

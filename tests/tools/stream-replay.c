@@ -11,6 +11,8 @@
  *                 --bs BYTES [--tear N --sectors K]
  *   stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE
  *                 [<first>+<count> ...]
+ *   stream-replay probe <name> <dev> --blocks N --bs BYTES --at SECTORS
+ *                 --image FILE --diff FILE
  *   stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>
  *   stream-replay fsync <dev>
  *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
@@ -81,6 +83,20 @@
  * <image>: the checks need no
  * other hash, every other block holding the image's content.
  *
+ * "probe" runs the checks of one crash point on the loaded stream device
+ * <name> over the copy <dev> (the data slice from sector --at), asking the
+ * target with device-mapper ioctls as dmsetup would: its status; every
+ * page of "absent"; "diff" of the present blocks (the complement) against
+ * image --image, into file --diff; the last present block read through
+ * /dev/mapper/<name>, which must equal the data slice's; suspend; for
+ * consumers 0 and 1 "snapshot" (two words), every page of "ranges",
+ * "abort"; if the status says rw, "revert" and every page of "absent";
+ * resume; remove.  A page must start with a cursor that moves forward or
+ * is --blocks.  It prints "status <start> <len> stream <status>",
+ * "absent|d0|d1|abs2 <ranges>|x" (x: refused), "rev <why>" and, for each
+ * step that failed, "fail <invariant> <message>"; the suite's oracle
+ * judges the rest.
+ *
  * "klog" prints the text of the kernel log records not read yet from the
  * /dev/kmsg open on its stdin (that open file remembers the position, so
  * the caller keeps it open across calls), one a line, from the first
@@ -94,14 +110,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <linux/dm-ioctl.h>
 
 #define LOG_MAGIC	0x6a736677736872ULL
 #define LOG_VERSION	1
@@ -897,12 +916,55 @@ out:
 	return r;
 }
 
+/*
+ * Blocks [first, first + count) of @dev (<bs> blocks from sector @at) that
+ * differ from @img: "<block> <hash>" lines to @out.  Read from @map (the
+ * whole device, @mlen bytes) if given, else into @buf (@chunk bytes,
+ * aligned for O_DIRECT) from @fd.
+ */
+static int diff_range(int fd, const char *dev, size_t bs, uint64_t at,
+		      const unsigned char *img, size_t ilen, unsigned char *buf,
+		      size_t chunk, uint64_t first, uint64_t count, FILE *out,
+		      const unsigned char *map, size_t mlen)
+{
+	const unsigned char *data;
+	uint64_t b, n, k;
+	int r = 0;
+
+	for (b = first; b < first + count && !r; b += n) {
+		n = first + count - b;
+		if (n > chunk / bs)
+			n = chunk / bs;
+		if (!map) {
+			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
+			data = buf;
+		} else if (at * 512 + (b + n) * bs > mlen) {
+			fprintf(stderr, "stream-replay: read %s at %llu: unexpected end\n",
+				dev, (unsigned long long)(at * 512 + b * bs));
+			r = -EIO;
+		} else {
+			data = map + at * 512 + b * bs;
+		}
+		for (k = 0; !r && k < n; k++) {
+			const unsigned char *p = data + k * bs;
+
+			if ((b + k + 1) * bs <= ilen &&
+			    !memcmp(p, img + (b + k) * bs, bs))
+				continue;
+			fprintf(out, "%llu " HASH_FMT "\n",
+				(unsigned long long)(b + k),
+				(unsigned long long)fnv1a(p, bs));
+		}
+	}
+	return r;
+}
+
 /* The blocks of @ranges ("<first>+<count>") differing from @image. */
 static int cmd_diff(const char *dev, size_t bs, uint64_t at,
 		    const char *image, int nr, char **ranges)
 {
 	unsigned char *img = NULL, *buf = NULL;
-	unsigned long long first, count, b, n, k;
+	unsigned long long first, count;
 	size_t ilen = 0, chunk = 1 << 20;
 	int fd, i, r;
 
@@ -933,26 +995,459 @@ static int cmd_diff(const char *dev, size_t bs, uint64_t at,
 			r = -EINVAL;
 			break;
 		}
-		for (b = first; b < first + count && !r; b += n) {
-			n = first + count - b;
-			if (n > chunk / bs)
-				n = chunk / bs;
-			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
-			for (k = 0; !r && k < n; k++) {
-				unsigned char *p = buf + k * bs;
-
-				if ((b + k + 1) * bs <= ilen &&
-				    !memcmp(p, img + (b + k) * bs, bs))
-					continue;
-				printf("%llu " HASH_FMT "\n", b + k,
-				       (unsigned long long)fnv1a(p, bs));
-			}
-		}
+		r = diff_range(fd, dev, bs, at, img, ilen, buf, chunk, first,
+			       count, stdout, NULL, 0);
 	}
 	close(fd);
 out:
 	free(buf);
 	free(img);
+	return r;
+}
+
+/*
+ * Device-mapper ioctls, as dmsetup makes them but without libdevmapper,
+ * whose start-up alone costs a check tens of milliseconds under TCG.
+ */
+#define DM_BUF_MIN	(16 << 10)	/* libdevmapper's smallest buffer */
+
+/*
+ * One ioctl on device @name, with message @msg (or none).  On success
+ * *out is the answer buffer, for the caller to free.  A status that did
+ * not fit is asked again with a larger buffer; a message is not (sending
+ * it twice is not the same thing): its overflow is an error.
+ */
+static int dm_run(int ctl, unsigned long cmd, const char *name,
+		  uint32_t flags, const char *msg, struct dm_ioctl **out)
+{
+	size_t size = DM_BUF_MIN;
+	struct dm_target_msg *tmsg;
+	struct dm_ioctl *dmi;
+	int r;
+
+	for (;;) {
+		if (msg && size < sizeof(*dmi) + sizeof(*tmsg) + strlen(msg) + 1)
+			return -E2BIG;
+		dmi = calloc(1, size);
+		if (!dmi)
+			return -ENOMEM;
+		dmi->version[0] = DM_VERSION_MAJOR;
+		dmi->data_size = size;
+		dmi->data_start = sizeof(*dmi);
+		dmi->flags = flags;
+		snprintf(dmi->name, sizeof(dmi->name), "%s", name);
+		if (msg) {
+			tmsg = (struct dm_target_msg *)((char *)dmi +
+							dmi->data_start);
+			strcpy(tmsg->message, msg);
+		}
+		if (ioctl(ctl, cmd, dmi)) {
+			r = -errno;
+			free(dmi);
+			return r;
+		}
+		if (!(dmi->flags & DM_BUFFER_FULL_FLAG)) {
+			*out = dmi;
+			return 0;
+		}
+		free(dmi);
+		if (msg)
+			return -ENOSPC;
+		size *= 2;
+	}
+}
+
+/* "dmsetup message <name> 0 <msg>": the answer, "" if none, to free. */
+static int dm_message(int ctl, const char *name, const char *msg,
+		      char **ans)
+{
+	struct dm_ioctl *dmi;
+	int r;
+
+	r = dm_run(ctl, DM_TARGET_MSG, name, 0, msg, &dmi);
+	if (r)
+		return r;
+	if (dmi->flags & DM_DATA_OUT_FLAG)
+		*ans = strdup((char *)dmi + dmi->data_start);
+	else
+		*ans = strdup("");
+	free(dmi);
+	return *ans ? 0 : -ENOMEM;
+}
+
+/* "dmsetup status <name>" of a one-target table: "<start> <len> <type> ..." */
+static int dm_status(int ctl, const char *name, char *line, size_t len)
+{
+	struct dm_target_spec *spec;
+	struct dm_ioctl *dmi;
+	int r;
+
+	line[0] = '\0';
+	r = dm_run(ctl, DM_TABLE_STATUS, name, 0, NULL, &dmi);
+	if (r)
+		return r;
+	if (dmi->target_count) {
+		spec = (struct dm_target_spec *)((char *)dmi + dmi->data_start);
+		snprintf(line, len, "%llu %llu %s %s",
+			 (unsigned long long)spec->sector_start,
+			 (unsigned long long)spec->length, spec->target_type,
+			 (char *)(spec + 1));
+	}
+	free(dmi);
+	return 0;
+}
+
+static int dm_simple(int ctl, unsigned long cmd, const char *name,
+		     uint32_t flags)
+{
+	struct dm_ioctl *dmi;
+	int r;
+
+	r = dm_run(ctl, cmd, name, flags, NULL, &dmi);
+	if (!r)
+		free(dmi);
+	return r;
+}
+
+/* The n-th (from 1) blank-separated word of @s into @w, "" if none. */
+static void word(const char *s, int n, char *w, size_t len)
+{
+	size_t l;
+
+	for (;;) {
+		s += strspn(s, " \t\n");
+		l = strcspn(s, " \t\n");
+		if (!l || --n == 0)
+			break;
+		s += l;
+	}
+	if (l >= len)
+		l = len - 1;
+	memcpy(w, s, l);
+	w[l] = '\0';
+}
+
+static int nwords(const char *s)
+{
+	int n = 0;
+
+	for (;;) {
+		s += strspn(s, " \t\n");
+		if (!*s)
+			return n;
+		s += strcspn(s, " \t\n");
+		n++;
+	}
+}
+
+struct str {
+	char *s;
+	size_t len, size;
+};
+
+static int str_add(struct str *x, const char *s, size_t n)
+{
+	char *p;
+
+	if (x->len + n + 1 > x->size) {
+		x->size = (x->len + n + 1) * 2;
+		p = realloc(x->s, x->size);
+		if (!p)
+			return -ENOMEM;
+		x->s = p;
+	}
+	memcpy(x->s + x->len, s, n);
+	x->len += n;
+	x->s[x->len] = '\0';
+	return 0;
+}
+
+/*
+ * Every page of a "ranges"-like answer of device @name to "<words>
+ * <cursor>", from cursor 0 to @nb, as words " <first>+<count>..." in
+ * @out.  As the shell's rp_ranges did: each answer must be given and
+ * start with a cursor, which must move forward or be @nb.
+ */
+static int dm_pages(int ctl, const char *name, const char *words,
+		    uint64_t nb, struct str *out)
+{
+	unsigned long long cur = 0, next;
+	char msg[256], *ans, *p, *end;
+	size_t l;
+	int r;
+
+	out->len = 0;
+	r = str_add(out, "", 0);
+	while (!r && cur < nb) {
+		snprintf(msg, sizeof(msg), "%s %llu", words, cur);
+		r = dm_message(ctl, name, msg, &ans);
+		if (r)
+			break;
+		p = ans + strspn(ans, " \t\n");
+		errno = 0;
+		next = strtoull(p, &end, 10);
+		if (*p < '0' || *p > '9' || errno ||
+		    (*end && !strchr(" \t\n", *end)) ||
+		    (next <= cur && next != nb)) {
+			free(ans);
+			r = -EINVAL;
+			break;
+		}
+		cur = next;
+		for (p = end; !r; p += l) {
+			p += strspn(p, " \t\n");
+			l = strcspn(p, " \t\n");
+			if (!l)
+				break;
+			r = str_add(out, " ", 1);
+			if (!r)
+				r = str_add(out, p, l);
+		}
+		free(ans);
+	}
+	return r;
+}
+
+static volatile sig_atomic_t alarmed;
+
+static void on_alarm(int sig)
+{
+	alarmed = 1;
+}
+
+/* Block @b of @dev (O_DIRECT when it allows), given up after 10 s. */
+static int read_block_timed(const char *dev, size_t bs, uint64_t b,
+			    unsigned char *buf)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	ssize_t n;
+	int fd, r = 0;
+
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0 && errno == EINVAL)
+		fd = open(dev, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	sigaction(SIGALRM, &sa, NULL);	/* no SA_RESTART: pread gives up */
+	alarmed = 0;
+	alarm(10);
+	n = pread(fd, buf, bs, b * bs);
+	if (n < 0)
+		r = -errno;
+	else if (n != (ssize_t)bs)
+		r = -EIO;
+	alarm(0);
+	close(fd);
+	return r;
+}
+
+/*
+ * "probe": the checks of one crash point on the loaded stream device
+ * @name, which needs no helper, in one process (see the top comment).
+ * Lines out: "status <dmsetup status line>", "absent <ranges>|x",
+ * "d0 ...", "d1 ...", "rev <why the revert failed>", "abs2 <ranges>|x"
+ * and "fail <invariant> <message>" for each failed step; the present
+ * blocks that differ from @image go to @dfile as "diff" prints them.
+ */
+static int cmd_probe(const char *name, const char *dev, uint64_t nb,
+		     size_t bs, uint64_t at, const char *image,
+		     const char *dfile)
+{
+	unsigned char *img, *buf = NULL, *map;
+	struct str abs = { 0 }, tmp = { 0 };
+	char status[4096], mode[64], id[64], msg[128], path[300], *ans, *p;
+	unsigned long long want = 0, got = 0, c, lb = 0, k;
+	size_t ilen, mlen, chunk = 1 << 20;
+	bool have_lb = false, want_set = false;
+	FILE *d;
+	int ctl, fd, r;
+
+	if (!bs || bs % 512 || chunk % bs) {
+		fprintf(stderr, "stream-replay: probe: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	img = map_file(image, false, &ilen);
+	if (!img) {
+		fprintf(stderr, "stream-replay: map %s: %m\n", image);
+		return -EIO;
+	}
+	r = posix_memalign((void **)&buf, 4096, chunk);
+	if (r) {
+		r = -r;
+		buf = NULL;
+		goto out;
+	}
+	ctl = open("/dev/mapper/control", O_RDWR);
+	if (ctl < 0) {
+		fprintf(stderr, "stream-replay: open /dev/mapper/control: %m\n");
+		r = -errno;
+		goto out;
+	}
+	d = fopen(dfile, "w");
+	if (!d) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dfile);
+		r = -errno;
+		goto out_ctl;
+	}
+
+	dm_status(ctl, name, status, sizeof(status));
+	printf("status %s\n", status);
+	word(status, 9, mode, sizeof(mode));
+
+	snprintf(path, sizeof(path), "/dev/mapper/%s", name);
+	if (!dm_pages(ctl, name, "absent", nb, &abs)) {
+		printf("absent%s\n", abs.s);
+	} else {
+		printf("fail ops absent refused\nabsent x\n");
+		/* as the shell did: "x" is no range, all present */
+		abs.len = 0;
+		if (abs.s)
+			abs.s[0] = '\0';
+	}
+
+	/*
+	 * present = the complement of absent: the blocks that differ from
+	 * the image, read from the data slice, then the last present block
+	 * read through the target (needs no helper).
+	 */
+	r = 0;
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+	}
+	/* a loop device's file: the same bytes, no copy (see map_loop) */
+	map = map_loop(dev, &mlen);
+	c = 0;
+	p = abs.s ? abs.s : "";
+	for (;;) {
+		unsigned long long a0, an;
+		int n = 0;
+
+		p += strspn(p, " ");
+		if (!*p)
+			break;
+		if (sscanf(p, "%llu+%llu%n", &a0, &an, &n) != 2 ||
+		    (p[n] && p[n] != ' ')) {
+			printf("fail ops bad absent range '%.*s'\n",
+			       (int)strcspn(p, " "), p);
+			p += strcspn(p, " ");
+			continue;
+		}
+		p += n;
+		if (a0 > c) {
+			if (!r)
+				r = diff_range(fd, dev, bs, at, img, ilen, buf,
+					       chunk, c, a0 - c, d, map, mlen);
+			lb = a0 - 1;
+			have_lb = true;
+		}
+		c = a0 + an;
+	}
+	if (c < nb) {
+		if (!r)
+			r = diff_range(fd, dev, bs, at, img, ilen, buf, chunk,
+				       c, nb - c, d, map, mlen);
+		lb = nb - 1;
+		have_lb = true;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (map)
+		munmap(map, mlen);
+	if (fflush(d) || ferror(d)) {
+		fprintf(stderr, "stream-replay: write %s: %m\n", dfile);
+		r = -EIO;
+	}
+	if (r)
+		printf("fail ops reading the data slice failed\n");
+	r = 0;
+	if (have_lb) {
+		FILE *in = fopen(dfile, "r");
+		unsigned long long blk, h;
+
+		while (in && fscanf(in, "%llu h%llx", &blk, &h) == 2)
+			if (blk == lb) {
+				want = h;
+				want_set = true;
+			}
+		if (in)
+			fclose(in);
+		if (!want_set && (lb + 1) * bs <= ilen)
+			want = fnv1a(img + lb * bs, bs);
+		if (!read_block_timed(path, bs, lb, buf)) {
+			got = fnv1a(buf, bs);
+			if (got != want)
+				printf("fail ops block %llu read through the target: '" HASH_FMT "', data slice: " HASH_FMT "\n",
+				       (unsigned long long)lb, got, want);
+		} else {
+			printf("fail ops block %llu read through the target: '', data slice: " HASH_FMT "\n",
+			       (unsigned long long)lb, want);
+		}
+	}
+
+	if (dm_simple(ctl, DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG))
+		printf("fail ops suspend failed\n");
+	for (k = 0; k < 2; k++) {
+		bool ok = false;
+
+		snprintf(msg, sizeof(msg), "snapshot %llu", (unsigned long long)k);
+		if (!dm_message(ctl, name, msg, &ans)) {
+			/* "<id> <blocks>" */
+			ok = nwords(ans) == 2;
+			word(ans, 1, id, sizeof(id));
+			ok = ok && strlen(id) < sizeof(id) - 1;
+			free(ans);
+		}
+		if (!ok) {
+			printf("fail ops snapshot %llu refused\nd%llu x\n",
+			       (unsigned long long)k, (unsigned long long)k);
+			continue;
+		}
+		snprintf(msg, sizeof(msg), "ranges %llu %s",
+			 (unsigned long long)k, id);
+		if (!dm_pages(ctl, name, msg, nb, &tmp)) {
+			printf("d%llu%s\n", (unsigned long long)k, tmp.s);
+		} else {
+			printf("fail ops ranges %llu %s refused\nd%llu x\n",
+			       (unsigned long long)k, id, (unsigned long long)k);
+		}
+		snprintf(msg, sizeof(msg), "abort %llu %s",
+			 (unsigned long long)k, id);
+		if (dm_message(ctl, name, msg, &ans))
+			printf("fail ops abort %llu %s refused\n",
+			       (unsigned long long)k, id);
+		else
+			free(ans);
+	}
+	if (!strcmp(mode, "rw")) {
+		if (dm_message(ctl, name, "revert", &ans))
+			printf("rev revert refused\n");
+		else
+			free(ans);
+		if (!dm_pages(ctl, name, "absent", nb, &tmp))
+			printf("abs2%s\n", tmp.s);
+		else	/* as the shell did: no range */
+			printf("fail ops absent refused\nabs2\n");
+	}
+	if (dm_simple(ctl, DM_DEV_SUSPEND, name, 0))
+		printf("fail ops resume failed\n");
+	if (dm_simple(ctl, DM_DEV_REMOVE, name, 0)) {
+		printf("fail ops remove failed\n");
+	} else if (unlink(path) && errno != ENOENT) {
+		/* libdevmapper (no udev) removes the node itself */
+		fprintf(stderr, "stream-replay: unlink %s: %m\n", path);
+		r = -errno;
+	}
+	if (fclose(d) && !r)
+		r = -EIO;
+out_ctl:
+	close(ctl);
+out:
+	free(tmp.s);
+	free(abs.s);
+	free(buf);
+	munmap(img, ilen);
 	return r;
 }
 
@@ -1079,6 +1574,8 @@ static void usage(void)
 "                     --bs BYTES [--tear N --sectors K]\n"
 "       stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE\n"
 "                     [<first>+<count> ...]\n"
+"       stream-replay probe <name> <dev> --blocks N --bs BYTES --at SECTORS\n"
+"                     --image FILE --diff FILE\n"
 "       stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>\n"
 "       stream-replay fsync <dev>\n"
 "       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
@@ -1148,6 +1645,13 @@ int main(int argc, char **argv)
 		r = cmd_diff(argv[2], opt(9, argv, 3, "--bs", true, 0),
 			     opt(9, argv, 3, "--at", true, 0), argv[8],
 			     argc - 9, argv + 9);
+	else if (!strcmp(argv[1], "probe") && argc == 14 &&
+		 !strcmp(argv[10], "--image") && !strcmp(argv[12], "--diff"))
+		r = cmd_probe(argv[2], argv[3],
+			      opt(10, argv, 4, "--blocks", true, 0),
+			      opt(10, argv, 4, "--bs", true, 0),
+			      opt(10, argv, 4, "--at", true, 0),
+			      argv[11], argv[13]);
 	else if (!strcmp(argv[1], "klog") && argc == 2)
 		r = cmd_klog(NULL, NULL);
 	else if (!strcmp(argv[1], "klog") && argc == 6 &&
