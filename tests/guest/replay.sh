@@ -79,8 +79,8 @@ RP_TORN=60			# torn points
 RP_MAX=0			# stop after this many points (0: all)
 RP_FLUSH=0			# FLUSH/FUA points, evenly sampled (0: all)
 # Kernel command line: stream.replay=<other>,<torn>,<max>[,<flush>]
-# (run-all.sh explores every point on Debian 6.12 and samples on the
-# others, see STREAM_REPLAY_* there).
+# (run-all.sh explores every point on every kernel, or samples with
+# STREAM_REPLAY_SAMPLE=1, see replay_points there).
 read -r _cl </proc/cmdline
 for _a in $_cl; do
 	case $_a in
