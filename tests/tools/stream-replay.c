@@ -1020,13 +1020,13 @@ out:
 static int dm_run(int ctl, unsigned long cmd, const char *name,
 		  uint32_t flags, const char *msg, struct dm_ioctl **out)
 {
-	size_t size = DM_BUF_MIN;
+	size_t size = DM_BUF_MIN, mlen = msg ? strlen(msg) + 1 : 0;
 	struct dm_target_msg *tmsg;
 	struct dm_ioctl *dmi;
 	int r;
 
 	for (;;) {
-		if (msg && size < sizeof(*dmi) + sizeof(*tmsg) + strlen(msg) + 1)
+		if (msg && size < sizeof(*dmi) + sizeof(*tmsg) + mlen)
 			return -E2BIG;
 		dmi = calloc(1, size);
 		if (!dmi)
@@ -1039,7 +1039,7 @@ static int dm_run(int ctl, unsigned long cmd, const char *name,
 		if (msg) {
 			tmsg = (struct dm_target_msg *)((char *)dmi +
 							dmi->data_start);
-			strcpy(tmsg->message, msg);
+			memcpy(tmsg->message, msg, mlen);
 		}
 		if (ioctl(ctl, cmd, dmi)) {
 			r = -errno;
@@ -1208,11 +1208,9 @@ static int dm_pages(int ctl, const char *name, const char *words,
 	return r;
 }
 
-static volatile sig_atomic_t alarmed;
-
+/* Nothing to do: the signal only interrupts the read. */
 static void on_alarm(int sig)
 {
-	alarmed = 1;
 }
 
 /* Block @b of @dev (O_DIRECT when it allows), given up after 10 s. */
@@ -1229,7 +1227,6 @@ static int read_block_timed(const char *dev, size_t bs, uint64_t b,
 	if (fd < 0)
 		return -errno;
 	sigaction(SIGALRM, &sa, NULL);	/* no SA_RESTART: pread gives up */
-	alarmed = 0;
 	alarm(10);
 	n = pread(fd, buf, bs, b * bs);
 	if (n < 0)
