@@ -85,8 +85,8 @@ RP_TORN=60			# torn points
 RP_MAX=0			# stop after this many points (0: all)
 RP_FLUSH=0			# FLUSH/FUA points, evenly sampled (0: all)
 # Kernel command line: stream.replay=<other>,<torn>,<max>[,<flush>]
-# (run-all.sh explores every point on Debian 6.12 and samples on the
-# others, see STREAM_REPLAY_* there).
+# (run-all.sh explores every point on every kernel, or samples with
+# STREAM_REPLAY_SAMPLE=1, see replay_points there).
 read -r _cl </proc/cmdline
 for _a in $_cl; do
 	case $_a in
@@ -494,20 +494,14 @@ choose_points() {
 	}' $RP/marks $RP/entries -
 }
 
-# rp_ranges <message words...>: every page of a "ranges"-like answer
-# from device c, as "<first>+<count>..." on one line.
-rp_ranges() {
-	_m=$* _cur=0 _out=""
-	while [ $_cur -lt $RNB ]; do
-		set -- $(rp_msg c 0 $_m $_cur) || return 1
-		[ $# -ge 1 ] || return 1
-		# a cursor must move forward (or end the map)
-		[ "$1" -gt $_cur ] || [ "$1" = $RNB ] || return 1
-		_cur=$1
-		shift
-		_out="$_out $*"
-	done
-	echo "$_out"
+# The kernel log records since the last call that contain $1, from this
+# point's marker on, in $RP/klog.  Fd 7 (/dev/kmsg, opened by
+# t_replay_check) remembers where the last call stopped: dmesg would read
+# the whole log, which grows with every point.
+rp_klog() {
+	stream-replay klog --after "replay: point $PT ${_te:--}" --grep "$1" \
+		<&7 >$RP/klog 2>$RP/klog.err ||
+		fail_at load "reading the kernel log failed: $(cat $RP/klog.err)"
 }
 
 fail_at() {	# fail_at <invariant> <message>
@@ -523,73 +517,52 @@ check_point() {
 	if ! dmsetup create c --table \
 		"0 $RSZ stream /dev/mapper/cm /dev/mapper/cd $RBS 2 intent_region $RIRS" \
 		>/dev/null 2>&1; then
-		fail_at load "refused: $(dmesg | sed -n "/replay: point $PT ${_te:--}\$/,\$p" |
-			grep 'stream' | tail -n 2 | tr '\n' ' ')"
+		rp_klog stream
+		fail_at load "refused: $(tail -n 2 $RP/klog | tr '\n' ' ')"
 		return 0
 	fi
-	_klog=$(dmesg | sed -n "/replay: point $PT ${_te:--}\$/,\$p" | grep 'device-mapper: stream' || true)
-	if echo "$_klog" | grep -Eiq "checksum|magic|version|location|geometry|inconsistent|too small|invalid|corrupt|error|fail|cannot"; then
-		fail_at load "complaint: $(echo "$_klog" | tr '\n' ' ')"
+	rp_klog 'device-mapper: stream'
+	if grep -Eiq "checksum|magic|version|location|geometry|inconsistent|too small|invalid|corrupt|error|fail|cannot" $RP/klog; then
+		fail_at load "complaint: $(tr '\n' ' ' <$RP/klog)"
 	fi
 	# Format writes the bitmaps and empty slots in place, then the
 	# superblock as the first journal batch: before that batch is whole
 	# in the log there is no superblock and formatting again is right.
-	if echo "$_klog" | grep -q "formatted metadata" && [ "$PT_ZERO" != 1 ] &&
-		[ $PT -gt $RP_FIRSTJ ]; then
+	_fmt=0	# grep -q "formatted metadata", without a process
+	while read -r _l; do
+		case $_l in *"formatted metadata"*) _fmt=1 ;; esac
+	done <$RP/klog
+	if [ $_fmt = 1 ] && [ "$PT_ZERO" != 1 ] && [ $PT -gt $RP_FIRSTJ ]; then
 		fail_at load "formatted over metadata that was not zero, after the first journal batch (entry $RP_FIRSTJ)"
 	fi
-	set -- $(dmsetup status c)
-	_mode=$9 _img=${16}
+	# One process asks what the shell used to ask with a dozen dmsetup
+	# calls (stream-replay.c, "probe"): the status; the absent blocks;
+	# the present ones (the complement) that differ from image v1, read
+	# from the data slice into $RP/d; the last present block read through
+	# the target (needs no helper); then, suspended, the dirty sets of
+	# consumers 0 and 1 (snapshot, every page of ranges, abort: in core,
+	# the state is unchanged for the revert that follows); when rw, revert
+	# and the absent blocks after it; resume and remove.  Every ranges-like
+	# answer must start with a cursor that moves forward (or ends the map).
+	_mode="" _img="" _abs=x _d0=x _d1=x _rev="" _abs2=x
+	stream-replay probe c $LOOP --blocks $RNB --bs $RBB --at $RMETA \
+		--image $RP/v1.raw --diff $RP/d >$RP/probe 2>$RP/probe.err ||
+		fail_at ops "probe failed: $(tr '\n' ' ' <$RP/probe.err)"
+	while read -r _k _v; do
+		case $_k in
+		status) set -- $_v; _mode=${9:-} _img=${16:-} ;;
+		absent) _abs=$_v ;;
+		d0) _d0=$_v ;;
+		d1) _d1=$_v ;;
+		rev) _rev=$_v ;;
+		abs2) _abs2=$_v ;;
+		fail) fail_at "${_v%% *}" "${_v#* }" ;;
+		*) fail_at ops "probe said '$_k $_v'" ;;
+		esac
+	done <$RP/probe
 	[ "$_mode" = rw ] || fail_at load "mode $_mode"
-	_abs=$(rp_ranges absent) || { fail_at ops "absent refused"; _abs=x; }
-	# present = the complement of absent; hashes of those that differ
-	# from image v1 (the others hold v1), read from the data slice
-	set -- $(echo "$_abs" | awk -v nb=$RNB '{ c = 0; lb = -1
-		for (f = 1; f <= NF; f++) { split($f, r, "+")
-			if (r[1] > c) { printf " %d+%d", c, r[1] - c; lb = r[1] - 1 }
-			c = r[1] + r[2] }
-		if (c < nb) { printf " %d+%d", c, nb - c; lb = nb - 1 }
-		print " " lb }')
-	_lb=""
-	eval "_lb=\${$#}"
-	[ "$_lb" != -1 ] || _lb=""
-	_pres=""
-	while [ $# -gt 1 ]; do _pres="$_pres $1"; shift; done
-	# shellcheck disable=SC2086 # the ranges are words
-	stream-replay diff $LOOP --bs $RBB --at $RMETA --image $RP/v1.raw \
-		$_pres >$RP/d || fail_at ops "reading the data slice failed"
-	# the last present block, read through the target (needs no helper)
-	if [ -n "$_lb" ]; then
-		_want=$(grep "^$_lb " $RP/d || sed -n "$((_lb + 1))p" $RP/v1.sums)
-		_want=${_want#"$_lb "}
-		_got=$(timeout 10 stream-replay sums /dev/mapper/c --bs $RBB \
-			--skip $_lb --count 1) || true
-		[ "$_got" = "$_want" ] ||
-			fail_at ops "block $_lb read through the target: '$_got', data slice: $_want"
-	fi
-	dmsetup suspend c || fail_at ops "suspend failed"
-	_d0=x _d1=x
-	for _c in 0 1; do
-		if set -- $(rp_msg c 0 snapshot $_c) && [ $# = 2 ]; then
-			_b=$(rp_ranges ranges $_c $1) ||
-				{ fail_at ops "ranges $_c $1 refused"; _b=x; }
-			rp_msg c 0 abort $_c $1 >/dev/null ||
-				fail_at ops "abort $_c $1 refused"
-		else
-			fail_at ops "snapshot $_c refused"
-			_b=x
-		fi
-		eval "_d$_c=\$_b"
-	done
-	_rev="" _abs2=x
-	if [ "$_mode" = rw ]; then
-		rp_msg c 0 revert >/dev/null || _rev="revert refused"
-		_abs2=$(rp_ranges absent) || fail_at ops "absent refused"
-	fi
-	dmsetup resume c || fail_at ops "resume failed"
-	dmsetup remove c || fail_at ops "remove failed"
-	_ih=$RP/v1.sums
-	[ "$_img" = v2 ] && _ih=$RP/v2.sums
+	_ih=$RP/v1.img
+	[ "$_img" = v2 ] && _ih=$RP/v2.img
 	# Only the blocks some state, the update, the answers or the data
 	# slice name can be wrong; every other block holds v1 in every
 	# state, is dirty for nobody and, present or not, reads as the image.
@@ -612,9 +585,10 @@ check_point() {
 			for (b = r[1]; b < r[1] + r[2]; b++) cand[b] = 1
 		}
 	}
-	FNR == 1 { fi++ }	# v1.sums may be given twice
-	fi == 1 { v1[FNR - 1] = $1; next }
-	fi == 2 { img[FNR - 1] = $1; if ($1 != v1[FNR - 1]) cand[FNR - 1] = 1; next }
+	# The images, sparse (see t_replay_check): v1 content is "" here.
+	FNR == 1 { fi++ }	# v1.img may be given twice
+	fi == 1 { if (FNR > 1) v1[$1] = $2; next }
+	fi == 2 { if (FNR > 1) { img[$1] = $2; if ($2 != v1[$1]) cand[$1] = 1 }; next }
 	fi == 3 {
 		for (k = 2; k <= NF; k++) { split($k, a, ":"); cand[a[1]] = 1
 			if ($1 >= first && $1 <= last) { ok[a[1], a[2]] = 1; nl[a[1]]++ } }
@@ -675,7 +649,7 @@ check_point() {
 					if (r[1] < t[1] + t[2] && t[1] < r[1] + r[2])
 						f("revert", "blocks " q[k] " absent before the revert, " pp[l] " present after") } }
 		}
-	}' $RP/v1.sums $_ih $RP/states.h $RP/states.d0 $RP/states.d1 $RP/d
+	}' $RP/v1.img $_ih $RP/states.h $RP/states.d0 $RP/states.d1 $RP/d
 	return 0
 }
 
@@ -684,8 +658,20 @@ t_replay_check() {
 	rm -f $RP/fail.* $RP/checked $RP/r.img.torn
 	[ -s $RP/entries ] || { echo "# no log: the workload failed"; return 1; }
 	stream-replay sums $RP/v2.raw --bs $RBB >$RP/v2.sums
+	# The images for the oracle, sparse: a header line, then "<block>
+	# <hash>" for the blocks that differ from v1.  A block holding v1's
+	# content has content "" there (no hash is empty: every state, diff
+	# and image hash differs from it exactly when the content differs
+	# from v1), so that no check reads the 2 x 4096 lines of full sums.
+	echo "# block hash" >$RP/v1.img
+	cp $RP/v1.img $RP/v2.img
+	awk 'NR == FNR { v[FNR - 1] = $1; next }
+		$1 != v[FNR - 1] { print FNR - 1, $1 }' \
+		$RP/v1.sums $RP/v2.sums >>$RP/v2.img
+	[ "$(wc -l <$RP/v2.img)" -gt 1 ]	# the update changes blocks
 	cp $RP/base.img $RP/r.img		# the replay, moved forward
 	cp $RP/base.img $RP/c.img		# the copy each point checks
+	exec 7</dev/kmsg
 	LOOP=$(losetup -f)
 	losetup $LOOP $RP/c.img
 	echo $LOOP >$RP/loopdev

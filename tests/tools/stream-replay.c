@@ -11,6 +11,9 @@
  *                 --bs BYTES [--tear N --sectors K]
  *   stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE
  *                 [<first>+<count> ...]
+ *   stream-replay probe <name> <dev> --blocks N --bs BYTES --at SECTORS
+ *                 --image FILE --diff FILE
+ *   stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>
  *   stream-replay fsync <dev>
  *   stream-replay write <dev> --at BYTES --len BYTES --src FILE --src-at BYTES
  *                 [--dsync 1]
@@ -68,7 +71,11 @@
  * blocks of <copy> that differed from <ref> as it was before this call
  * outside the previous point's torn range (remembered in "<ref>.torn"):
  * m > 0 means the previous check wrote to the data slice, which the suite
- * relies on never happening.
+ * relies on never happening.  <ref> is moved forward in place (mapped,
+ * the old content of the blocks it changes saved), a loop device <copy> is
+ * read from its file (the same bytes, without copying 17 MiB through the
+ * device under TCG) and written through the device, and "<ref>.pos" keeps
+ * where the log was left, for the next call's --from.
  *
  * "diff" reads the blocks of the given ranges (block numbers, <bs> blocks
  * from sector --at of <dev>) and prints "<block> <hash>" (the hash as
@@ -76,18 +83,44 @@
  * <image>: the checks need no
  * other hash, every other block holding the image's content.
  *
+ * "probe" runs the checks of one crash point on the loaded stream device
+ * <name> over the copy <dev> (the data slice from sector --at), asking the
+ * target with device-mapper ioctls as dmsetup would: its status; every
+ * page of "absent"; "diff" of the present blocks (the complement) against
+ * image --image, into file --diff; the last present block read through
+ * /dev/mapper/<name>, which must equal the data slice's; suspend; for
+ * consumers 0 and 1 "snapshot" (two words), every page of "ranges",
+ * "abort"; if the status says rw, "revert" and every page of "absent";
+ * resume; remove.  A page must start with a cursor that moves forward or
+ * is --blocks.  It prints "status <start> <len> stream <status>",
+ * "absent|d0|d1|abs2 <ranges>|x" (x: refused), "rev <why>" and, for each
+ * step that failed, "fail <invariant> <message>"; the suite's oracle
+ * judges the rest.
+ *
+ * "klog" prints the text of the kernel log records not read yet from the
+ * /dev/kmsg open on its stdin (that open file remembers the position, so
+ * the caller keeps it open across calls), one a line, from the first
+ * ending with --after on, those containing --grep (as "sed -n
+ * '/TEXT$/,$p' | grep -F TEXT" of dmesg).  Lost (overwritten) records
+ * are an error.
+ *
  * Exit status: 0, 1 on an error (with a message on stderr), 2 on usage.
  */
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <linux/dm-ioctl.h>
 
 #define LOG_MAGIC	0x6a736677736872ULL
 #define LOG_VERSION	1
@@ -559,20 +592,138 @@ static int read_file(const char *path, unsigned char **buf, size_t *len)
 	return r;
 }
 
+/*
+ * Map file @path (whole, shared, populated); NULL with *len = 0 if it
+ * cannot be.  Reading a mapping copies nothing: under TCG each copy of
+ * the 17 MiB disk (read(), a loop device) costs tens of milliseconds.
+ */
+static unsigned char *map_file(const char *path, bool rw, size_t *len)
+{
+	struct stat st;
+	void *p;
+	int fd;
+
+	*len = 0;
+	fd = open(path, rw ? O_RDWR : O_RDONLY);
+	if (fd < 0)
+		return NULL;
+	if (fstat(fd, &st) || st.st_size <= 0) {
+		close(fd);
+		return NULL;
+	}
+	p = mmap(NULL, st.st_size, PROT_READ | (rw ? PROT_WRITE : 0),
+		 MAP_SHARED | MAP_POPULATE, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return NULL;
+	*len = st.st_size;
+	return p;
+}
+
+/*
+ * The file behind loop device @dev, mapped read-only (what the device
+ * reads: the loop has no offset here and writes to the file as they
+ * complete); NULL if @dev is no loop device.
+ */
+static unsigned char *map_loop(const char *dev, size_t *len)
+{
+	char side[300], file[4096];
+	const char *base = strrchr(dev, '/');
+	FILE *f;
+	size_t n;
+
+	*len = 0;
+	snprintf(side, sizeof(side), "/sys/block/%s/loop/backing_file",
+		 base ? base + 1 : dev);
+	f = fopen(side, "r");
+	if (!f)
+		return NULL;
+	n = fread(file, 1, sizeof(file) - 1, f);
+	fclose(f);
+	file[n] = '\0';
+	file[strcspn(file, "\n")] = '\0';
+	snprintf(side, sizeof(side), "/sys/block/%s/loop/offset",
+		 base ? base + 1 : dev);
+	f = fopen(side, "r");
+	if (!f || fscanf(f, "%zu", &n) != 1 || n) {
+		if (f)
+			fclose(f);
+		return NULL;
+	}
+	fclose(f);
+	return map_file(file, false, len);
+}
+
+/*
+ * The old content of the blocks "point" changes in <ref>, saved before
+ * the change: copies of <bs> bytes, one pointer a block.
+ */
+static int save_old(unsigned char **saved, const unsigned char *ref,
+		    size_t bs, uint64_t first, uint64_t end)
+{
+	uint64_t b;
+
+	for (b = first / bs; b * bs < end; b++) {
+		if (saved[b])
+			continue;
+		saved[b] = malloc(bs);
+		if (!saved[b])
+			return -ENOMEM;
+		memcpy(saved[b], ref + b * bs, bs);
+	}
+	return 0;
+}
+
+/* "<ref>.pos": where the last call stopped in the log ("idx pos"). */
+static void pos_load(struct log *log, const char *ref, uint64_t from)
+{
+	unsigned long long idx, pos;
+	char side[4096];
+	FILE *f;
+
+	snprintf(side, sizeof(side), "%s.pos", ref);
+	f = fopen(side, "r");
+	if (!f)
+		return;
+	if (fscanf(f, "%llu %llu", &idx, &pos) == 2 && idx == from &&
+	    idx <= log->nr_entries) {
+		log->idx = idx;
+		log->pos = pos;
+	}
+	fclose(f);
+}
+
+static int pos_save(const struct log *log, const char *ref)
+{
+	char side[4096];
+	FILE *f;
+
+	snprintf(side, sizeof(side), "%s.pos", ref);
+	f = fopen(side, "w");
+	if (!f || fprintf(f, "%llu %llu\n", (unsigned long long)log->idx,
+			  (unsigned long long)log->pos) < 0 || fclose(f)) {
+		fprintf(stderr, "stream-replay: write %s: %m\n", side);
+		return -EIO;
+	}
+	return 0;
+}
+
 static int cmd_point(const char *path, const char *ref, const char *copy,
 		     uint64_t from, uint64_t to, uint64_t meta, size_t bs,
 		     bool tear, uint64_t tear_idx,
 		     uint64_t tear_sectors)
 {
-	unsigned char *buf = NULL, *cbuf = NULL, *old = NULL;
+	unsigned char *cur = NULL, *cmap = NULL, *cbuf = NULL, *tsave = NULL;
+	unsigned char **saved = NULL, *cb, *ob;
 	uint64_t torn_first = 0, torn_end = 0, copied = 0, outside = 0;
 	unsigned long long prev_first = 0, prev_end = 0;
+	uint64_t first, end, b;
 	char side[4096];
 	FILE *f;
-	size_t len, ilen, off, chunk = 1 << 20, i;
+	size_t len, clen, off, chunk = 1 << 20, i;
 	struct log log;
 	struct entry e;
-	bool zero = true;
+	bool zero = true, torn_on = false;
 	int fd, r;
 
 	if (!bs || bs % 512 || chunk % bs || (meta * 512) % bs) {
@@ -587,29 +738,66 @@ static int cmd_point(const char *path, const char *ref, const char *copy,
 		fclose(f);
 		unlink(side);
 	}
-	r = read_file(ref, &old, &len);
-	if (r)
-		return r;
-	r = cmd_replay(path, ref, from, to, false);
-	if (r)
-		goto out;
-	r = read_file(ref, &buf, &ilen);
-	if (!r && ilen != len) {
-		fprintf(stderr, "stream-replay: %s changed size\n", ref);
-		r = -EINVAL;
+	/*
+	 * <ref> moved forward in place (mapped), with the old content of
+	 * every block it changes saved: the check below needs <ref> as it
+	 * was before this call.
+	 */
+	cur = map_file(ref, true, &len);
+	if (!cur) {
+		fprintf(stderr, "stream-replay: map %s: %m\n", ref);
+		return -EIO;
 	}
-	if (r)
-		goto out;
 	if (len <= meta * 512 || len % chunk) {
 		fprintf(stderr, "stream-replay: %s: size %zu: no data slice or not in MiB\n",
 			ref, len);
 		r = -EINVAL;
 		goto out;
 	}
-	if (tear) {
-		r = log_open(&log, path);
+	saved = calloc(len / bs, sizeof(*saved));
+	if (!saved) {
+		r = -ENOMEM;
+		goto out;
+	}
+	r = log_open(&log, path);
+	if (r)
+		goto out;
+	if (to > log.nr_entries || from > to) {
+		fprintf(stderr,
+			"stream-replay: %s: range [%llu, %llu) outside the %llu entries\n",
+			path, (unsigned long long)from, (unsigned long long)to,
+			(unsigned long long)log.nr_entries);
+		r = -ERANGE;
+		goto out_log;
+	}
+	pos_load(&log, ref, from);
+	r = log_seek(&log, from);
+	while (!r && log.idx < to) {
+		r = log_next(&log, &e);
+		if (r || (!has_data(&e) && !(e.flags & LOG_DISCARD)))
+			continue;
+		first = e.sector * log.sectorsize;
+		end = first + e.nr_sectors * log.sectorsize;
+		if (end > len) {
+			fprintf(stderr, "stream-replay: entry %llu beyond %s\n",
+				(unsigned long long)log.idx - 1, ref);
+			r = -ERANGE;
+			break;
+		}
+		r = save_old(saved, cur, bs, first, end);
 		if (r)
-			goto out;
+			break;
+		if (e.flags & LOG_DISCARD)
+			memset(cur + first, 0, end - first);
+		else
+			r = read_full(log.fd, cur + first, end - first,
+				      e.data_pos, path);
+	}
+	if (!r)
+		r = pos_save(&log, ref);
+	if (r)
+		goto out_log;
+	if (tear) {
 		r = log_seek(&log, tear_idx);
 		if (!r)
 			r = log_next(&log, &e);
@@ -628,63 +816,146 @@ static int cmd_point(const char *path, const char *ref, const char *copy,
 				(unsigned long long)tear_idx, ref);
 			r = -ERANGE;
 		}
+		/* <ref> never holds the tear: undone below */
 		if (!r)
-			r = read_full(log.fd, buf + torn_first,
+			r = save_old(saved, cur, bs, torn_first, torn_end);
+		if (!r) {
+			tsave = malloc(torn_end - torn_first);
+			if (!tsave)
+				r = -ENOMEM;
+		}
+		if (!r) {
+			memcpy(tsave, cur + torn_first, torn_end - torn_first);
+			torn_on = true;
+			r = read_full(log.fd, cur + torn_first,
 				      torn_end - torn_first, e.data_pos, path);
-		close(log.fd);
+		}
 		if (r)
-			goto out;
+			goto out_log;
 		f = fopen(side, "w");
 		if (!f || fprintf(f, "%llu %llu\n",
 				  (unsigned long long)torn_first,
 				  (unsigned long long)torn_end) < 0 || fclose(f)) {
 			fprintf(stderr, "stream-replay: write %s: %m\n", side);
 			r = -EIO;
-			goto out;
+			goto out_log;
 		}
 	}
 	for (i = 0; i < meta * 512 && zero; i++)
-		zero = !buf[i];
-	r = posix_memalign((void **)&cbuf, 4096, chunk);
-	if (r) {
-		r = -r;
-		goto out;
-	}
+		zero = !cur[i];
+	/*
+	 * The copy: read from the loop device's file when it is one (the
+	 * same bytes, no copy), else with O_DIRECT; written through the
+	 * device.
+	 */
 	fd = open(copy, O_RDWR | O_DIRECT);
 	if (fd < 0) {
 		fprintf(stderr, "stream-replay: open %s: %m\n", copy);
 		r = -errno;
-		goto out;
+		goto out_log;
+	}
+	cmap = map_loop(copy, &clen);
+	if (cmap && clen < len) {
+		munmap(cmap, clen);
+		cmap = NULL;
+	}
+	if (!cmap) {
+		r = posix_memalign((void **)&cbuf, 4096, chunk);
+		if (r) {
+			r = -r;
+			cbuf = NULL;
+			goto out_fd;
+		}
 	}
 	for (off = 0; off < len && !r; off += chunk) {
-		r = read_full(fd, cbuf, chunk, off, copy);
+		if (cmap)
+			cb = cmap + off;
+		else
+			r = read_full(fd, cb = cbuf, chunk, off, copy);
 		for (i = 0; !r && i < chunk; i += bs) {
-			if (!memcmp(cbuf + i, buf + off + i, bs))
+			if (!memcmp(cb + i, cur + off + i, bs))
 				continue;
-			r = write_full(fd, buf + off + i, bs, off + i, copy);
-			copied++;
+			b = (off + i) / bs;
+			ob = saved[b] ? saved[b] : cur + off + i;
 			if (off + i >= meta * 512 &&
 			    (off + i + bs <= prev_first || off + i >= prev_end) &&
-			    memcmp(cbuf + i, old + off + i, bs) &&
+			    memcmp(cb + i, ob, bs) &&
 			    outside++ < 8)
 				fprintf(stderr,
 					"stream-replay: %s: data block %zu changed since the last point\n",
 					copy, (off + i - meta * 512) / bs);
+			r = write_full(fd, cur + off + i, bs, off + i, copy);
+			copied++;
 		}
 	}
 	if (!r && fsync(fd)) {
 		fprintf(stderr, "stream-replay: fsync %s: %m\n", copy);
 		r = -errno;
 	}
+out_fd:
 	close(fd);
-	if (r)
-		goto out;
-	printf("zero %d copied %llu %llu\n", zero,
-	       (unsigned long long)copied, (unsigned long long)outside);
+	if (!r)
+		printf("zero %d copied %llu %llu\n", zero,
+		       (unsigned long long)copied, (unsigned long long)outside);
+out_log:
+	close(log.fd);
 out:
-	free(old);
+	if (torn_on)
+		memcpy(cur + torn_first, tsave, torn_end - torn_first);
+	if (saved) {
+		for (b = 0; b < len / bs; b++)
+			free(saved[b]);
+		free(saved);
+	}
+	if (cmap)
+		munmap(cmap, clen);
+	if (cur)
+		munmap(cur, len);
+	free(tsave);
 	free(cbuf);
-	free(buf);
+	return r;
+}
+
+/*
+ * Blocks [first, first + count) of @dev (<bs> blocks from sector @at) that
+ * differ from @img: "<block> <hash>" lines to @out.  Read from @map (the
+ * whole device, @mlen bytes) if given, else into @buf (@chunk bytes,
+ * aligned for O_DIRECT) from @fd.
+ */
+static int diff_range(int fd, const char *dev, size_t bs, uint64_t at,
+		      const unsigned char *img, size_t ilen, unsigned char *buf,
+		      size_t chunk, uint64_t first, uint64_t count, FILE *out,
+		      const unsigned char *map, size_t mlen)
+{
+	const unsigned char *data;
+	uint64_t b, n, k;
+	int r = 0;
+
+	for (b = first; b < first + count && !r; b += n) {
+		n = first + count - b;
+		if (n > chunk / bs)
+			n = chunk / bs;
+		if (!map) {
+			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
+			data = buf;
+		} else if (at * 512 + (b + n) * bs > mlen) {
+			fprintf(stderr, "stream-replay: read %s at %llu: unexpected end\n",
+				dev, (unsigned long long)(at * 512 + b * bs));
+			r = -EIO;
+		} else {
+			data = map + at * 512 + b * bs;
+		}
+		for (k = 0; !r && k < n; k++) {
+			const unsigned char *p = data + k * bs;
+
+			if ((b + k + 1) * bs <= ilen &&
+			    !memcmp(p, img + (b + k) * bs, bs))
+				continue;
+			fprintf(out, "%llu " HASH_FMT "\n",
+				(unsigned long long)(b + k),
+				(unsigned long long)fnv1a(p, bs));
+		}
+	}
 	return r;
 }
 
@@ -693,8 +964,8 @@ static int cmd_diff(const char *dev, size_t bs, uint64_t at,
 		    const char *image, int nr, char **ranges)
 {
 	unsigned char *img = NULL, *buf = NULL;
-	unsigned long long first, count, b, n, k;
-	size_t ilen, chunk = 1 << 20;
+	unsigned long long first, count;
+	size_t ilen = 0, chunk = 1 << 20;
 	int fd, i, r;
 
 	if (!bs || bs % 512 || chunk % bs) {
@@ -724,26 +995,516 @@ static int cmd_diff(const char *dev, size_t bs, uint64_t at,
 			r = -EINVAL;
 			break;
 		}
-		for (b = first; b < first + count && !r; b += n) {
-			n = first + count - b;
-			if (n > chunk / bs)
-				n = chunk / bs;
-			r = read_full(fd, buf, n * bs, at * 512 + b * bs, dev);
-			for (k = 0; !r && k < n; k++) {
-				unsigned char *p = buf + k * bs;
-
-				if ((b + k + 1) * bs <= ilen &&
-				    !memcmp(p, img + (b + k) * bs, bs))
-					continue;
-				printf("%llu " HASH_FMT "\n", b + k,
-				       (unsigned long long)fnv1a(p, bs));
-			}
-		}
+		r = diff_range(fd, dev, bs, at, img, ilen, buf, chunk, first,
+			       count, stdout, NULL, 0);
 	}
 	close(fd);
 out:
 	free(buf);
 	free(img);
+	return r;
+}
+
+/*
+ * Device-mapper ioctls, as dmsetup makes them but without libdevmapper,
+ * whose start-up alone costs a check tens of milliseconds under TCG.
+ */
+#define DM_BUF_MIN	(16 << 10)	/* libdevmapper's smallest buffer */
+
+/*
+ * One ioctl on device @name, with message @msg (or none).  On success
+ * *out is the answer buffer, for the caller to free.  A status that did
+ * not fit is asked again with a larger buffer; a message is not (sending
+ * it twice is not the same thing): its overflow is an error.
+ */
+static int dm_run(int ctl, unsigned long cmd, const char *name,
+		  uint32_t flags, const char *msg, struct dm_ioctl **out)
+{
+	size_t size = DM_BUF_MIN, mlen = msg ? strlen(msg) + 1 : 0;
+	struct dm_target_msg *tmsg;
+	struct dm_ioctl *dmi;
+	int r;
+
+	for (;;) {
+		if (msg && size < sizeof(*dmi) + sizeof(*tmsg) + mlen)
+			return -E2BIG;
+		dmi = calloc(1, size);
+		if (!dmi)
+			return -ENOMEM;
+		dmi->version[0] = DM_VERSION_MAJOR;
+		dmi->data_size = size;
+		dmi->data_start = sizeof(*dmi);
+		dmi->flags = flags;
+		snprintf(dmi->name, sizeof(dmi->name), "%s", name);
+		if (msg) {
+			tmsg = (struct dm_target_msg *)((char *)dmi +
+							dmi->data_start);
+			memcpy(tmsg->message, msg, mlen);
+		}
+		if (ioctl(ctl, cmd, dmi)) {
+			r = -errno;
+			free(dmi);
+			return r;
+		}
+		if (!(dmi->flags & DM_BUFFER_FULL_FLAG)) {
+			*out = dmi;
+			return 0;
+		}
+		free(dmi);
+		if (msg)
+			return -ENOSPC;
+		size *= 2;
+	}
+}
+
+/* "dmsetup message <name> 0 <msg>": the answer, "" if none, to free. */
+static int dm_message(int ctl, const char *name, const char *msg,
+		      char **ans)
+{
+	struct dm_ioctl *dmi;
+	int r;
+
+	r = dm_run(ctl, DM_TARGET_MSG, name, 0, msg, &dmi);
+	if (r)
+		return r;
+	if (dmi->flags & DM_DATA_OUT_FLAG)
+		*ans = strdup((char *)dmi + dmi->data_start);
+	else
+		*ans = strdup("");
+	free(dmi);
+	return *ans ? 0 : -ENOMEM;
+}
+
+/* "dmsetup status <name>" of a one-target table: "<start> <len> <type> ..." */
+static int dm_status(int ctl, const char *name, char *line, size_t len)
+{
+	struct dm_target_spec *spec;
+	struct dm_ioctl *dmi;
+	int r;
+
+	line[0] = '\0';
+	r = dm_run(ctl, DM_TABLE_STATUS, name, 0, NULL, &dmi);
+	if (r)
+		return r;
+	if (dmi->target_count) {
+		spec = (struct dm_target_spec *)((char *)dmi + dmi->data_start);
+		snprintf(line, len, "%llu %llu %s %s",
+			 (unsigned long long)spec->sector_start,
+			 (unsigned long long)spec->length, spec->target_type,
+			 (char *)(spec + 1));
+	}
+	free(dmi);
+	return 0;
+}
+
+static int dm_simple(int ctl, unsigned long cmd, const char *name,
+		     uint32_t flags)
+{
+	struct dm_ioctl *dmi;
+	int r;
+
+	r = dm_run(ctl, cmd, name, flags, NULL, &dmi);
+	if (!r)
+		free(dmi);
+	return r;
+}
+
+/* The n-th (from 1) blank-separated word of @s into @w, "" if none. */
+static void word(const char *s, int n, char *w, size_t len)
+{
+	size_t l;
+
+	for (;;) {
+		s += strspn(s, " \t\n");
+		l = strcspn(s, " \t\n");
+		if (!l || --n == 0)
+			break;
+		s += l;
+	}
+	if (l >= len)
+		l = len - 1;
+	memcpy(w, s, l);
+	w[l] = '\0';
+}
+
+static int nwords(const char *s)
+{
+	int n = 0;
+
+	for (;;) {
+		s += strspn(s, " \t\n");
+		if (!*s)
+			return n;
+		s += strcspn(s, " \t\n");
+		n++;
+	}
+}
+
+struct str {
+	char *s;
+	size_t len, size;
+};
+
+static int str_add(struct str *x, const char *s, size_t n)
+{
+	char *p;
+
+	if (x->len + n + 1 > x->size) {
+		x->size = (x->len + n + 1) * 2;
+		p = realloc(x->s, x->size);
+		if (!p)
+			return -ENOMEM;
+		x->s = p;
+	}
+	memcpy(x->s + x->len, s, n);
+	x->len += n;
+	x->s[x->len] = '\0';
+	return 0;
+}
+
+/*
+ * Every page of a "ranges"-like answer of device @name to "<words>
+ * <cursor>", from cursor 0 to @nb, as words " <first>+<count>..." in
+ * @out.  As the shell's rp_ranges did: each answer must be given and
+ * start with a cursor, which must move forward or be @nb.
+ */
+static int dm_pages(int ctl, const char *name, const char *words,
+		    uint64_t nb, struct str *out)
+{
+	unsigned long long cur = 0, next;
+	char msg[256], *ans, *p, *end;
+	size_t l;
+	int r;
+
+	out->len = 0;
+	r = str_add(out, "", 0);
+	while (!r && cur < nb) {
+		snprintf(msg, sizeof(msg), "%s %llu", words, cur);
+		r = dm_message(ctl, name, msg, &ans);
+		if (r)
+			break;
+		p = ans + strspn(ans, " \t\n");
+		errno = 0;
+		next = strtoull(p, &end, 10);
+		if (*p < '0' || *p > '9' || errno ||
+		    (*end && !strchr(" \t\n", *end)) ||
+		    (next <= cur && next != nb)) {
+			free(ans);
+			r = -EINVAL;
+			break;
+		}
+		cur = next;
+		for (p = end; !r; p += l) {
+			p += strspn(p, " \t\n");
+			l = strcspn(p, " \t\n");
+			if (!l)
+				break;
+			r = str_add(out, " ", 1);
+			if (!r)
+				r = str_add(out, p, l);
+		}
+		free(ans);
+	}
+	return r;
+}
+
+/* Nothing to do: the signal only interrupts the read. */
+static void on_alarm(int sig)
+{
+}
+
+/* Block @b of @dev (O_DIRECT when it allows), given up after 10 s. */
+static int read_block_timed(const char *dev, size_t bs, uint64_t b,
+			    unsigned char *buf)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	ssize_t n;
+	int fd, r = 0;
+
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0 && errno == EINVAL)
+		fd = open(dev, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	sigaction(SIGALRM, &sa, NULL);	/* no SA_RESTART: pread gives up */
+	alarm(10);
+	n = pread(fd, buf, bs, b * bs);
+	if (n < 0)
+		r = -errno;
+	else if (n != (ssize_t)bs)
+		r = -EIO;
+	alarm(0);
+	close(fd);
+	return r;
+}
+
+/*
+ * "probe": the checks of one crash point on the loaded stream device
+ * @name, which needs no helper, in one process (see the top comment).
+ * Lines out: "status <dmsetup status line>", "absent <ranges>|x",
+ * "d0 ...", "d1 ...", "rev <why the revert failed>", "abs2 <ranges>|x"
+ * and "fail <invariant> <message>" for each failed step; the present
+ * blocks that differ from @image go to @dfile as "diff" prints them.
+ */
+static int cmd_probe(const char *name, const char *dev, uint64_t nb,
+		     size_t bs, uint64_t at, const char *image,
+		     const char *dfile)
+{
+	unsigned char *img, *buf = NULL, *map;
+	struct str abs = { 0 }, tmp = { 0 };
+	char status[4096], mode[64], id[64], msg[128], path[300], *ans, *p;
+	unsigned long long want = 0, got = 0, c, lb = 0, k;
+	size_t ilen, mlen, chunk = 1 << 20;
+	bool have_lb = false, want_set = false;
+	FILE *d;
+	int ctl, fd, r;
+
+	if (!bs || bs % 512 || chunk % bs) {
+		fprintf(stderr, "stream-replay: probe: bad block size %zu\n", bs);
+		return -EINVAL;
+	}
+	img = map_file(image, false, &ilen);
+	if (!img) {
+		fprintf(stderr, "stream-replay: map %s: %m\n", image);
+		return -EIO;
+	}
+	r = posix_memalign((void **)&buf, 4096, chunk);
+	if (r) {
+		r = -r;
+		buf = NULL;
+		goto out;
+	}
+	ctl = open("/dev/mapper/control", O_RDWR);
+	if (ctl < 0) {
+		fprintf(stderr, "stream-replay: open /dev/mapper/control: %m\n");
+		r = -errno;
+		goto out;
+	}
+	d = fopen(dfile, "w");
+	if (!d) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dfile);
+		r = -errno;
+		goto out_ctl;
+	}
+
+	dm_status(ctl, name, status, sizeof(status));
+	printf("status %s\n", status);
+	word(status, 9, mode, sizeof(mode));
+
+	snprintf(path, sizeof(path), "/dev/mapper/%s", name);
+	if (!dm_pages(ctl, name, "absent", nb, &abs)) {
+		printf("absent%s\n", abs.s);
+	} else {
+		printf("fail ops absent refused\nabsent x\n");
+		/* as the shell did: "x" is no range, all present */
+		abs.len = 0;
+		if (abs.s)
+			abs.s[0] = '\0';
+	}
+
+	/*
+	 * present = the complement of absent: the blocks that differ from
+	 * the image, read from the data slice, then the last present block
+	 * read through the target (needs no helper).
+	 */
+	r = 0;
+	fd = open(dev, O_RDONLY | O_DIRECT);
+	if (fd < 0) {
+		fprintf(stderr, "stream-replay: open %s: %m\n", dev);
+		r = -errno;
+	}
+	/* a loop device's file: the same bytes, no copy (see map_loop) */
+	map = map_loop(dev, &mlen);
+	c = 0;
+	p = abs.s ? abs.s : "";
+	for (;;) {
+		unsigned long long a0, an;
+		int n = 0;
+
+		p += strspn(p, " ");
+		if (!*p)
+			break;
+		if (sscanf(p, "%llu+%llu%n", &a0, &an, &n) != 2 ||
+		    (p[n] && p[n] != ' ')) {
+			printf("fail ops bad absent range '%.*s'\n",
+			       (int)strcspn(p, " "), p);
+			p += strcspn(p, " ");
+			continue;
+		}
+		p += n;
+		if (a0 > c) {
+			if (!r)
+				r = diff_range(fd, dev, bs, at, img, ilen, buf,
+					       chunk, c, a0 - c, d, map, mlen);
+			lb = a0 - 1;
+			have_lb = true;
+		}
+		c = a0 + an;
+	}
+	if (c < nb) {
+		if (!r)
+			r = diff_range(fd, dev, bs, at, img, ilen, buf, chunk,
+				       c, nb - c, d, map, mlen);
+		lb = nb - 1;
+		have_lb = true;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (map)
+		munmap(map, mlen);
+	if (fflush(d) || ferror(d)) {
+		fprintf(stderr, "stream-replay: write %s: %m\n", dfile);
+		r = -EIO;
+	}
+	if (r)
+		printf("fail ops reading the data slice failed\n");
+	r = 0;
+	if (have_lb) {
+		FILE *in = fopen(dfile, "r");
+		unsigned long long blk, h;
+
+		while (in && fscanf(in, "%llu h%llx", &blk, &h) == 2)
+			if (blk == lb) {
+				want = h;
+				want_set = true;
+			}
+		if (in)
+			fclose(in);
+		if (!want_set && (lb + 1) * bs <= ilen)
+			want = fnv1a(img + lb * bs, bs);
+		if (!read_block_timed(path, bs, lb, buf)) {
+			got = fnv1a(buf, bs);
+			if (got != want)
+				printf("fail ops block %llu read through the target: '" HASH_FMT "', data slice: " HASH_FMT "\n",
+				       (unsigned long long)lb, got, want);
+		} else {
+			printf("fail ops block %llu read through the target: '', data slice: " HASH_FMT "\n",
+			       (unsigned long long)lb, want);
+		}
+	}
+
+	if (dm_simple(ctl, DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG))
+		printf("fail ops suspend failed\n");
+	for (k = 0; k < 2; k++) {
+		bool ok = false;
+
+		snprintf(msg, sizeof(msg), "snapshot %llu", (unsigned long long)k);
+		if (!dm_message(ctl, name, msg, &ans)) {
+			/* "<id> <blocks>" */
+			ok = nwords(ans) == 2;
+			word(ans, 1, id, sizeof(id));
+			ok = ok && strlen(id) < sizeof(id) - 1;
+			free(ans);
+		}
+		if (!ok) {
+			printf("fail ops snapshot %llu refused\nd%llu x\n",
+			       (unsigned long long)k, (unsigned long long)k);
+			continue;
+		}
+		snprintf(msg, sizeof(msg), "ranges %llu %s",
+			 (unsigned long long)k, id);
+		if (!dm_pages(ctl, name, msg, nb, &tmp)) {
+			printf("d%llu%s\n", (unsigned long long)k, tmp.s);
+		} else {
+			printf("fail ops ranges %llu %s refused\nd%llu x\n",
+			       (unsigned long long)k, id, (unsigned long long)k);
+		}
+		snprintf(msg, sizeof(msg), "abort %llu %s",
+			 (unsigned long long)k, id);
+		if (dm_message(ctl, name, msg, &ans))
+			printf("fail ops abort %llu %s refused\n",
+			       (unsigned long long)k, id);
+		else
+			free(ans);
+	}
+	if (!strcmp(mode, "rw")) {
+		if (dm_message(ctl, name, "revert", &ans))
+			printf("rev revert refused\n");
+		else
+			free(ans);
+		if (!dm_pages(ctl, name, "absent", nb, &tmp))
+			printf("abs2%s\n", tmp.s);
+		else	/* as the shell did: no range */
+			printf("fail ops absent refused\nabs2\n");
+	}
+	if (dm_simple(ctl, DM_DEV_SUSPEND, name, 0))
+		printf("fail ops resume failed\n");
+	if (dm_simple(ctl, DM_DEV_REMOVE, name, 0)) {
+		printf("fail ops remove failed\n");
+	} else if (unlink(path) && errno != ENOENT) {
+		/* libdevmapper (no udev) removes the node itself */
+		fprintf(stderr, "stream-replay: unlink %s: %m\n", path);
+		r = -errno;
+	}
+	if (fclose(d) && !r)
+		r = -EIO;
+out_ctl:
+	close(ctl);
+out:
+	free(tmp.s);
+	free(abs.s);
+	free(buf);
+	munmap(img, ilen);
+	return r;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/*
+ * "klog": the text of the kernel log records not read yet from the
+ * /dev/kmsg the caller keeps open on stdin (its file position is the
+ * next record), one a line, from the first that ends with @after on,
+ * those that contain @grep.
+ * Records lost to the ring buffer wrapping are an error.
+ */
+static int cmd_klog(const char *after, const char *grep)
+{
+	char rec[8192], *text;
+	bool on = !after;
+	int fl, r = 0;
+	ssize_t n;
+
+	fl = fcntl(0, F_GETFL);
+	if (fl < 0 || fcntl(0, F_SETFL, fl | O_NONBLOCK)) {
+		fprintf(stderr, "stream-replay: klog: stdin: %m\n");
+		return -errno;
+	}
+	for (;;) {
+		n = read(0, rec, sizeof(rec) - 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EPIPE) {
+			fprintf(stderr, "stream-replay: klog: records lost\n");
+			r = -EPIPE;
+			continue;
+		}
+		if (n < 0 && errno == EAGAIN)
+			break;
+		if (n < 0) {
+			fprintf(stderr, "stream-replay: klog: read: %m\n");
+			r = -errno;
+			break;
+		}
+		if (!n)
+			break;
+		rec[n] = '\0';
+		/* "<prio>,<seq>,<usec>,<flags>;<text>\n" (then " KEY=value") */
+		text = strchr(rec, ';');
+		if (!text)
+			continue;
+		text++;
+		text[strcspn(text, "\n")] = '\0';
+		if (!on && ends_with(text, after))
+			on = true;
+		if (on && (!grep || strstr(text, grep)))
+			puts(text);
+	}
+	fcntl(0, F_SETFL, fl);
 	return r;
 }
 
@@ -810,6 +1571,9 @@ static void usage(void)
 "                     --bs BYTES [--tear N --sectors K]\n"
 "       stream-replay diff <dev> --bs BYTES --at SECTORS --image FILE\n"
 "                     [<first>+<count> ...]\n"
+"       stream-replay probe <name> <dev> --blocks N --bs BYTES --at SECTORS\n"
+"                     --image FILE --diff FILE\n"
+"       stream-replay klog [--after TEXT --grep TEXT] <&<fd on /dev/kmsg>\n"
 "       stream-replay fsync <dev>\n"
 "       stream-replay write <dev> --at BYTES --len BYTES --src FILE\n"
 "                     --src-at BYTES [--dsync 1]\n");
@@ -847,7 +1611,7 @@ int main(int argc, char **argv)
 {
 	int r;
 
-	if (argc < 3)
+	if (argc < 2 || (argc < 3 && strcmp(argv[1], "klog")))
 		usage();
 	if (!strcmp(argv[1], "list") && argc == 3)
 		r = cmd_list(argv[2]);
@@ -878,6 +1642,18 @@ int main(int argc, char **argv)
 		r = cmd_diff(argv[2], opt(9, argv, 3, "--bs", true, 0),
 			     opt(9, argv, 3, "--at", true, 0), argv[8],
 			     argc - 9, argv + 9);
+	else if (!strcmp(argv[1], "probe") && argc == 14 &&
+		 !strcmp(argv[10], "--image") && !strcmp(argv[12], "--diff"))
+		r = cmd_probe(argv[2], argv[3],
+			      opt(10, argv, 4, "--blocks", true, 0),
+			      opt(10, argv, 4, "--bs", true, 0),
+			      opt(10, argv, 4, "--at", true, 0),
+			      argv[11], argv[13]);
+	else if (!strcmp(argv[1], "klog") && argc == 2)
+		r = cmd_klog(NULL, NULL);
+	else if (!strcmp(argv[1], "klog") && argc == 6 &&
+		 !strcmp(argv[2], "--after") && !strcmp(argv[4], "--grep"))
+		r = cmd_klog(argv[3], argv[5]);
 	else if (!strcmp(argv[1], "fsync") && argc == 3)
 		r = cmd_fsync(argv[2]);
 	else if (!strcmp(argv[1], "write") && (argc == 11 || argc == 13)) {
