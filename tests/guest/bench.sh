@@ -2,20 +2,16 @@
 # shellcheck disable=SC2086 # device paths and numbers never hold spaces
 # Benchmark suite (make bench): every figure is a ratio of two runs made
 # side by side in this one boot, never an absolute time.
-now_ms() {	# 10 ms resolution is plenty for runs of seconds
-	read -r _up _ </proc/uptime
-	_f=${_up#*.}
-	echo $(( ${_up%.*} * 1000 + ${_f#0} * 10 ))
-}
+now_us() { stream-io now; }	# microseconds, monotonic
 
 # The benchmark image has no zero region (read by prepare_image).
 # shellcheck disable=SC2034
 ZERO_FIRST=0 ZERO_END=0
 
-timed() {	# timed <command...>: prints elapsed ms
-	_t0=$(now_ms)
+timed() {	# timed <command...>: prints elapsed microseconds
+	_t0=$(now_us)
 	"$@" >/dev/null 2>&1 || echo "# command failed: $*" >&2
-	echo $(( $(now_ms) - _t0 ))
+	echo $(( $(now_us) - _t0 ))
 }
 
 ratio() {	# ratio <name> <ms a> <ms b>: a/b with two decimals
@@ -97,7 +93,7 @@ all_present_clean() {
 }
 
 FW_RUNS=${FW_RUNS:-5}
-fw_ratios=""
+fw_ratios="" fw_lin=""
 i=1
 while [ $i -le $FW_RUNS ]; do
 	all_present_clean
@@ -113,6 +109,7 @@ while [ $i -le $FW_RUNS ]; do
 		s_w=$(timed seq_write $DEV)
 	fi
 	fw_ratios="$fw_ratios $((s_w * 100 / (l_w > 0 ? l_w : 1)))"
+	fw_lin="$fw_lin $((l_w / 1000))"
 	i=$((i + 1))
 done
 # shellcheck disable=SC2046 # min, median and max as three words
@@ -122,6 +119,7 @@ fw_min=$1 fw_med=$2 fw_max=$3
 pct() { echo "$(($1 / 100)).$(printf '%02d' $(($1 % 100)))"; }
 echo "BENCH first_seq_write_present_clean_vs_linear_median $(pct $fw_med)"
 echo "BENCHNOTE first write over present clean blocks: $FW_RUNS runs, ratios$(for r in $fw_ratios; do printf ' %s' "$(pct $r)"; done), range $(pct $fw_min)-$(pct $fw_max)"
+echo "BENCHNOTE (dm-linear wrote the $((SZ / 2048)) MiB in$(for t in $fw_lin; do printf ' %s' "$t"; done) ms)"
 # Make every block present, then compare with dm-linear on the same data
 # device (only one table is live at a time).
 all_present_clean

@@ -15,6 +15,9 @@
  *   stream-io nbdrand <uri> <block bytes> <count> <seed>
  *       the same random reads (same seed, same offsets) straight from an
  *       NBD server through libnbd: the physical limit for cold reads.
+ *   stream-io now
+ *       CLOCK_MONOTONIC in microseconds, for the benchmark's timings
+ *       (/proc/uptime counts 10 ms, too coarse for runs of 100 ms).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <linux/fs.h>
@@ -210,8 +214,22 @@ static int cmd_nbdrand(char **argv)
 	return 0;
 }
 
+static int cmd_now(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts)) {
+		perror("clock_gettime");
+		return 1;
+	}
+	printf("%lld\n", (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 2 && !strcmp(argv[1], "now"))
+		return cmd_now();
 	if (argc == 6 && !strcmp(argv[1], "nbdrand"))
 		return cmd_nbdrand(argv + 2);
 	if (argc == 8 && !strcmp(argv[1], "verify"))
