@@ -64,11 +64,12 @@ static void reseal(uint8_t *b)
 	put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ SB_CSUM_XOR);
 }
 
-/* Bitmap 2 gets @block, the superblock the flag: an interrupted update. */
-static int invalidating(int fd, uint8_t *sb, unsigned long block)
+/* Set @block in bitmap @map (resealed); @block within its first block. */
+static int set_bit_in(int fd, const uint8_t *sb, unsigned int map,
+		      unsigned long block)
 {
-	uint8_t b[BS];
 	uint32_t bitmap_blocks;
+	uint8_t b[BS];
 	off_t where;
 
 	memcpy(&bitmap_blocks, sb + 72, 4);
@@ -76,13 +77,23 @@ static int invalidating(int fd, uint8_t *sb, unsigned long block)
 		fprintf(stderr, "block %lu not in the first bitmap block\n", block);
 		return 2;
 	}
-	where = (off_t)(FIRST_BITMAP + 2 * bitmap_blocks) * BS;
+	where = (off_t)(FIRST_BITMAP + map * bitmap_blocks) * BS;
 	if (pread(fd, b, BS, where) != BS)
 		return 1;
 	b[BITMAP_BITS_OFF + block / 8] |= 1 << (block % 8);
 	put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ BITMAP_CSUM_XOR);
 	if (pwrite(fd, b, BS, where) != BS)
 		return 1;
+	return 0;
+}
+
+/* Bitmap 2 gets @block, the superblock the flag: an interrupted update. */
+static int invalidating(int fd, uint8_t *sb, unsigned long block)
+{
+	int r = set_bit_in(fd, sb, 2, block);
+
+	if (r)
+		return r;
 	put32(sb, 4, 2);
 	memset(sb + SB_IMAGE_ID_OFF, 0, 64);
 	strcpy((char *)sb + SB_IMAGE_ID_OFF, "interrupted");
@@ -93,26 +104,12 @@ static int invalidating(int fd, uint8_t *sb, unsigned long block)
 /* Set @block in the dirty maps of consumers 0-3 (bitmaps 1, 3, 5, 7). */
 static int dirty(int fd, const uint8_t *sb, unsigned long block)
 {
-	uint32_t bitmap_blocks;
-	uint8_t b[BS];
-	off_t where;
-	int c;
+	unsigned int c;
+	int r = 0;
 
-	memcpy(&bitmap_blocks, sb + 72, 4);
-	if (block >= 509 * 64) {
-		fprintf(stderr, "block %lu not in the first bitmap block\n", block);
-		return 2;
-	}
-	for (c = 0; c < 4; c++) {
-		where = (off_t)(FIRST_BITMAP + (1 + 2 * c) * bitmap_blocks) * BS;
-		if (pread(fd, b, BS, where) != BS)
-			return 1;
-		b[BITMAP_BITS_OFF + block / 8] |= 1 << (block % 8);
-		put32(b, 0, crc32c(~0U, b + 4, BS - 4) ^ BITMAP_CSUM_XOR);
-		if (pwrite(fd, b, BS, where) != BS)
-			return 1;
-	}
-	return 0;
+	for (c = 0; c < 4 && !r; c++)
+		r = set_bit_in(fd, sb, 1 + 2 * c, block);
+	return r;
 }
 
 /* Zero both journal slot headers (after the bitmaps). */

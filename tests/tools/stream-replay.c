@@ -427,6 +427,19 @@ static int sync_dev(int fd, const char *dev)
 	return 0;
 }
 
+/* [@from, @to) must lie within the log's entries. */
+static int log_check_range(const struct log *log, const char *path,
+			   uint64_t from, uint64_t to)
+{
+	if (to <= log->nr_entries && from <= to)
+		return 0;
+	fprintf(stderr,
+		"stream-replay: %s: range [%llu, %llu) outside the %llu entries\n",
+		path, (unsigned long long)from, (unsigned long long)to,
+		(unsigned long long)log->nr_entries);
+	return -ERANGE;
+}
+
 static int cmd_replay(const char *path, const char *dev, uint64_t from,
 		      uint64_t to, bool sync)
 {
@@ -437,14 +450,9 @@ static int cmd_replay(const char *path, const char *dev, uint64_t from,
 	r = log_open(&log, path);
 	if (r)
 		return r;
-	if (to > log.nr_entries || from > to) {
-		fprintf(stderr,
-			"stream-replay: %s: range [%llu, %llu) outside the %llu entries\n",
-			path, (unsigned long long)from, (unsigned long long)to,
-			(unsigned long long)log.nr_entries);
-		r = -ERANGE;
+	r = log_check_range(&log, path, from, to);
+	if (r)
 		goto out_log;
-	}
 	fd = open_dev(dev);
 	if (fd < 0) {
 		r = fd;
@@ -762,14 +770,9 @@ static int cmd_point(const char *path, const char *ref, const char *copy,
 	r = log_open(&log, path);
 	if (r)
 		goto out;
-	if (to > log.nr_entries || from > to) {
-		fprintf(stderr,
-			"stream-replay: %s: range [%llu, %llu) outside the %llu entries\n",
-			path, (unsigned long long)from, (unsigned long long)to,
-			(unsigned long long)log.nr_entries);
-		r = -ERANGE;
+	r = log_check_range(&log, path, from, to);
+	if (r)
 		goto out_log;
-	}
 	pos_load(&log, ref, from);
 	r = log_seek(&log, from);
 	while (!r && log.idx < to) {
