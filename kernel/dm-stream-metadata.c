@@ -131,8 +131,15 @@
 #define SB_F_INVALIDATING 0x2U	/* an image update was interrupted */
 #define SB_F_INVAL_KEEP	0x4U	/* ... with the keep policy */
 #define SB_F_INTENT	0x8U	/* the write-intent map names regions */
+/*
+ * Consumer 0's dirty map holds blocks of regions recovered after an
+ * unclean shutdown: "dirty for 0" no longer means "changed here", which
+ * an image update with the keep policy relies on.  Cleared by a revert
+ * and by consumer 0's next ack (its snapshot took the whole map).
+ */
+#define SB_F_APPROX	0x10U
 #define SB_KNOWN_FLAGS	(SB_F_REVERTING | SB_F_INVALIDATING | \
-			 SB_F_INVAL_KEEP | SB_F_INTENT)
+			 SB_F_INVAL_KEEP | SB_F_INTENT | SB_F_APPROX)
 #define INVAL_MAP	2	/* bitmap holding the invalidate set */
 #define SB_CSUM_XOR	0x5e7a11edU
 #define BITMAP_CSUM_XOR	0x0b17c0deU
@@ -1094,7 +1101,7 @@ static long __revert(struct dm_stream_metadata *md)
 	if (r)
 		return r;
 
-	r = __finish_flagged(md, SB_F_REVERTING);
+	r = __finish_flagged(md, SB_F_REVERTING | SB_F_APPROX);
 	return r ? r : reverted;
 }
 
@@ -1221,6 +1228,12 @@ long dsm_invalidate(struct dm_stream_metadata *md, struct block_device *data,
 	if (r)
 		return r;
 	mutex_lock(&md->commit_lock);
+	if (keep && (md->sb.flags & SB_F_APPROX)) {
+		DMERR("invalidate keep: consumer 0 dirty set has regions recovered after a crash");
+		DMERR("revert, or drain and acknowledge consumer 0, or use discard");
+		r = -ENOTUNIQ;
+		goto out;
+	}
 	r = any_snapshot(md) ? -EBUSY : __alloc_inval(md);
 	if (r)
 		goto out;
@@ -1354,6 +1367,9 @@ int dsm_ack(struct dm_stream_metadata *md, unsigned int c, u64 gen, u64 *nr)
 		goto out;
 	mark_slices(md, md->snap[c], md->changed_dirty[c]);
 	bitmap_zero(md->snap[c], md->sb.nr_blocks);
+	/* The snapshot took all of dirty[0]: what is left is exact. */
+	if (!c)
+		md->sb.flags &= ~SB_F_APPROX;
 	/* One journal batch (or several in order): old (dirty) or acked. */
 	md->sb.generation++;
 	r = __write_dirty(md, c);
@@ -1556,6 +1572,7 @@ static int __intent_recover(struct dm_stream_metadata *md)
 	DMINFO("write intent: %u regions of %llu blocks were open, their blocks are dirty again",
 	       n, 1ULL << shift);
 	bitmap_zero(md->intent_disk, DSM_INTENT_BITS);
+	md->sb.flags = (md->sb.flags & ~SB_F_INTENT) | SB_F_APPROX;
 	md->sb.generation++;
 	return __write_maps_sb(md);
 }
@@ -1572,6 +1589,7 @@ static int load(struct dm_stream_metadata *md, const char **error)
 		r = read_bitmap(md, dirty_bitmap(c), md->dirty[c], error);
 	if (r)
 		return r;
+	bitmap_copy(md->present_commit, md->present, nr);
 	if (md->sb.flags & SB_F_INTENT) {
 		mutex_lock(&md->commit_lock);
 		r = __intent_recover(md);
@@ -1581,7 +1599,6 @@ static int load(struct dm_stream_metadata *md, const char **error)
 			return r;
 		}
 	}
-	bitmap_copy(md->present_commit, md->present, nr);
 	recount(md);
 	/*
 	 * Durable: present and dirty for every consumer on disk.  An absent
@@ -2059,7 +2076,9 @@ static u32 nr_regions(struct dm_stream_metadata *md)
 {
 	if (md->sb.intent_shift == DSM_INTENT_OFF)
 		return 0;
-	return DIV_ROUND_UP_ULL(md->sb.nr_blocks, 1ULL << md->sb.intent_shift);
+	return min_t(u64, DSM_INTENT_BITS,
+		     DIV_ROUND_UP_ULL(md->sb.nr_blocks,
+				      1ULL << md->sb.intent_shift));
 }
 
 bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
@@ -2070,12 +2089,12 @@ bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
 	if (test_bit(block, md->durable))
 		return true;
 	/*
-	 * Bits set already were set with their slices marked changed:
-	 * either on disk or staged by the commit that could drop the
-	 * region (see below).
+	 * Always, even when the bits are set: another writer may have set
+	 * them and not yet marked their slices changed, and the commit that
+	 * closes the region (or the one this write waits for) must stage
+	 * them.
 	 */
-	if (!dsm_dirty_all(md, block))
-		dsm_set_dirty(md, block);
+	dsm_set_dirty(md, block);
 	/*
 	 * md->durable implies a committed present bit; a region does not:
 	 * a FUA write waits for the commit that makes both durable.
@@ -2174,8 +2193,15 @@ static void dsm_intent_begin(struct dm_stream_metadata *md)
 	u32 r, nr = nr_regions(md);
 
 	lockdep_assert_held(&md->commit_lock);
-	if (READ_ONCE(md->intent_drop_all))
+	if (READ_ONCE(md->intent_drop_all)) {
+		/*
+		 * Quiesced: no write waits for a region, and a request left
+		 * by present_run() for a block that became durable meanwhile
+		 * must not open one again.
+		 */
 		bitmap_copy(md->intent_clear, md->intent, DSM_INTENT_BITS);
+		bitmap_zero(md->intent_want, DSM_INTENT_BITS);
+	}
 	WRITE_ONCE(md->intent_drop_all, false);
 	for_each_set_bit(r, md->intent_clear, DSM_INTENT_BITS) {
 		clear_bit(r, md->intent);

@@ -221,7 +221,8 @@ const unsigned long *dsm_snap_map(struct dm_stream_metadata *md,
  * context); dsm_invalidate() (quiesced, no snapshot in progress) makes them
  * absent, records @image_id, and is crash-safe.  With @keep, blocks dirty
  * for consumer 0 stay present and dirty.  Returns the number of blocks
- * made absent or -errno.
+ * made absent or -errno; -ENOTUNIQ refuses @keep while consumer 0's dirty
+ * set holds recovered write-intent regions.
  */
 int dsm_inval_add(struct dm_stream_metadata *md, u64 first, u64 count);
 void dsm_inval_clear(struct dm_stream_metadata *md);

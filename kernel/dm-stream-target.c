@@ -1269,6 +1269,8 @@ static int msg_invalidate(struct stream_c *sc, unsigned int argc,
 	}
 	r = dsm_invalidate(sc->md, sc->data_dev->bdev, argv[2], keep);
 	mutex_unlock(&sc->quiesce_lock);
+	if (r == -ENOTUNIQ)
+		return -EBUSY;	/* keep refused, the metadata said why */
 	if (r == -EBUSY) {
 		DMERR("%s: invalidate: a snapshot is in progress",
 		      stream_name(sc));
