@@ -133,8 +133,10 @@ build_initramfs() {
 			modprobe -d "$mroot" -S "$kver" --show-depends "$m" |
 				awk '$1 == "insmod" {print $2}'
 		done | awk '!seen[$0]++' | while read -r f; do
-			install -D -m 0644 "$f" "$root$f"
-			echo "$f" >>"$root/etc/modules.load"
+			# at /lib/modules/...: the guest mounts a tmpfs on
+			# /tmp, which would hide a cache under /tmp
+			install -D -m 0644 "$f" "$root${f#"$mroot"}"
+			echo "${f#"$mroot"}" >>"$root/etc/modules.load"
 		done
 	fi
 	install -m 0644 "$ko" "$root/lib/modules/dm-stream.ko"
