@@ -316,6 +316,11 @@ u64 dsm_total_blocks(u64 nr_blocks)
 {
 	return dsm_journal_start(nr_blocks) + DSM_JNL_BLOCKS;
 }
+
+u64 dsm_intent_regions(u64 nr_blocks, u32 shift)
+{
+	return DIV_ROUND_UP_ULL(nr_blocks, 1ULL << shift);
+}
 EXPORT_SYMBOL_IF_KUNIT(dsm_total_blocks);
 
 static u32 block_csum(const void *buf, u32 xor)
@@ -432,7 +437,7 @@ static int intent_unpack(const struct stream_sb_disk *d,
 			DMERR("superblock write intent: region shift %u", shift);
 			return -EUCLEAN;
 		}
-		nr = DIV_ROUND_UP_ULL(sb->nr_blocks, 1ULL << shift);
+		nr = dsm_intent_regions(sb->nr_blocks, shift);
 	}
 	if (sb->intent)
 		bitmap_zero(sb->intent, DSM_INTENT_BITS);
@@ -2077,8 +2082,8 @@ static u32 nr_regions(struct dm_stream_metadata *md)
 	if (md->sb.intent_shift == DSM_INTENT_OFF)
 		return 0;
 	return min_t(u64, DSM_INTENT_BITS,
-		     DIV_ROUND_UP_ULL(md->sb.nr_blocks,
-				      1ULL << md->sb.intent_shift));
+		     dsm_intent_regions(md->sb.nr_blocks,
+					md->sb.intent_shift));
 }
 
 bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)

@@ -67,6 +67,8 @@ struct dsm_sb_info {
 u32 dsm_bitmap_blocks(u64 nr_blocks);
 u64 dsm_journal_start(u64 nr_blocks);
 u64 dsm_total_blocks(u64 nr_blocks);
+/* Write-intent regions of 1 << @shift blocks covering @nr_blocks. */
+u64 dsm_intent_regions(u64 nr_blocks, u32 shift);
 
 /* Pure encoders/decoders, used by the metadata code and by KUnit. */
 void dsm_sb_pack(const struct dsm_sb_info *sb, u64 blocknr, void *buf);

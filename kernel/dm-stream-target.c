@@ -677,8 +677,7 @@ static int intent_geometry(struct stream_c *sc, char **error)
 	}
 	shift = sectors > sc->block_sectors ?
 		ilog2(sectors) - sc->block_shift : 0;
-	while (DIV_ROUND_UP_ULL(sc->nr_blocks, 1ULL << shift) >
-	       DSM_INTENT_BITS) {
+	while (dsm_intent_regions(sc->nr_blocks, shift) > DSM_INTENT_BITS) {
 		if (sc->intent_set) {
 			DMERR("intent_region %u: over %u regions, need %llu sectors",
 			      sectors, DSM_INTENT_BITS,
