@@ -19,7 +19,7 @@ fi
 echo "== checkpatch --strict"
 if ! "$cp_dir/scripts/checkpatch.pl" --strict --no-tree --terse --show-types \
 	--ignore SPDX_LICENSE_TAG,FILE_PATH_CHANGES \
-	-f "$top"/kernel/*.c "$top"/kernel/*.h; then
+	-f "$top"/kernel/*.c "$top"/kernel/*.h "$top"/tests/kmod/*.c; then
 	fail=1
 fi
 # uapi headers cannot use BIT(): it is not part of the uapi.

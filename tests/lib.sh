@@ -59,6 +59,15 @@ build_module() {
 	if grep -E "warning:|error:" "$dir/build.log" >&2; then
 		die "module build for $tag has warnings"
 	fi
+	# The test-only module beside it (tests/kmod), never installed.
+	rm -rf "$dir/kmod"
+	mkdir -p "$dir/kmod"
+	cp "$TOP"/tests/kmod/*.c "$TOP/tests/kmod/Kbuild" "$dir/kmod/"
+	make -s -C "$kdir" M="$dir/kmod" modules >"$dir/kmod/build.log" 2>&1 ||
+		{ cat "$dir/kmod/build.log" >&2; die "test module build for $tag failed"; }
+	if grep -E "warning:|error:" "$dir/kmod/build.log" >&2; then
+		die "test module build for $tag has warnings"
+	fi
 	echo "$dir/dm-stream.ko"
 }
 
@@ -145,6 +154,8 @@ build_initramfs() {
 		install -m 0644 "$(dirname "$ko")/dm-stream-test.ko" \
 			"$root/lib/modules/dm-stream-test.ko"
 	fi
+	install -m 0644 "$(dirname "$ko")/kmod/stream-delay.ko" \
+		"$root/lib/modules/stream-delay.ko"
 	cp "$TOP"/tests/guest/*.sh "$root/tests/"
 	install -m 0755 "$TOP/tests/guest/init" "$root/init"
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) \

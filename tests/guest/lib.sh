@@ -124,7 +124,7 @@ teardown() {
 		dmsetup remove s
 	fi
 	# Devices some tests stack or add; gone unless a test failed.
-	for _d in big m d; do
+	for _d in big m d c; do
 		if dmsetup info $_d >/dev/null 2>&1; then
 			dmsetup remove $_d
 		fi
