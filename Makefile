@@ -3,7 +3,8 @@
 #   make                 module (against KDIR) and programs
 #   make modules KDIR=/lib/modules/<kver>/build
 #   make install DESTDIR=... PREFIX=/usr [KDIR=...]
-#   make check           set up, build, run every suite (KUnit, VM tests)
+#   make check           set up, build, run every suite (unit, KUnit, VM)
+#   make unit            host-side unit tests of userspace/lib
 #   make lint            checkpatch --strict, sparse, shellcheck
 #   make bench           benchmark ratios in one VM run
 #   make demo            stream a filesystem image into a VM and read it
@@ -18,9 +19,18 @@ WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wformat=2
 KVER = $(shell $(MAKE) -s -C $(KDIR) kernelrelease 2>/dev/null)
 
 PROGS := userspace/streamd userspace/streamctl
-USER_CFLAGS = $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE -Ikernel
+# make check builds with WERROR=1 (tests/lib.sh); a distribution build
+# need not.
+USER_CFLAGS = $(CFLAGS) $(WARN) $(if $(WERROR),-Werror) -std=gnu11 \
+	      -D_GNU_SOURCE -Ikernel -Iuserspace/lib
 
-.PHONY: all modules programs install clean check lint bench demo setup
+# The internal library shared by streamd and streamctl (userspace/lib).
+LIB_SRCS := $(wildcard userspace/lib/[a-z]*.c)
+LIB_SRCS := $(filter-out userspace/lib/test-%.c userspace/lib/fuzz-%.c,$(LIB_SRCS))
+LIB_HDRS := $(wildcard userspace/lib/*.h)
+LIB := userspace/lib/libstream.a
+
+.PHONY: all modules programs install clean check lint bench demo setup unit
 
 all: modules programs
 
@@ -29,13 +39,25 @@ modules:
 
 programs: $(PROGS)
 
-userspace/streamd: userspace/streamd.c userspace/size.h kernel/uapi/dm-stream.h
-	$(CC) $(USER_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
+$(LIB): $(LIB_SRCS) $(LIB_HDRS)
+	rm -f $@
+	for f in $(LIB_SRCS); do \
+		$(CC) $(USER_CFLAGS) -c -o $${f%.c}.o $$f || exit 1; \
+	done
+	ar rcs $@ $(LIB_SRCS:.c=.o)
+
+userspace/streamd: userspace/streamd.c $(LIB) kernel/uapi/dm-stream.h
+	$(CC) $(USER_CFLAGS) -o $@ $< $(LIB) $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
 
 userspace/streamctl: userspace/streamctl.c userspace/upgrade.c userspace/upgrade.h \
-		userspace/size.h kernel/uapi/dm-stream.h
+		$(LIB) kernel/uapi/dm-stream.h
 	$(CC) $(USER_CFLAGS) -o $@ userspace/streamctl.c userspace/upgrade.c \
-		$(shell pkg-config --cflags --libs devmapper libnbd)
+		$(LIB) $(shell pkg-config --cflags --libs devmapper libnbd json-c)
+
+# Host-side unit tests of userspace/lib (cmocka), plain and under ASan and
+# UBSan; make check runs them first (tests/unit.sh).
+unit:
+	tests/unit.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/man/man8
@@ -46,7 +68,7 @@ install: all
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean
-	rm -f $(PROGS)
+	rm -f $(PROGS) $(LIB) userspace/lib/*.o
 
 setup:
 	scripts/setup.sh

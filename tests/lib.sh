@@ -72,7 +72,7 @@ build_module() {
 }
 
 build_tools() {
-	make -s -C "$TOP" programs >&2 || die "building programs failed"
+	make -s -C "$TOP" WERROR=1 programs >&2 || die "building programs failed"
 	mkdir -p "$WORK/tools"
 	gcc -O2 -Wall -D_GNU_SOURCE -o "$WORK/tools/stream-io" \
 		"$TOP/tests/tools/stream-io.c" -lpthread -lnbd || die "stream-io"
@@ -130,6 +130,8 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v mke2fs)" /opt/bin
 	# The fio suite's oracle (Debian's fio; its libraries come along).
 	copy_bin "$root" "$(command -v fio)"
+	# streamctl --json is checked with a real parser.
+	copy_bin "$root" "$(command -v jq)"
 	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do

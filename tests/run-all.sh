@@ -217,6 +217,15 @@ lane() {
 	done
 }
 
+# Host-side unit tests first (tests/unit.sh: userspace/lib, plain and
+# under ASan/UBSan).
+: >"$WORK/results-host"
+while read -r res name why; do
+	record host "$name" "$res" "$why"
+done < <("$TOP/tests/unit.sh")
+[ -s "$WORK/results-host" ] || record host unit-ran FAIL "tests/unit.sh reported nothing"
+echo "[host] unit: $(grep -c "^PASS " "$WORK/results-host") passed, $(grep -c "^FAIL " "$WORK/results-host") failed"
+
 build_tools
 # A cold run builds the debug kernel (cached) in the debug lane, while the
 # stock kernels' boots run.
@@ -239,7 +248,7 @@ else
 	lane $KERNELS
 fi
 PASS=0 FAIL=0 SKIP=0 SUMMARY=""
-for k in $KERNELS; do
+for k in host $KERNELS; do
 	p=$(grep -c "^PASS " "$WORK/results-$k")
 	f=$(grep -c "^FAIL " "$WORK/results-$k")
 	s=$(grep -c "^SKIP " "$WORK/results-$k")

@@ -40,28 +40,18 @@
 #include <libdevmapper.h>
 #include <libnbd.h>
 
+#include <json-c/json.h>
+
 #include "uapi/dm-stream.h"
-#include "size.h"
+#include "dm.h"
+#include "parse.h"
+#include "status.h"
 #include "upgrade.h"
 
 #define EXIT_USAGE	2
 #define EXIT_NOT_STREAM	3
-#define NR_CONSUMERS	4
-#define RESP_LEN	65536
+#define NR_CONSUMERS	SU_NR_CONSUMERS
 #define RANGES_PER_MSG	64
-
-struct consumer {
-	uint64_t dirty, snap_id, snap_blocks;
-};
-
-struct stream_status {
-	unsigned int block_sectors;
-	uint64_t present, total, dirty;
-	int parked;
-	char helper[16], mode[8], fill[4], image[64];
-	uint64_t fetched, zero, errors, generation, fill_rate;
-	struct consumer c[NR_CONSUMERS];
-};
 
 static void usage(FILE *f)
 {
@@ -85,63 +75,15 @@ static void usage(FILE *f)
 "upgrade-metadata  convert format 1 metadata to format 2, offline\n");
 }
 
-/* Returns 0, -ENOENT (no such device) or -EMEDIUMTYPE (not stream). */
-static int get_status(const char *dev, struct stream_status *st)
+/* Returns 0, -ENOENT (no such device) or -EMEDIUMTYPE (not stream)... */
+static int get_status(const char *dev, struct su_status *st, int *open_count)
 {
-	struct dm_task *dmt;
-	uint64_t start, length;
-	char *type = NULL, *params = NULL;
-	struct dm_info info;
-	int r = -EIO, n, i, off;
+	struct su_dev d = { .id = dev };
+	int r = su_dm_status(&d, NULL, 0, st, open_count);
 
-	dmt = dm_task_create(DM_DEVICE_STATUS);
-	if (!dmt)
-		return -ENOMEM;
-	if (!dm_task_set_name(dmt, dev) || !dm_task_run(dmt)) {
-		fprintf(stderr, "streamctl: status %s: device-mapper task failed\n",
-			dev);
-		goto out;
-	}
-	if (!dm_task_get_info(dmt, &info) || !info.exists) {
-		fprintf(stderr, "streamctl: %s: no such device\n", dev);
-		r = -ENOENT;
-		goto out;
-	}
-	dm_get_next_target(dmt, NULL, &start, &length, &type, &params);
-	if (!type || strcmp(type, "stream") || !params) {
-		fprintf(stderr, "streamctl: %s: not a stream device (%s)\n", dev,
-			type ? type : "no table");
-		r = -EMEDIUMTYPE;
-		goto out;
-	}
-	n = sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %" SCNu64 " %d %15s %7s %"
-		   SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %3s %" SCNu64
-		   " %63s%n",
-		   &st->block_sectors, &st->present, &st->total, &st->dirty,
-		   &st->parked, st->helper, st->mode, &st->fetched, &st->zero,
-		   &st->errors, &st->generation, st->fill, &st->fill_rate,
-		   st->image, &off);
-	for (i = 0; n == 14 && i < NR_CONSUMERS; i++) {
-		int used;
-
-		if (sscanf(params + off, " %" SCNu64 ":%" SCNu64 ":%" SCNu64 "%n",
-			   &st->c[i].dirty, &st->c[i].snap_id,
-			   &st->c[i].snap_blocks, &used) != 3) {
-			n = -1;
-			break;
-		}
-		off += used;
-	}
-	if (n != 14) {
-		fprintf(stderr, "streamctl: %s: cannot parse status '%s' (module version?)\n",
-			dev, params);
-		goto out;
-	}
-	if (!strcmp(st->image, "-"))
-		st->image[0] = '\0';
-	r = 0;
-out:
-	dm_task_destroy(dmt);
+	if (r)
+		fprintf(stderr, "streamctl: status of %s failed: %s\n", dev,
+			strerror(-r));
 	return r;
 }
 
@@ -175,25 +117,19 @@ static int simple_task(int type, const char *dev, const char *what)
 /* Send @msg to sector 0 of @dev; copy the response into @resp. */
 static int message(const char *dev, const char *msg, char *resp, size_t len)
 {
-	struct dm_task *dmt = dm_task_create(DM_DEVICE_TARGET_MSG);
-	const char *out;
-	int r = 0;
+	struct su_dev d = { .id = dev };
+	char *out = NULL;
+	int r;
 
-	if (!dmt)
-		return -ENOMEM;
-	if (!dm_task_set_name(dmt, dev) || !dm_task_set_sector(dmt, 0) ||
-	    !dm_task_set_message(dmt, msg) || !dm_task_run(dmt)) {
-		fprintf(stderr, "streamctl: message '%.60s' to %s failed (see the kernel log)\n",
-			msg, dev);
-		r = -EIO;
-		goto out;
+	r = su_dm_message(&d, msg, resp ? &out : NULL);
+	if (r) {
+		fprintf(stderr, "streamctl: %s: message failed\n", dev);
+		return r;
 	}
-	out = dm_task_get_message_response(dmt);
 	if (resp)
-		snprintf(resp, len, "%s", out ? out : "");
-out:
-	dm_task_destroy(dmt);
-	return r;
+		snprintf(resp, len, "%s", out);
+	free(out);
+	return 0;
 }
 
 /*
@@ -233,12 +169,12 @@ static double ms_since(const struct timespec *t0)
 
 static int cmd_revert(const char *dev)
 {
-	struct stream_status st;
+	struct su_status st;
 	struct timespec t0;
 	char resp[128];
 	int r;
 
-	r = get_status(dev, &st);
+	r = get_status(dev, &st, NULL);
 	if (r)
 		return status_exit(r);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -249,20 +185,20 @@ static int cmd_revert(const char *dev)
 }
 
 /* While filling: sample the present count twice, a second apart. */
-static void measure_rate(const char *dev, struct stream_status *st,
+static void measure_rate(const char *dev, struct su_status *st,
 			 double *rate, double *eta)
 {
-	struct stream_status st2;
+	struct su_status st2;
 	struct timespec t0;
 	double ms;
 
 	*rate = 0;
 	*eta = -1;
-	if (st->present >= st->total || strcmp(st->fill, "on"))
+	if (st->present >= st->total || !st->fill_on)
 		return;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	usleep(1000 * 1000);
-	if (get_status(dev, &st2))
+	if (get_status(dev, &st2, NULL))
 		return;
 	ms = ms_since(&t0);
 	if (st2.present > st->present)
@@ -272,41 +208,81 @@ static void measure_rate(const char *dev, struct stream_status *st,
 		*eta = (st->total - st->present) / *rate;
 }
 
+static int add_u64(json_object *o, const char *key, uint64_t v)
+{
+	return json_object_object_add(o, key, json_object_new_uint64(v));
+}
+
+/* --json: one object; every key is documented in streamctl(8). */
+static int print_json(const char *dev, const struct su_status *st,
+		      double rate, double eta)
+{
+	json_object *o = json_object_new_object(), *cs, *c;
+	const char *text;
+	int i, r = 0;
+
+	if (!o)
+		return -ENOMEM;
+	r |= json_object_object_add(o, "device", json_object_new_string(dev));
+	r |= add_u64(o, "block_size", st->block_sectors * 512ULL);
+	r |= add_u64(o, "present", st->present);
+	r |= add_u64(o, "total", st->total);
+	r |= add_u64(o, "dirty", st->dirty);
+	r |= add_u64(o, "parked", st->parked);
+	if (st->has_oldest)
+		r |= add_u64(o, "oldest_parked_ms", st->oldest_ms);
+	r |= json_object_object_add(o, "helper", json_object_new_string(
+		st->attached ? "attached" : "detached"));
+	r |= json_object_object_add(o, "mode", json_object_new_string(st->mode));
+	r |= add_u64(o, "fetched", st->fetched);
+	r |= add_u64(o, "fetched_zero", st->zero);
+	r |= add_u64(o, "fetch_errors", st->errors);
+	r |= add_u64(o, "generation", st->generation);
+	r |= json_object_object_add(o, "image", json_object_new_string(st->image));
+	r |= json_object_object_add(o, "fill", json_object_new_string(
+		st->fill_on ? "on" : "off"));
+	r |= add_u64(o, "fill_rate_limit", st->fill_rate);
+	r |= json_object_object_add(o, "blocks_per_second",
+				    json_object_new_double(rate));
+	r |= json_object_object_add(o, "eta_seconds", eta < 0 ? NULL :
+				    json_object_new_double(eta));
+	cs = json_object_new_array();
+	r |= json_object_object_add(o, "consumers", cs);
+	for (i = 0; cs && i < NR_CONSUMERS; i++) {
+		c = json_object_new_object();
+		r |= json_object_array_add(cs, c);
+		if (!c)
+			break;
+		r |= add_u64(c, "dirty", st->c[i].dirty);
+		r |= add_u64(c, "snapshot", st->c[i].snap_id);
+		r |= add_u64(c, "snapshot_blocks", st->c[i].snap_blocks);
+	}
+	text = r || !cs ? NULL :
+	       json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	if (text)
+		printf("%s\n", text);
+	json_object_put(o);
+	return text ? 0 : -ENOMEM;
+}
+
 static int cmd_status(const char *dev, bool json)
 {
-	struct stream_status st;
+	struct su_status st;
 	double rate, eta, pct;
-	int r = get_status(dev, &st), i, bar;
+	int r = get_status(dev, &st, NULL), i, bar;
 
 	if (r)
 		return status_exit(r);
 	measure_rate(dev, &st, &rate, &eta);
 	pct = st.total ? 100.0 * st.present / st.total : 100.0;
-	if (json) {
-		printf("{\"device\": \"%s\", \"block_size\": %u, "
-		       "\"present\": %" PRIu64 ", \"total\": %" PRIu64 ", "
-		       "\"dirty\": %" PRIu64 ", \"parked\": %d, "
-		       "\"helper\": \"%s\", \"mode\": \"%s\", "
-		       "\"fetched\": %" PRIu64 ", \"fetch_errors\": %" PRIu64
-		       ", \"generation\": %" PRIu64 ", \"image\": \"%s\", "
-		       "\"fill\": \"%s\", \"fill_rate_limit\": %" PRIu64
-		       ", \"blocks_per_second\": %.1f, \"eta_seconds\": %.0f, "
-		       "\"consumers\": [",
-		       dev, st.block_sectors * 512, st.present, st.total,
-		       st.dirty, st.parked, st.helper, st.mode, st.fetched,
-		       st.errors, st.generation, st.image, st.fill,
-		       st.fill_rate, rate, eta);
-		for (i = 0; i < NR_CONSUMERS; i++)
-			printf("%s{\"dirty\": %" PRIu64 ", \"snapshot\": %"
-			       PRIu64 ", \"snapshot_blocks\": %" PRIu64 "}",
-			       i ? ", " : "", st.c[i].dirty, st.c[i].snap_id,
-			       st.c[i].snap_blocks);
-		printf("]}\n");
-		return 0;
-	}
-	printf("%s: image %s, helper %s, mode %s, %d parked\n", dev,
-	       st.image[0] ? st.image : "(unnamed)", st.helper, st.mode,
-	       st.parked);
+	if (json)
+		return print_json(dev, &st, rate, eta) ? 1 : 0;
+	printf("%s: image %s, helper %s, mode %s, %" PRIu64 " parked", dev,
+	       st.image[0] ? st.image : "(unnamed)",
+	       st.attached ? "attached" : "detached", st.mode, st.parked);
+	if (st.has_oldest && st.parked)
+		printf(" (oldest %.1f s)", st.oldest_ms / 1000.0);
+	printf("\n");
 	bar = (int)(pct * 40 / 100);
 	printf("  present [%.*s%.*s] %5.1f%%  %" PRIu64 "/%" PRIu64 " blocks",
 	       bar, "########################################", 40 - bar,
@@ -314,7 +290,7 @@ static int cmd_status(const char *dev, bool json)
 	       st.total);
 	if (rate > 0)
 		printf(", %.0f blocks/s, ETA %.0f s", rate, eta);
-	printf("\n  fill %s", st.fill);
+	printf("\n  fill %s", st.fill_on ? "on" : "off");
 	if (st.fill_rate)
 		printf(" (limit %" PRIu64 " bytes/s)", st.fill_rate);
 	printf(", %" PRIu64 " fetched, %" PRIu64 " fetch errors\n",
@@ -330,53 +306,13 @@ static int cmd_status(const char *dev, bool json)
 	return 0;
 }
 
-/*
- * Page through "<next> <first>+<count>..." answers of @query (a message
- * taking a trailing cursor), calling @fn for each range.
- */
 static int for_each_range(const char *dev, const char *query, uint64_t total,
 			  int (*fn)(void *ctx, uint64_t first, uint64_t count),
 			  void *ctx)
 {
-	char *resp = malloc(RESP_LEN), msg[128], *p, *end;
-	uint64_t cursor = 0, next, first, count;
-	int r = 0;
+	struct su_dev d = { .id = dev };
 
-	if (!resp)
-		return -ENOMEM;
-	while (cursor < total) {
-		snprintf(msg, sizeof(msg), "%s %" PRIu64, query, cursor);
-		r = message(dev, msg, resp, RESP_LEN);
-		if (r)
-			break;
-		errno = 0;
-		next = strtoull(resp, &end, 10);
-		if (end == resp || errno || next <= cursor || next > total) {
-			fprintf(stderr, "streamctl: %s: bad answer to '%s': '%.60s'\n",
-				dev, msg, resp);
-			r = -EPROTO;
-			break;
-		}
-		for (p = end; *p == ' '; ) {
-			first = strtoull(p + 1, &end, 10);
-			if (*end != '+')
-				break;
-			count = strtoull(end + 1, &p, 10);
-			r = fn(ctx, first, count);
-			if (r)
-				goto out;
-		}
-		if (*p) {
-			fprintf(stderr, "streamctl: %s: bad range list '%.60s'\n",
-				dev, p);
-			r = -EPROTO;
-			break;
-		}
-		cursor = next;
-	}
-out:
-	free(resp);
-	return r;
+	return su_dm_for_each_range(&d, query, total, fn, ctx);
 }
 
 struct drain {
@@ -431,7 +367,7 @@ static int drain_range(void *ctx, uint64_t first, uint64_t count)
 static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 			bool ack)
 {
-	struct stream_status st;
+	struct su_status st;
 	struct drain d = { .dev = dev, .chan = -1, .devfd = -1 };
 	char msg[128], resp[256], query[64];
 	uint64_t gen, nr;
@@ -439,7 +375,7 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 	int64_t size;
 	int r, ret = 1;
 
-	r = get_status(dev, &st);
+	r = get_status(dev, &st, NULL);
 	if (r)
 		return status_exit(r);
 	d.bs = st.block_sectors * 512;
@@ -532,16 +468,14 @@ out_nbd:
 static int cmd_end(const char *dev, const char *what, int consumer,
 		   const char *id)
 {
-	struct stream_status st;
-	char msg[128], resp[128], *end;
+	struct su_status st;
+	char msg[128], resp[128];
 	uint64_t gen;
-	int r = get_status(dev, &st);
+	int r = get_status(dev, &st, NULL);
 
 	if (r)
 		return status_exit(r);
-	errno = 0;
-	gen = strtoull(id, &end, 10);
-	if (!*id || *end || errno || !gen) {
+	if (su_parse_u64(id, &gen) || !gen) {
 		fprintf(stderr, "streamctl: invalid snapshot id '%s'\n", id);
 		return EXIT_USAGE;
 	}
@@ -555,15 +489,15 @@ static int cmd_end(const char *dev, const char *what, int consumer,
 
 static int cmd_fill(const char *dev, const char *arg, const char *rate)
 {
-	struct stream_status st;
+	struct su_status st;
 	char msg[64];
 	uint64_t v;
-	int r = get_status(dev, &st);
+	int r = get_status(dev, &st, NULL);
 
 	if (r)
 		return status_exit(r);
 	if (rate) {
-		if (parse_size(rate, &v)) {
+		if (su_parse_size(rate, &v)) {
 			fprintf(stderr, "streamctl: invalid rate '%s'\n", rate);
 			return EXIT_USAGE;
 		}
@@ -597,10 +531,11 @@ struct ranges {
 static int read_ranges(FILE *f, const char *name, uint64_t bs,
 		       uint64_t total, struct ranges *rs)
 {
-	char line[256], *p, *end;
 	uint64_t off, len, first, last;
 	unsigned int lineno = 0;
+	char line[256];
 	void *grow;
+	int r;
 
 	while (fgets(line, sizeof(line), f)) {
 		lineno++;
@@ -609,25 +544,14 @@ static int read_ranges(FILE *f, const char *name, uint64_t bs,
 				name, lineno);
 			return -EINVAL;
 		}
-		p = strchr(line, '#');
-		if (p)
-			*p = '\0';
-		for (p = line; isspace((unsigned char)*p); p++)
-			;
-		if (!*p)
+		r = su_parse_range_line(line, &off, &len);
+		if (!r)
 			continue;
-		errno = 0;
-		off = strtoull(p, &end, 0);
-		if (end == p || errno || !isspace((unsigned char)*end))
-			goto bad;
-		p = end;
-		len = strtoull(p, &end, 0);
-		if (end == p || errno)
-			goto bad;
-		for (; isspace((unsigned char)*end); end++)
-			;
-		if (*end)
-			goto bad;
+		if (r < 0) {
+			fprintf(stderr, "streamctl: %s:%u: expected '<offset> <length>' in bytes (decimal or 0x hex)\n",
+				name, lineno);
+			return -EINVAL;
+		}
 		if (!len || off >= total * bs || len > total * bs - off) {
 			fprintf(stderr, "streamctl: %s:%u: range %" PRIu64 "+%"
 				PRIu64 " is empty or beyond the device (%"
@@ -653,16 +577,12 @@ static int read_ranges(FILE *f, const char *name, uint64_t bs,
 		return -EIO;
 	}
 	return 0;
-bad:
-	fprintf(stderr, "streamctl: %s:%u: expected '<offset> <length>' in bytes\n",
-		name, lineno);
-	return -EINVAL;
 }
 
 static int cmd_invalidate(const char *dev, const char *file,
 			  const char *image_id, bool keep)
 {
-	struct stream_status st;
+	struct su_status st;
 	struct ranges rs = { 0 };
 	struct timespec t0;
 	char *msg = NULL, resp[128];
@@ -670,7 +590,7 @@ static int cmd_invalidate(const char *dev, const char *file,
 	FILE *f;
 	int r, ret = 1;
 
-	r = get_status(dev, &st);
+	r = get_status(dev, &st, NULL);
 	if (r)
 		return status_exit(r);
 	f = strcmp(file, "-") ? fopen(file, "r") : stdin;
@@ -729,7 +649,7 @@ int main(int argc, char **argv)
 	const char *cmd, *to = NULL, *image_id = NULL, *rate = NULL;
 	bool json = false, ack = true, keep = true;
 	int c, consumer = -1, nargs;
-	char *end;
+	unsigned int v;
 
 	if (argc > 1 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
 		usage(stdout);
@@ -747,14 +667,12 @@ int main(int argc, char **argv)
 			json = true;
 			break;
 		case 'c':
-			errno = 0;
-			consumer = strtol(optarg, &end, 10);
-			if (*end || errno || consumer < 0 ||
-			    consumer >= NR_CONSUMERS) {
+			if (su_parse_uint(optarg, NR_CONSUMERS - 1, &v)) {
 				fprintf(stderr, "streamctl: --consumer: 0-%d\n",
 					NR_CONSUMERS - 1);
 				return EXIT_USAGE;
 			}
+			consumer = v;
 			break;
 		case 't':
 			to = optarg;

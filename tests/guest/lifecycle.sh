@@ -464,7 +464,7 @@ t_fill() {
 	expect_eq "parked" 0 "$(st 4)"
 	expect_eq "absent" "$NBLOCKS" "$(msg absent 0)"
 	streamctl status s
-	streamctl status --json s | grep -q "\"present\": $NBLOCKS"
+	streamctl status --json s | jq -e ".present == $NBLOCKS" >/dev/null
 }
 
 # The run-time switch and the rate limit (values only: timing is for the

@@ -410,7 +410,7 @@ t_revert() {
 	expect_eq "block 20" "$(blk_sum $IMG 20)" "$(blk_sum $DEV 20)"
 	expect_eq "block 20 not fetched again" "$reads" "$(server_reads)"
 	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
-	streamctl status --json s | grep -q '"dirty": 0'
+	streamctl status --json s | jq -e '.dirty == 0' >/dev/null
 	# Refused while the device is live, and for unknown messages.
 	if dmsetup message s 0 revert 2>/dev/null; then
 		echo "# revert accepted on a live device"
