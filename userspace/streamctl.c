@@ -5,8 +5,9 @@
  *   streamctl status [--json] <device>
  *   streamctl snapshot <device> --consumer N --to <NBD URI> [--no-ack]
  *   streamctl ack|abort <device> --consumer N <snapshot id>
- *   streamctl revert <device>
- *   streamctl invalidate <device> --image-id ID [--keep|--discard] <file|->
+ *   streamctl revert [--force] <device>
+ *   streamctl invalidate <device> --image-id ID [--keep|--discard]
+ *             [--force] <file|->
  *   streamctl fill <device> on|off|--rate R
  *   streamctl upgrade-metadata <metadata device>
  *
@@ -18,7 +19,8 @@
  *
  * Exit status: 0 success, 1 the operation failed (for snapshot: the
  * snapshot was aborted, its blocks are still dirty), 2 usage error, 3 the
- * device is not a stream device.
+ * device is not a stream device, 4 refused: the device is mounted or held
+ * (revert, invalidate without --force).
  *
  * No global mutable state.
  */
@@ -50,6 +52,7 @@
 
 #define EXIT_USAGE	2
 #define EXIT_NOT_STREAM	3
+#define EXIT_IN_USE	4
 #define NR_CONSUMERS	SU_NR_CONSUMERS
 #define RANGES_PER_MSG	64
 
@@ -59,9 +62,9 @@ static void usage(FILE *f)
 "Usage: streamctl status [--json] <device>\n"
 "       streamctl snapshot <device> --consumer N --to <NBD URI> [--no-ack]\n"
 "       streamctl ack|abort <device> --consumer N <snapshot id>\n"
-"       streamctl revert <device>\n"
+"       streamctl revert [--force] <device>\n"
 "       streamctl invalidate <device> --image-id ID [--keep|--discard]\n"
-"                 <ranges file|->\n"
+"                 [--force] <ranges file|->\n"
 "       streamctl fill <device> on|off|--rate BYTES[K|M|G]\n"
 "       streamctl upgrade-metadata <metadata device>\n"
 "\n"
@@ -69,7 +72,8 @@ static void usage(FILE *f)
 "snapshot    cut a snapshot for consumer N, write its blocks (content at\n"
 "            the cut) to the NBD export, flush, then acknowledge\n"
 "ack/abort   acknowledge or abort a snapshot drained by other means\n"
-"revert      make every block written on this machine absent again\n"
+"revert      make every block written on this machine absent again;\n"
+"            refused while the device is mounted or held (--force)\n"
 "invalidate  make the blocks changed by a new image version absent\n"
 "fill        switch the helper's background fill, or set its rate\n"
 "upgrade-metadata  convert format 1 metadata to format 2, offline\n");
@@ -167,7 +171,33 @@ static double ms_since(const struct timespec *t0)
 	return (t.tv_sec - t0->tv_sec) * 1e3 + (t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-static int cmd_revert(const char *dev)
+/*
+ * Revert and invalidate change blocks under whoever has the device open:
+ * a mounted filesystem would see its blocks change beneath its cache and
+ * corrupt itself.  A mount, a holder (LVM, another dm device) or mkfs
+ * opens the device exclusively, so an exclusive open that fails with EBUSY
+ * says it is in use; plain readers (the helper's background fill) do not
+ * count.  Returns 0, or EXIT_IN_USE after saying why.
+ */
+static int refuse_if_held(const char *dev, const char *what)
+{
+	char path[PATH_MAX];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dm_dir(), dev);
+	fd = open(path, O_RDONLY | O_EXCL | O_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		return 0;
+	}
+	if (errno != EBUSY)
+		return 0;	/* not ours to judge: the operation reports */
+	fprintf(stderr, "streamctl: %s: refusing to %s: the device is in use (mounted, or held by another device); unmount it first, or use --force\n",
+		dev, what);
+	return EXIT_IN_USE;
+}
+
+static int cmd_revert(const char *dev, bool force)
 {
 	struct su_status st;
 	struct timespec t0;
@@ -177,6 +207,11 @@ static int cmd_revert(const char *dev)
 	r = get_status(dev, &st, NULL);
 	if (r)
 		return status_exit(r);
+	if (!force) {
+		r = refuse_if_held(dev, "revert");
+		if (r)
+			return r;
+	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	if (suspended_message(dev, "revert", resp, sizeof(resp), true))
 		return 1;
@@ -580,7 +615,7 @@ static int read_ranges(FILE *f, const char *name, uint64_t bs,
 }
 
 static int cmd_invalidate(const char *dev, const char *file,
-			  const char *image_id, bool keep)
+			  const char *image_id, bool keep, bool force)
 {
 	struct su_status st;
 	struct ranges rs = { 0 };
@@ -593,6 +628,11 @@ static int cmd_invalidate(const char *dev, const char *file,
 	r = get_status(dev, &st, NULL);
 	if (r)
 		return status_exit(r);
+	if (!force) {
+		r = refuse_if_held(dev, "invalidate");
+		if (r)
+			return r;
+	}
 	f = strcmp(file, "-") ? fopen(file, "r") : stdin;
 	if (!f) {
 		fprintf(stderr, "streamctl: open %s: %m\n", file);
@@ -643,11 +683,12 @@ int main(int argc, char **argv)
 		{ "keep", no_argument, NULL, 'k' },
 		{ "discard", no_argument, NULL, 'd' },
 		{ "rate", required_argument, NULL, 'r' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *cmd, *to = NULL, *image_id = NULL, *rate = NULL;
-	bool json = false, ack = true, keep = true;
+	bool json = false, ack = true, keep = true, force = false;
 	int c, consumer = -1, nargs;
 	unsigned int v;
 
@@ -661,7 +702,7 @@ int main(int argc, char **argv)
 	}
 	cmd = argv[1];
 	optind = 2;
-	while ((c = getopt_long(argc, argv, "jc:t:ni:kdr:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jc:t:ni:kdr:Fh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			json = true;
@@ -692,6 +733,9 @@ int main(int argc, char **argv)
 		case 'r':
 			rate = optarg;
 			break;
+		case 'F':
+			force = true;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -704,7 +748,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "status") && nargs == 1)
 		return cmd_status(argv[optind], json);
 	if (!strcmp(cmd, "revert") && nargs == 1)
-		return cmd_revert(argv[optind]);
+		return cmd_revert(argv[optind], force);
 	if (!strcmp(cmd, "snapshot") && nargs == 1 && to && consumer >= 0)
 		return cmd_snapshot(argv[optind], consumer, to, ack);
 	if ((!strcmp(cmd, "ack") || !strcmp(cmd, "abort")) && nargs == 2 &&
@@ -712,7 +756,7 @@ int main(int argc, char **argv)
 		return cmd_end(argv[optind], cmd, consumer, argv[optind + 1]);
 	if (!strcmp(cmd, "invalidate") && nargs == 2 && image_id)
 		return cmd_invalidate(argv[optind], argv[optind + 1], image_id,
-				      keep);
+				      keep, force);
 	if (!strcmp(cmd, "fill") && (nargs == 2 || (nargs == 1 && rate)))
 		return cmd_fill(argv[optind], nargs == 2 ? argv[optind + 1] :
 				NULL, rate);

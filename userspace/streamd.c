@@ -13,15 +13,37 @@
  *
  * Blocks that the server's base:allocation metadata reports as reading as
  * zero are answered with DM_STREAM_REPLY_ZERO and never transferred.  The
- * zero map is built once per connection.
+ * zero map is built once per connection, by asynchronous block-status
+ * requests interleaved with the reads (a short reply moves the cursor by
+ * what it covered); until it is complete, blocks it does not cover yet are
+ * simply fetched.
+ *
+ * Requests: a pool of --queue-depth requests, each with its block buffer,
+ * is allocated at start-up; the channel is read only for as many requests
+ * as the pool has free, so a request taken from the kernel always has
+ * somewhere to go and nothing is allocated while serving.  A reply the
+ * kernel does not take is kept and sent again (every 100 ms), unless the
+ * kernel says the request timed out (ENOENT) or we were detached (ENODEV).
  *
  * Failures: a read that fails while the connection is alive is retried a few
  * times and then reported to the kernel as -EIO.  A lost connection is never
  * reported: every request in flight goes back to the local queue, and the
- * helper reconnects with exponential backoff (100 ms .. 5 s) and reissues
- * them.  If the target goes away (table reload, removal) the helper
- * re-attaches to the device of the same name; requests it held are requeued
- * by the kernel.
+ * helper reconnects and reissues them.  A connection is lost when libnbd
+ * says so, when TCP keepalive gives up, when the handshake does not finish
+ * within --connect-timeout, or when reads are outstanding and none has
+ * completed for --io-timeout (a stopped server, a partitioned network).
+ * Reconnects back off exponentially with jitter (100 ms .. 5 s); the
+ * backoff is reset only by a successful read, so a server that accepts and
+ * dies is not hammered.  An export of the wrong size is never used: the
+ * helper says so loudly and keeps retrying until the right image is back.
+ * If the target goes away (table reload, removal) the helper re-attaches
+ * to the device of the same name; requests it held are requeued by the
+ * kernel.
+ *
+ * Once it has attached, streamd does not exit on its own (only on
+ * SIGTERM/SIGINT, or --exit-when-complete).  What is permanent at start-up
+ * exits with status 1 and a message instead of looping: a malformed URI,
+ * no /dev/dm-stream, no such device.
  *
  * Memory: the helper serves I/O the kernel may need to reclaim memory, so it
  * sets PR_SET_IO_FLUSHER and locks its pages.
@@ -61,8 +83,13 @@
 #include <libdevmapper.h>
 #include <libnbd.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include "uapi/dm-stream.h"
-#include "size.h"
+#include "dm.h"
+#include "parse.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -73,15 +100,21 @@
 #define BATCH		64
 #define BACKOFF_MIN_MS	100
 #define BACKOFF_MAX_MS	5000
+#define DEFAULT_IO_TIMEOUT	30	/* s without progress: reconnect */
+#define DEFAULT_CONNECT_TIMEOUT	10	/* s for connect + handshake */
+#define REPLY_RETRY_MS	100
+#define ZERO_MAP_CHUNK	(1ULL << 30)
 
 struct req {
-	struct req *next;		/* queue or inflight list */
+	struct req *next;		/* free, queue, inflight or replies */
 	uint64_t tag;
 	uint64_t block;
 	unsigned int retries;
 	uint64_t conn_gen;		/* connection it was issued on */
 	bool done;			/* completion seen */
 	int error;
+	int reply_error;		/* on sd->replies: what to send */
+	bool reply_zero;
 	/* dm_stream_reply header, then block_size payload bytes */
 	unsigned char *buf;
 };
@@ -94,6 +127,9 @@ struct stats {
 	uint64_t read_errors;
 	uint64_t reconnects;
 	uint64_t reattaches;
+	uint64_t stalls;		/* connections dropped for no progress */
+	uint64_t reply_retries;		/* replies the kernel did not take */
+	uint64_t fill_failed;		/* fill reads that failed (retried) */
 };
 
 struct streamd {
@@ -101,6 +137,8 @@ struct streamd {
 	const char *uri;
 	const char *stats_path;
 	unsigned int depth;
+	unsigned int io_timeout;	/* s, 0: never */
+	unsigned int connect_timeout;	/* s */
 	bool verbose;
 	bool use_syslog;
 	bool by_uuid;
@@ -111,17 +149,28 @@ struct streamd {
 	uint32_t block_size;
 	uint64_t nr_blocks;
 
+	bool attached_once;		/* past start-up: never exit */
 	struct nbd_handle *nbd;		/* NULL while disconnected */
 	uint64_t conn_gen;
 	bool conn_lost;			/* a read failed for connection reasons */
 	unsigned int backoff_ms;
 	struct timespec next_connect;
+	struct timespec last_progress;	/* last completion, or first issue */
+	int64_t bad_size;		/* export size last refused, logged once */
 
 	uint8_t *zero_map;		/* bit per block: reads as zero */
+	uint64_t zmap_off;		/* covered up to here (bytes) */
+	uint64_t zmap_end;		/* the in-flight request's extents end */
+	bool zmap_busy;			/* a block-status request in flight */
+	bool zmap_done;
 
+	struct req *pool;		/* depth requests, allocated once */
+	struct req *free;		/* unused requests */
+	unsigned int nr_free;
 	struct req *queue, **queue_tail;	/* to issue */
 	struct req *inflight;		/* issued on the current connection */
 	unsigned int nr_inflight;
+	struct req *replies;		/* replies to send again */
 
 	struct stats st;
 	struct filler *fill;
@@ -144,6 +193,7 @@ struct filler {
 	atomic_bool complete;		/* thread -> main */
 	atomic_bool stop;		/* main -> thread */
 	atomic_bool exited;		/* thread -> main */
+	atomic_uint_fast64_t failed;	/* thread -> main: reads that failed */
 };
 
 /*
@@ -198,9 +248,13 @@ static void write_stats(struct streamd *sd)
 	}
 	fprintf(f, "requests=%" PRIu64 "\nfetched=%" PRIu64 "\nzero=%" PRIu64
 		"\nbytes=%" PRIu64 "\nread_errors=%" PRIu64
-		"\nreconnects=%" PRIu64 "\nreattaches=%" PRIu64 "\n",
+		"\nreconnects=%" PRIu64 "\nreattaches=%" PRIu64
+		"\nstalls=%" PRIu64 "\nreply_retries=%" PRIu64
+		"\nfill_failed=%" PRIu64 "\n",
 		sd->st.requests, sd->st.fetched, sd->st.zero, sd->st.bytes,
-		sd->st.read_errors, sd->st.reconnects, sd->st.reattaches);
+		sd->st.read_errors, sd->st.reconnects, sd->st.reattaches,
+		sd->st.stalls, sd->st.reply_retries,
+		atomic_load(&sd->fill->failed));
 	if (sd->stats_path) {
 		if (fclose(f) || rename(tmp, sd->stats_path))
 			err("write %s: %m", sd->stats_path);
@@ -226,10 +280,55 @@ static struct req *dequeue_req(struct streamd *sd)
 	return r;
 }
 
-static void free_req(struct req *r)
+/* Back to the pool. */
+static void free_req(struct streamd *sd, struct req *r)
 {
-	free(r->buf);
-	free(r);
+	r->next = sd->free;
+	sd->free = r;
+	sd->nr_free++;
+}
+
+static struct req *get_req(struct streamd *sd)
+{
+	struct req *r = sd->free;
+
+	if (r) {
+		sd->free = r->next;
+		sd->nr_free--;
+		r->next = NULL;
+		r->retries = 0;
+		r->done = false;
+		r->error = 0;
+	}
+	return r;
+}
+
+/* The pool: --queue-depth requests and their buffers, once. */
+static int pool_init(struct streamd *sd)
+{
+	unsigned int i;
+
+	sd->pool = calloc(sd->depth, sizeof(*sd->pool));
+	if (!sd->pool)
+		return -ENOMEM;
+	for (i = 0; i < sd->depth; i++) {
+		sd->pool[i].buf = malloc(sizeof(struct dm_stream_reply) +
+					 sd->block_size);
+		if (!sd->pool[i].buf)
+			return -ENOMEM;		/* pool_free() undoes */
+		free_req(sd, &sd->pool[i]);
+	}
+	return 0;
+}
+
+static void pool_free(struct streamd *sd)
+{
+	unsigned int i;
+
+	for (i = 0; sd->pool && i < sd->depth; i++)
+		free(sd->pool[i].buf);
+	free(sd->pool);
+	sd->pool = NULL;
 }
 
 /* --- kernel channel ---------------------------------------------------- */
@@ -243,12 +342,19 @@ static void detach(struct streamd *sd)
 	sd->fd = -1;
 	/* The kernel requeues what we held; forget it here. */
 	while ((r = dequeue_req(sd)))
-		free_req(r);
+		free_req(sd, r);
+	while ((r = sd->replies)) {
+		sd->replies = r->next;
+		free_req(sd, r);
+	}
 	for (r = sd->inflight; r; r = r->next)
 		r->conn_gen = 0;	/* completions will be dropped */
 }
 
-/* Returns 0, or -errno (-ENOENT: no such device yet). */
+/*
+ * Returns 0, or -errno: -ENOENT no such device (yet), -EBUSY another
+ * helper is attached, -ENXIO no /dev/dm-stream.
+ */
 static int attach(struct streamd *sd)
 {
 	struct dm_stream_attach a;
@@ -256,8 +362,9 @@ static int attach(struct streamd *sd)
 
 	fd = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
-		r = -errno;
-		err("open /dev/%s: %m", DM_STREAM_DEVNAME);
+		r = errno == ENOENT ? -ENXIO : -errno;
+		err("open /dev/%s: %m%s", DM_STREAM_DEVNAME,
+		    errno == ENOENT ? " (is dm-stream loaded?)" : "");
 		return r;
 	}
 	memset(&a, 0, sizeof(a));
@@ -315,15 +422,47 @@ static int reply(struct streamd *sd, struct req *r, int error, bool zero)
 	h->block = r->block;
 	h->len = len;
 	n = write(sd->fd, r->buf, sizeof(*h) + len);
-	if (n < 0) {
-		int e = -errno;
-
-		/* ENOENT: the kernel gave up on it (fetch_timeout). */
-		err("reply block %" PRIu64 " tag %" PRIu64 ": %s",
-		    r->block, r->tag, strerror(-e));
-		return e;
-	}
+	if (n < 0)
+		return -errno;
+	if ((size_t)n != sizeof(*h) + len)
+		return -EIO;
 	return 0;
+}
+
+/*
+ * Answer @r and give it back to the pool, or keep it for another try:
+ * only "timed out" (ENOENT) and "detached" (ENODEV) let a reply go.
+ */
+static void answer(struct streamd *sd, struct req *r, int error, bool zero)
+{
+	int e = reply(sd, r, error, zero);
+
+	if (!e || e == -ENOENT || e == -ENODEV) {
+		if (e == -ENOENT)
+			info("block %" PRIu64 ": the kernel gave up on it (fetch_timeout)",
+			     r->block);
+		free_req(sd, r);
+		return;
+	}
+	if (!r->retries++)
+		err("reply block %" PRIu64 " tag %" PRIu64 ": %s; will retry",
+		    r->block, r->tag, strerror(-e));
+	sd->st.reply_retries++;
+	r->reply_error = error;
+	r->reply_zero = zero;
+	r->next = sd->replies;
+	sd->replies = r;
+}
+
+static void retry_replies(struct streamd *sd)
+{
+	struct req *r, *list = sd->replies;
+
+	sd->replies = NULL;
+	while ((r = list)) {
+		list = r->next;
+		answer(sd, r, r->reply_error, r->reply_zero);
+	}
 }
 
 static bool block_is_zero(struct streamd *sd, uint64_t block)
@@ -331,13 +470,17 @@ static bool block_is_zero(struct streamd *sd, uint64_t block)
 	return sd->zero_map && (sd->zero_map[block / 8] & (1U << (block % 8)));
 }
 
+/* Take as many requests as the pool has room for. */
 static int read_requests(struct streamd *sd)
 {
 	struct dm_stream_request reqs[BATCH];
+	unsigned int want = sd->nr_free < BATCH ? sd->nr_free : BATCH;
 	ssize_t n, i;
 	struct req *r;
 
-	n = read(sd->fd, reqs, sizeof(reqs));
+	if (!want)
+		return 0;
+	n = read(sd->fd, reqs, want * sizeof(reqs[0]));
 	if (n < 0) {
 		if (errno == EAGAIN || errno == EINTR)
 			return 0;
@@ -355,18 +498,7 @@ static int read_requests(struct streamd *sd)
 			    (unsigned long long)q->block);
 			continue;
 		}
-		r = calloc(1, sizeof(*r));
-		if (r)
-			r->buf = malloc(sizeof(struct dm_stream_reply) +
-					sd->block_size);
-		if (!r || !r->buf) {
-			/* Unanswered: the kernel requeues it on detach. */
-			err("out of memory for block %llu",
-			    (unsigned long long)q->block);
-			if (r)
-				free(r);
-			return -ENOMEM;
-		}
+		r = get_req(sd);	/* cannot fail: want <= nr_free */
 		r->tag = q->tag;
 		r->block = q->block;
 		sd->st.requests++;
@@ -374,8 +506,7 @@ static int read_requests(struct streamd *sd)
 		    r->tag);
 		if (block_is_zero(sd, r->block)) {
 			sd->st.zero++;
-			reply(sd, r, 0, true);
-			free_req(r);
+			answer(sd, r, 0, true);
 			continue;
 		}
 		queue_req(sd, r);
@@ -384,6 +515,20 @@ static int read_requests(struct streamd *sd)
 }
 
 /* --- NBD side ------------------------------------------------------------ */
+
+static void now(struct timespec *t)
+{
+	clock_gettime(CLOCK_MONOTONIC, t);
+}
+
+static long ms_until(const struct timespec *t)
+{
+	struct timespec n;
+
+	now(&n);
+	return (t->tv_sec - n.tv_sec) * 1000 +
+		(t->tv_nsec - n.tv_nsec) / 1000000;
+}
 
 static int extent_cb(void *user_data, const char *metacontext,
 		     uint64_t offset, uint32_t *entries, size_t nr_entries,
@@ -408,39 +553,73 @@ static int extent_cb(void *user_data, const char *metacontext,
 		}
 		offset += len;
 	}
+	if (offset > sd->zmap_end)
+		sd->zmap_end = offset;
 	return 0;
 }
 
-/* Map which blocks read as zero; best effort, a failure only costs bytes. */
-static void build_zero_map(struct streamd *sd, struct nbd_handle *h)
+static int zmap_done_cb(void *user_data, int *error)
 {
-	uint64_t size = sd->nr_blocks * sd->block_size, off = 0;
+	struct streamd *sd = user_data;
 
-	if (nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
+	sd->zmap_busy = false;
+	if (*error || sd->zmap_end <= sd->zmap_off) {
+		/* a failure, or a reply that covered nothing: stop here */
+		if (*error)
+			info("block status at %" PRIu64 ": %s; zero blocks past it will be transferred",
+			     sd->zmap_off, strerror(*error));
+		sd->zmap_done = true;
+		return 1;
+	}
+	/* A short reply moves the cursor by what it covered. */
+	sd->zmap_off = sd->zmap_end;
+	if (sd->zmap_off >= sd->nr_blocks * (uint64_t)sd->block_size)
+		sd->zmap_done = true;
+	return 1;
+}
+
+/* Start the zero map of a new connection: it is built by zmap_step(). */
+static void zmap_start(struct streamd *sd)
+{
+	sd->zmap_off = sd->zmap_end = 0;
+	sd->zmap_busy = false;
+	sd->zmap_done = true;
+	if (nbd_can_meta_context(sd->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
 		info("server has no base:allocation; zero blocks will be transferred");
 		return;
 	}
-	if (!sd->zero_map) {
+	if (!sd->zero_map)
 		sd->zero_map = calloc((sd->nr_blocks + 7) / 8, 1);
-		if (!sd->zero_map)
-			return;
-	}
+	if (!sd->zero_map)
+		return;
 	/* A rebuild must not keep bits of an older image. */
 	memset(sd->zero_map, 0, (sd->nr_blocks + 7) / 8);
-	while (off < size) {
-		uint64_t count = size - off > (1ULL << 30) ? (1ULL << 30) :
-				 size - off;
+	sd->zmap_done = false;
+}
 
-		if (nbd_block_status(h, count, off,
-				     (nbd_extent_callback) {
+/* One block-status request at a time, beside the reads. */
+static void zmap_step(struct streamd *sd)
+{
+	uint64_t size = sd->nr_blocks * (uint64_t)sd->block_size, count;
+
+	if (!sd->nbd || sd->zmap_done || sd->zmap_busy)
+		return;
+	count = size - sd->zmap_off;
+	if (count > ZERO_MAP_CHUNK)
+		count = ZERO_MAP_CHUNK;
+	sd->zmap_busy = true;
+	if (nbd_aio_block_status(sd->nbd, count, sd->zmap_off,
+				 (nbd_extent_callback) {
 					.callback = extent_cb,
 					.user_data = sd },
-				     0) == -1) {
-			err("block status at %" PRIu64 ": %s", off,
-			    nbd_get_error());
-			return;
-		}
-		off += count;
+				 (nbd_completion_callback) {
+					.callback = zmap_done_cb,
+					.user_data = sd },
+				 0) == -1) {
+		err("block status at %" PRIu64 ": %s", sd->zmap_off,
+		    nbd_get_error());
+		sd->zmap_busy = false;
+		sd->zmap_done = true;
 	}
 }
 
@@ -455,13 +634,15 @@ static void disconnect(struct streamd *sd)
 	sd->conn_lost = false;
 	nbd_close(sd->nbd);
 	sd->nbd = NULL;
+	sd->zmap_busy = false;
+	sd->zmap_done = true;
 	for (r = sd->inflight; r; r = next) {
 		next = r->next;
 		if (sd->fd >= 0 && r->conn_gen) {
 			r->done = false;
 			queue_req(sd, r);
 		} else {
-			free_req(r);
+			free_req(sd, r);
 		}
 	}
 	sd->inflight = NULL;
@@ -480,56 +661,126 @@ static void reattach(struct streamd *sd)
 	disconnect(sd);
 }
 
+/* Exponential backoff with +-25 % jitter, so that a fleet spreads out. */
 static void schedule_connect(struct streamd *sd)
 {
-	clock_gettime(CLOCK_MONOTONIC, &sd->next_connect);
-	sd->next_connect.tv_nsec += (long)sd->backoff_ms * 1000000L;
-	sd->next_connect.tv_sec += sd->next_connect.tv_nsec / 1000000000L;
-	sd->next_connect.tv_nsec %= 1000000000L;
+	long ms;
+
 	sd->backoff_ms = sd->backoff_ms ? sd->backoff_ms * 2 : BACKOFF_MIN_MS;
 	if (sd->backoff_ms > BACKOFF_MAX_MS)
 		sd->backoff_ms = BACKOFF_MAX_MS;
+	ms = sd->backoff_ms * 3 / 4 + random() % (sd->backoff_ms / 2 + 1);
+	now(&sd->next_connect);
+	sd->next_connect.tv_nsec += ms * 1000000L;
+	sd->next_connect.tv_sec += sd->next_connect.tv_nsec / 1000000000L;
+	sd->next_connect.tv_nsec %= 1000000000L;
 }
 
-static long ms_until(const struct timespec *t)
+/* TCP keepalive, so that a silent peer is found without I/O (TCP only). */
+static void keepalive(int fd)
 {
-	struct timespec now;
+	int one = 1, idle = 10, intvl = 5, cnt = 3, domain;
+	socklen_t len = sizeof(domain);
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (t->tv_sec - now.tv_sec) * 1000 +
-		(t->tv_nsec - now.tv_nsec) / 1000000;
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) ||
+	    (domain != AF_INET && domain != AF_INET6))
+		return;
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)))
+		err("TCP keepalive: %m (continuing)");
 }
 
-/* Returns 0, -EAGAIN (retry later) or another -errno (fatal). */
+/* Drive an asynchronous connect until ready, failed or @deadline. */
+static int connect_wait(struct nbd_handle *h, const struct timespec *deadline)
+{
+	struct pollfd pfd;
+	unsigned int dir;
+	long wait;
+	int r;
+
+	while (nbd_aio_is_connecting(h) == 1) {
+		wait = ms_until(deadline);
+		if (wait <= 0 || got_stop)
+			return -ETIMEDOUT;
+		pfd.fd = nbd_aio_get_fd(h);
+		dir = nbd_aio_get_direction(h);
+		pfd.events = (dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
+			     (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0);
+		r = poll(&pfd, 1, wait > 1000 ? 1000 : wait);
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (r <= 0)
+			continue;
+		if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+			r = nbd_aio_notify_read(h);
+		else
+			r = nbd_aio_notify_write(h);
+		if (r == -1)
+			return -(nbd_get_errno() ? nbd_get_errno() : EIO);
+	}
+	return nbd_aio_is_ready(h) == 1 ? 0 : -ECONNRESET;
+}
+
+/*
+ * Returns 0, -EAGAIN (retry later) or, before the first attach only,
+ * -EINVAL for a URI libnbd cannot use.
+ */
 static int nbd_connect(struct streamd *sd)
 {
+	uint64_t want = sd->nr_blocks * (uint64_t)sd->block_size;
+	struct timespec deadline;
 	struct nbd_handle *h;
 	int64_t size;
+	int r;
 
 	h = nbd_create();
 	if (!h) {
 		err("nbd_create: %s", nbd_get_error());
-		return -ENOMEM;
+		return -EAGAIN;
 	}
 	nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
-	if (nbd_connect_uri(h, sd->uri) == -1) {
+	now(&deadline);
+	deadline.tv_sec += sd->connect_timeout;
+	if (nbd_aio_connect_uri(h, sd->uri) == -1) {
+		r = nbd_get_errno();
 		err("connect %s: %s", sd->uri, nbd_get_error());
+		nbd_close(h);
+		/* a URI that does not parse will never connect */
+		return (r == EINVAL || r == EPROTONOSUPPORT || r == ENOTSUP) &&
+		       !sd->conn_gen ? -EINVAL : -EAGAIN;
+	}
+	r = connect_wait(h, &deadline);
+	if (r) {
+		if (r == -ETIMEDOUT)
+			err("connect %s: no handshake within %u s (server over its client limit?)",
+			    sd->uri, sd->connect_timeout);
+		else
+			err("connect %s: %s", sd->uri, nbd_get_error() ?
+			    nbd_get_error() : strerror(-r));
 		nbd_close(h);
 		return -EAGAIN;
 	}
 	size = nbd_get_size(h);
-	if (size < 0 || (uint64_t)size != sd->nr_blocks * sd->block_size) {
-		err("%s: export is %" PRId64 " bytes, device %s needs %" PRIu64,
-		    sd->uri, size, sd->name, sd->nr_blocks * sd->block_size);
+	if (size < 0 || (uint64_t)size != want) {
+		/* Never mix images: wait for the right one. */
+		if (size != sd->bad_size)
+			err("%s: export is %" PRId64 " bytes but %s needs %" PRIu64
+			    ": NOT USING IT; retrying until the right image is served",
+			    sd->uri, size, sd->name, want);
+		sd->bad_size = size;
 		nbd_close(h);
-		return -EINVAL;
+		return -EAGAIN;
 	}
-	build_zero_map(sd, h);
+	sd->bad_size = 0;
+	keepalive(nbd_aio_get_fd(h));
 	sd->image_size = size;
 	sd->nbd = h;
-	sd->backoff_ms = 0;
+	now(&sd->last_progress);
 	if (sd->conn_gen++)
 		sd->st.reconnects++;
+	zmap_start(sd);
 	info("connected to %s (%" PRId64 " bytes)", sd->uri, size);
 	return 0;
 }
@@ -569,8 +820,12 @@ static void issue(struct streamd *sd)
 			sd->queue = r;
 			if (!r->next)
 				sd->queue_tail = &r->next;
+			sd->conn_lost = true;
 			break;
 		}
+		/* The stall clock starts with the first read outstanding. */
+		if (!sd->nr_inflight)
+			now(&sd->last_progress);
 		r->next = sd->inflight;
 		sd->inflight = r;
 		sd->nr_inflight++;
@@ -609,15 +864,18 @@ static void reap(struct streamd *sd)
 		}
 		*pp = r->next;
 		sd->nr_inflight--;
+		now(&sd->last_progress);
 		if (!r->conn_gen) {		/* target went away */
-			free_req(r);
+			free_req(sd, r);
 			continue;
 		}
 		if (!r->error) {
 			sd->st.fetched++;
 			sd->st.bytes += sd->block_size;
-			reply(sd, r, 0, false);
-			free_req(r);
+			/* The server works: the next reconnect starts fast. */
+			sd->backoff_ms = 0;
+			r->retries = 0;
+			answer(sd, r, 0, false);
 		} else if (is_connection_error(r->error)) {
 			/* Not the block's fault: reconnect and reissue. */
 			dbg(sd, "block %" PRIu64 ": %s; will reissue",
@@ -628,8 +886,8 @@ static void reap(struct streamd *sd)
 			sd->st.read_errors++;
 			err("read block %" PRIu64 ": %s; reporting EIO",
 			    r->block, strerror(r->error));
-			reply(sd, r, -EIO, false);
-			free_req(r);
+			r->retries = 0;
+			answer(sd, r, -EIO, false);
 		} else {
 			dbg(sd, "retry block %" PRIu64, r->block);
 			queue_req(sd, r);
@@ -637,14 +895,60 @@ static void reap(struct streamd *sd)
 	}
 }
 
+/* Reads outstanding and none completed for io_timeout: a dead server. */
+static bool stalled(struct streamd *sd)
+{
+	struct timespec t = sd->last_progress;
+
+	if (!sd->nbd || !sd->io_timeout || !sd->nr_inflight)
+		return false;
+	t.tv_sec += sd->io_timeout;
+	return ms_until(&t) <= 0;
+}
+
 /* --- main loop ----------------------------------------------------------- */
+
+/*
+ * Attach (again).  Returns 0 when attached, 1 to try again later, or a
+ * -errno that ends streamd: only before the first attach, for what will
+ * not change by waiting.
+ */
+static int try_attach(struct streamd *sd, bool *warned)
+{
+	int r = attach(sd);
+
+	if (!r) {
+		*warned = false;
+		if (!sd->pool) {
+			r = pool_init(sd);
+			if (r) {
+				err("no memory for %u requests of %u bytes",
+				    sd->depth, sd->block_size);
+				return r;
+			}
+		}
+		sd->attached_once = true;
+		return 0;
+	}
+	if (!sd->attached_once) {
+		if (r == -ENXIO)
+			return r;
+		if (r == -ENOENT) {
+			err("%s: no such stream device", sd->name);
+			return r;
+		}
+	}
+	if (!*warned)
+		info("waiting for %s: %s", sd->name, strerror(-r));
+	*warned = true;
+	return 1;
+}
 
 static int run(struct streamd *sd)
 {
+	struct timespec stop_by = { 0, 0 };
 	bool warned = false;
 	int r;
-
-	struct timespec stop_by = { 0, 0 };
 
 	sd->queue_tail = &sd->queue;
 	sd->fd = -1;
@@ -664,7 +968,7 @@ static int run(struct streamd *sd)
 			if (!sd->fill->started || atomic_load(&sd->fill->exited))
 				break;
 			if (!stop_by.tv_sec) {
-				clock_gettime(CLOCK_MONOTONIC, &stop_by);
+				now(&stop_by);
 				stop_by.tv_sec += 10;
 			} else if (ms_until(&stop_by) <= 0) {
 				err("fill thread did not stop; exiting anyway");
@@ -678,28 +982,31 @@ static int run(struct streamd *sd)
 			write_stats(sd);
 		}
 		if (sd->fd < 0) {
-			r = attach(sd);
-			if (r == -ENOENT || r == -EBUSY) {
-				if (!warned)
-					info("waiting for %s: %s", sd->name,
-					     strerror(-r));
-				warned = true;
+			r = try_attach(sd, &warned);
+			if (r < 0)
+				return r;
+			if (r) {
 				usleep(200000);
 				continue;
 			}
-			if (r)
-				return r;
-			warned = false;
 		}
+		if (sd->replies)
+			retry_replies(sd);
 		if (!sd->nbd && ms_until(&sd->next_connect) <= 0) {
 			r = nbd_connect(sd);
-			if (r == -EAGAIN)
-				schedule_connect(sd);
-			else if (r)
+			if (r == -EINVAL)
 				return r;
+			if (r)
+				schedule_connect(sd);
 		}
 
 		issue(sd);
+		if (stalled(sd)) {
+			sd->st.stalls++;
+			err("%s: no reply to %u reads for %u s; reconnecting",
+			    sd->uri, sd->nr_inflight, sd->io_timeout);
+			sd->conn_lost = true;
+		}
 		if (sd->nbd && (sd->conn_lost || nbd_aio_is_dead(sd->nbd) ||
 				nbd_aio_is_closed(sd->nbd))) {
 			sd->conn_lost = false;
@@ -709,8 +1016,9 @@ static int run(struct streamd *sd)
 			schedule_connect(sd);
 			continue;
 		}
+		zmap_step(sd);
 
-		if (sd->nr_inflight + 0U < sd->depth) {
+		if (sd->nr_free) {
 			pfd[nfds].fd = sd->fd;
 			pfd[nfds].events = POLLIN;
 			dm_idx = nfds++;
@@ -730,13 +1038,17 @@ static int run(struct streamd *sd)
 			if (wait < timeout)
 				timeout = wait < 0 ? 0 : wait;
 		}
+		if (sd->replies && timeout > REPLY_RETRY_MS)
+			timeout = REPLY_RETRY_MS;
 
 		r = poll(pfd, nfds, timeout);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
+			/* cannot happen with valid arguments; do not spin */
 			err("poll: %m");
-			return -errno;
+			usleep(100000);
+			continue;
 		}
 		if (nbd_idx >= 0) {
 			short re = pfd[nbd_idx].revents;
@@ -757,58 +1069,17 @@ static int run(struct streamd *sd)
 			}
 			if (re & POLLIN) {
 				r = read_requests(sd);
-				if (r == -ENODEV) {
+				if (r) {
+					if (r != -ENODEV)
+						err("read /dev/%s: %s; re-attaching",
+						    DM_STREAM_DEVNAME,
+						    strerror(-r));
 					reattach(sd);
-				} else if (r && r != -ENOMEM) {
-					err("read /dev/%s: %s",
-					    DM_STREAM_DEVNAME, strerror(-r));
-					return r;
 				}
 			}
 		}
 	}
 	return 0;
-}
-
-
-/* A libdevmapper task on the target; @resp gets a message's answer. */
-static int dm_run(const struct filler *fl, int type, const char *msg,
-		  char *resp, size_t len, char **params)
-{
-	struct dm_task *dmt = dm_task_create(type);
-	uint64_t start, length;
-	char *ttype = NULL, *p = NULL;
-	const char *out;
-	int r = -EIO;
-
-	if (!dmt)
-		return -ENOMEM;
-	if (!(fl->by_uuid ? dm_task_set_uuid(dmt, fl->name) :
-	      dm_task_set_name(dmt, fl->name)))
-		goto out;
-	if (msg && (!dm_task_set_sector(dmt, 0) ||
-		    !dm_task_set_message(dmt, msg)))
-		goto out;
-	if (!dm_task_run(dmt))
-		goto out;
-	if (msg) {
-		out = dm_task_get_message_response(dmt);
-		snprintf(resp, len, "%s", out ? out : "");
-	} else {
-		dm_get_next_target(dmt, NULL, &start, &length, &ttype, &p);
-		if (!ttype || strcmp(ttype, "stream") || !p)
-			goto out;
-		snprintf(resp, len, "%s", dm_task_get_name(dmt));
-		*params = strdup(p);
-		if (!*params) {
-			r = -ENOMEM;
-			goto out;
-		}
-	}
-	r = 0;
-out:
-	dm_task_destroy(dmt);
-	return r;
 }
 
 struct fill_state {
@@ -820,21 +1091,27 @@ struct fill_state {
 
 static int fill_status(const struct filler *fl, struct fill_state *fs)
 {
-	char *params = NULL, on[4];
-	unsigned int sectors;
+	struct su_dev d = { .id = fl->name, .by_uuid = fl->by_uuid,
+			    .quiet = true };
+	struct su_status st;
 	int r;
 
-	r = dm_run(fl, DM_DEVICE_STATUS, NULL, fs->name, sizeof(fs->name),
-		   &params);
+	r = su_dm_status(&d, fs->name, sizeof(fs->name), &st, NULL);
 	if (r)
 		return r;
-	if (sscanf(params, "%u %" SCNu64 "/%" SCNu64 " %*u %*d %*s %*s %*u %*u %*u %*u %3s %" SCNu64,
-		   &sectors, &fs->present, &fs->total, on, &fs->rate) != 5)
-		r = -EPROTO;
-	fs->block_size = sectors * 512;
-	fs->on = !strcmp(on, "on");
-	free(params);
-	return r;
+	fs->block_size = st.block_sectors * 512;
+	fs->present = st.present;
+	fs->total = st.total;
+	fs->on = st.fill_on;
+	fs->rate = st.fill_rate;
+	return 0;
+}
+
+static int fill_message(const struct filler *fl, const char *msg)
+{
+	struct su_dev d = { .id = fl->name, .by_uuid = fl->by_uuid };
+
+	return su_dm_message(&d, msg, NULL);
 }
 
 static void sleep_ms(struct filler *fl, long ms)
@@ -857,65 +1134,73 @@ static double now_s(void)
 	return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+struct fill_pass {
+	struct filler *fl;
+	struct fill_state *fs;
+	int fd;
+	void *buf;
+	uint32_t bs;
+	double t0, checked;
+	uint64_t done, failed;
+};
+
+/* Read every block of one absent range; a block that fails is skipped. */
+static int fill_range(void *ctx, uint64_t first, uint64_t count)
+{
+	struct fill_pass *p = ctx;
+	struct filler *fl = p->fl;
+	uint64_t b;
+	int r;
+
+	for (b = first; b < first + count && !atomic_load(&fl->stop); b++) {
+		if (pread(p->fd, p->buf, p->bs, (off_t)b * p->bs) != p->bs) {
+			r = errno ? -errno : -EIO;
+			if (r != -EIO)
+				return r;	/* the device, not the block */
+			/* the server cannot give it now: later */
+			if (!p->failed++)
+				err("fill: block %" PRIu64 ": %s; skipped, retried later",
+				    b, strerror(-r));
+			atomic_fetch_add(&fl->failed, 1);
+			continue;
+		}
+		p->done += p->bs;
+		/* The switch and the rate, once a second. */
+		if (now_s() - p->checked >= 1.0) {
+			p->checked = now_s();
+			r = fill_status(fl, p->fs);
+			if (r)
+				return r;
+			if (!p->fs->on)
+				return -ECANCELED;
+		}
+		if (p->fs->rate) {
+			double due = p->t0 + (double)p->done / p->fs->rate;
+			double wait = due - now_s();
+
+			if (wait > 0)
+				sleep_ms(fl, (long)(wait * 1000));
+		}
+	}
+	return atomic_load(&fl->stop) ? -ECANCELED : 0;
+}
+
 /*
- * One pass over the absent ranges.  Returns 0 when the pass ended (switch
- * off, or end of the device), -errno on failure.
+ * One pass over the absent ranges (any answer size).  Returns 0 when the
+ * pass ended, with *failed the blocks skipped; -errno on failure.
  */
 static int fill_pass(struct filler *fl, struct fill_state *fs, int fd,
-		     void *buf, uint32_t bs)
+		     void *buf, uint32_t bs, uint64_t *failed)
 {
-	char msg[64], *resp, *p, *end;
-	uint64_t cursor = 0, next, first, count, b, done = 0;
-	double t0 = now_s(), checked = t0;
-	int r = 0;
+	struct su_dev d = { .id = fl->name, .by_uuid = fl->by_uuid };
+	struct fill_pass p = { .fl = fl, .fs = fs, .fd = fd, .buf = buf,
+			       .bs = bs, .t0 = now_s() };
+	int r;
 
-	resp = malloc(8192);
-	if (!resp)
-		return -ENOMEM;
-	while (cursor < fs->total && !atomic_load(&fl->stop)) {
-		snprintf(msg, sizeof(msg), "absent %" PRIu64, cursor);
-		r = dm_run(fl, DM_DEVICE_TARGET_MSG, msg, resp, 8192, NULL);
-		if (r)
-			break;
-		next = strtoull(resp, &end, 10);
-		if (end == resp || next <= cursor) {
-			r = -EPROTO;
-			break;
-		}
-		for (p = end; *p == ' ' && !atomic_load(&fl->stop); ) {
-			first = strtoull(p + 1, &end, 10);
-			if (*end != '+') {
-				r = -EPROTO;
-				goto out;
-			}
-			count = strtoull(end + 1, &p, 10);
-			for (b = first; b < first + count && !atomic_load(&fl->stop); b++) {
-				if (pread(fd, buf, bs, (off_t)b * bs) != bs) {
-					r = errno ? -errno : -EIO;
-					goto out;
-				}
-				done += bs;
-				/* The switch and the rate, once a second. */
-				if (now_s() - checked >= 1.0) {
-					checked = now_s();
-					r = fill_status(fl, fs);
-					if (r || !fs->on)
-						goto out;
-				}
-				if (fs->rate) {
-					double due = t0 + (double)done / fs->rate;
-					double wait = due - now_s();
-
-					if (wait > 0)
-						sleep_ms(fl, (long)(wait * 1000));
-				}
-			}
-		}
-		cursor = next;
-	}
-out:
-	free(resp);
-	return r;
+	p.checked = p.t0;
+	r = su_dm_for_each_range(&d, "absent", fs->total, fill_range, &p);
+	*failed = p.failed;
+	return r == -ECANCELED ? 0 : r;
 }
 
 static int fill_apply_options(struct filler *fl);
@@ -929,6 +1214,8 @@ static void *fill_main(void *arg)
 	uint32_t bs = 0;
 	int fd = -1, r;
 	bool told = false, applied = false;
+	long backoff = 0;
+	uint64_t failed;
 
 	while (!atomic_load(&fl->stop)) {
 		r = fill_status(fl, &fs);
@@ -981,13 +1268,23 @@ static void *fill_main(void *arg)
 			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent",
 			     fs.name, fs.total - fs.present, fs.total);
 		}
-		r = fill_pass(fl, &fs, fd, buf, bs);
+		r = fill_pass(fl, &fs, fd, buf, bs, &failed);
 		if (r) {
 			err("fill: %s", strerror(-r));
 			/* The device may have been reloaded: reopen it. */
 			close(fd);
 			fd = -1;
 			sleep_ms(fl, 1000);
+		} else if (failed) {
+			/* Skipped blocks: the next pass retries them. */
+			backoff = backoff ? backoff * 2 : 1000;
+			if (backoff > 60000)
+				backoff = 60000;
+			info("fill: %" PRIu64 " blocks failed; next pass in %ld s",
+			     failed, backoff / 1000);
+			sleep_ms(fl, backoff);
+		} else {
+			backoff = 0;
 		}
 	}
 	if (fd >= 0)
@@ -1000,16 +1297,14 @@ static void *fill_main(void *arg)
 /* --fill and --fill-rate, once the device exists. */
 static int fill_apply_options(struct filler *fl)
 {
-	char msg[64], resp[16];
+	char msg[64];
 
 	if (fl->rate) {
 		snprintf(msg, sizeof(msg), "fill rate %" PRIu64, fl->rate);
-		if (dm_run(fl, DM_DEVICE_TARGET_MSG, msg, resp, sizeof(resp),
-			   NULL))
+		if (fill_message(fl, msg))
 			return -EIO;
 	}
-	if (fl->enable && dm_run(fl, DM_DEVICE_TARGET_MSG, "fill on", resp,
-				 sizeof(resp), NULL))
+	if (fl->enable && fill_message(fl, "fill on"))
 		return -EIO;
 	return 0;
 }
@@ -1034,6 +1329,11 @@ static void usage(FILE *f)
 "Fetch absent blocks of a dm-stream device from an NBD server.\n"
 "\n"
 "  -q, --queue-depth N   reads in flight to the server (default %d)\n"
+"  -t, --io-timeout S    reconnect when reads are outstanding and none\n"
+"                        completed for S seconds (default %d, 0: never)\n"
+"  -c, --connect-timeout S\n"
+"                        give up a connect + handshake after S seconds\n"
+"                        and retry (default %d)\n"
 "  -f, --fill            switch the background fill on (see streamctl fill)\n"
 "  -r, --fill-rate R     limit the fill to R bytes/s (K, M, G suffixes)\n"
 "  -x, --exit-when-complete\n"
@@ -1049,14 +1349,20 @@ static void usage(FILE *f)
 "  -h, --help            this text\n"
 "  -V, --version         print the channel ABI version\n"
 "\n"
-"URI examples: nbd://host:10809/export, nbd+unix:///export?socket=/run/s\n",
-		DEFAULT_DEPTH);
+"URI examples: nbd://host:10809/export, nbd+unix:///export?socket=/run/s\n"
+"\n"
+"Exit status: 0 stopped by a signal or --exit-when-complete; 1 a start-up\n"
+"error (bad URI, no /dev/dm-stream, no such device, no memory); 2 usage.\n"
+"Once attached, streamd retries everything else.\n",
+		DEFAULT_DEPTH, DEFAULT_IO_TIMEOUT, DEFAULT_CONNECT_TIMEOUT);
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "queue-depth", required_argument, NULL, 'q' },
+		{ "io-timeout", required_argument, NULL, 't' },
+		{ "connect-timeout", required_argument, NULL, 'c' },
 		{ "fill", no_argument, NULL, 'f' },
 		{ "fill-rate", required_argument, NULL, 'r' },
 		{ "exit-when-complete", no_argument, NULL, 'x' },
@@ -1070,22 +1376,38 @@ int main(int argc, char **argv)
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct streamd sd = { .depth = DEFAULT_DEPTH };
+	struct streamd sd = { .depth = DEFAULT_DEPTH,
+			      .io_timeout = DEFAULT_IO_TIMEOUT,
+			      .connect_timeout = DEFAULT_CONNECT_TIMEOUT };
 	struct filler fl = { 0 };
 	const char *pidfile = NULL;
 	bool daemonize = false;
 	struct sigaction sa;
-	char *end;
+	struct timespec seed;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "q:fr:xui:s:dp:vhV", opts,
+	while ((c = getopt_long(argc, argv, "q:t:c:fr:xui:s:dp:vhV", opts,
 				NULL)) != -1) {
 		switch (c) {
 		case 'q':
-			errno = 0;
-			sd.depth = strtoul(optarg, &end, 10);
-			if (errno || *end || !sd.depth || sd.depth > 4096) {
+			if (su_parse_uint(optarg, 4096, &sd.depth) ||
+			    !sd.depth) {
 				err("invalid queue depth '%s' (1-4096)",
+				    optarg);
+				return 2;
+			}
+			break;
+		case 't':
+			if (su_parse_uint(optarg, 86400, &sd.io_timeout)) {
+				err("invalid io timeout '%s' (0-86400 s)",
+				    optarg);
+				return 2;
+			}
+			break;
+		case 'c':
+			if (su_parse_uint(optarg, 3600, &sd.connect_timeout) ||
+			    !sd.connect_timeout) {
+				err("invalid connect timeout '%s' (1-3600 s)",
 				    optarg);
 				return 2;
 			}
@@ -1094,7 +1416,7 @@ int main(int argc, char **argv)
 			fl.enable = true;
 			break;
 		case 'r':
-			if (parse_size(optarg, &fl.rate) || !fl.rate) {
+			if (su_parse_size(optarg, &fl.rate) || !fl.rate) {
 				err("invalid fill rate '%s'", optarg);
 				return 2;
 			}
@@ -1177,6 +1499,9 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* backoff jitter: differs between machines booted together */
+	clock_gettime(CLOCK_REALTIME, &seed);
+	srandom(seed.tv_nsec ^ getpid());
 	fl.name = sd.name;
 	fl.by_uuid = sd.by_uuid;
 	sd.fill = &fl;
@@ -1190,6 +1515,7 @@ int main(int argc, char **argv)
 	write_stats(&sd);
 	disconnect(&sd);
 	detach(&sd);
+	pool_free(&sd);
 	free(sd.zero_map);
 	if (r) {
 		err("exiting: %s", strerror(-r));
