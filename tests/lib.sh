@@ -127,6 +127,7 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v qemu-nbd)"
 	copy_bin "$root" "$(command -v nbdcopy)"
 	copy_bin "$root" "$(command -v qemu-img)"
+	copy_bin "$root" "$(command -v qemu-io)"
 	copy_bin "$root" "$(command -v mke2fs)" /opt/bin
 	# The fio suite's oracle (Debian's fio; its libraries come along).
 	copy_bin "$root" "$(command -v fio)"

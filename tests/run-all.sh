@@ -8,7 +8,7 @@
 #
 # Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels;
 #      STREAM_SUITES="main fio ..." to choose boots (default: all of
-#      main reboot crash crashdrain fio fiocrash regress mempressure
+#      main reboot crash crashdrain fio fiocrash regress helper mempressure
 #      replay;
 #      mempressure boots on the debug kernel only);
 #      STREAM_ONLY="a+b" runs only those tests of the single-boot suites
@@ -25,7 +25,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
-SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress mempressure replay}
+SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress helper mempressure replay}
 ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
 LANES=${STREAM_LANES:-2}
 
@@ -187,6 +187,7 @@ run_kernel() {
 		want fiocrash && crash_pair "$k" "$initrd" "$logs" fiocrash
 	fi
 	want regress && boot "$k" "$initrd" "$logs" regress
+	want helper && boot "$k" "$initrd" "$logs" helper
 	# Fault injection needs the debug kernel's FAILSLAB/FAIL_PAGE_ALLOC.
 	if [ "$k" = debug ] && want mempressure; then
 		boot "$k" "$initrd" "$logs" mempressure

@@ -20,6 +20,7 @@ for t in "$lib"/test-*.c; do
 	name=$(basename "$t" .c)
 	for v in plain asan; do
 		extra=()
+		# shellcheck disable=SC2054 # one option: address,undefined
 		[ $v = asan ] && extra=(-fsanitize=address,undefined
 					-fno-sanitize-recover=all
 					-fno-omit-frame-pointer)

@@ -123,13 +123,14 @@ teardown() {
 	if dmsetup info s >/dev/null 2>&1; then
 		dmsetup remove s
 	fi
+	# first: a server may export one of the devices below
+	server_stop
 	# Devices some tests stack or add; gone unless a test failed.
-	for _d in big m d c; do
+	for _d in big m d c bad; do
 		if dmsetup info $_d >/dev/null 2>&1; then
 			dmsetup remove $_d
 		fi
 	done
-	server_stop
 }
 
 # Fresh metadata; data filled with 0xff so that a block wrongly marked

@@ -1,0 +1,206 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
+# The helper and the tool at the worst moments (issue 8), one boot
+# (stream.suite=helper): a server that stops, serves the wrong image,
+# fails one block or is over its client limit; start-up mistakes; a revert
+# of a mounted filesystem.  Every read that could reach its data must
+# return it, with no I/O error; streamd must still be running.
+
+# read_many <first> <n>: n parallel O_DIRECT reads of blocks first...,
+# their sums in /tmp/rd.<block>.
+read_many() {
+	READERS=""
+	_b=$1
+	while [ $_b -lt $(($1 + $2)) ]; do
+		(blk_sum $DEV $_b >/tmp/rd.$_b) &
+		READERS="$READERS $!"
+		_b=$((_b + 1))
+	done
+}
+
+# check_many <first> <n>: wait for read_many's readers; each block must
+# have read as the image.
+check_many() {
+	for _p in $READERS; do
+		wait $_p || true
+	done
+	_b=$1
+	_bad=0
+	while [ $_b -lt $(($1 + $2)) ]; do
+		if [ "$(cat /tmp/rd.$_b)" != "$(blk_sum $IMG $_b)" ]; then
+			echo "# block $_b did not read as the image"
+			_bad=$((_bad + 1))
+		fi
+		_b=$((_b + 1))
+	done
+	[ $_bad = 0 ]
+}
+
+parked_at_least() { [ "$(st 4)" -ge "$1" ]; }
+helper_alive() {
+	kill -0 "$(cat /tmp/streamd.pid)" 2>/dev/null ||
+		{ echo "# streamd exited"; return 1; }
+}
+no_fetch_errors() { expect_eq "fetch errors" 0 "$(st 9)"; }
+
+# A SIGSTOPped server holds 16 reads for 60 s: streamd notices the stall
+# (--io-timeout 5), reconnects, times out handshakes with the stopped
+# server (--connect-timeout 3) and serves everything once it continues.
+t_server_sigstop() {
+	fresh
+	rm -f $SOCK
+	# In the foreground: a daemonized nbdkit (its own session) did not
+	# survive SIGSTOP + SIGCONT here.
+	nbdkit -f -U $SOCK --filter=log file file=$SRC logfile=/tmp/nbd.log \
+		2>/tmp/nbdkit.err &
+	echo $! >/tmp/nbd.pid
+	wait_for 10 test -S $SOCK
+	create
+	helper_start --io-timeout 5 --connect-timeout 3
+	wait_for 10 grep -q "connected to" /tmp/streamd.log
+	kill -STOP "$(cat /tmp/nbd.pid)"
+	read_many 20 16
+	wait_for 10 parked_at_least 16
+	sleep 60
+	expect_eq "reads parked after 60 s" 16 "$(st 4)"
+	kill -CONT "$(cat /tmp/nbd.pid)"
+	check_many 20 16
+	helper_alive
+	no_fetch_errors
+	grep -q "no reply to .* reads for 5 s" /tmp/streamd.log
+	grep -q "no handshake within 3 s" /tmp/streamd.log
+}
+
+# The server comes back with an export of another size: streamd refuses
+# it loudly and waits; the right one is then used.
+t_server_wrong_size() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start --connect-timeout 3
+	wait_for 10 grep -q "connected to" /tmp/streamd.log
+	server_stop
+	truncate -s 16M /tmp/small.raw
+	rm -f $SOCK
+	nbdkit -U $SOCK -P /tmp/nbd.pid file file=/tmp/small.raw
+	read_many 30 16
+	wait_for 20 grep -q "NOT USING IT" /tmp/streamd.log
+	sleep 2
+	expect_eq "reads parked while the wrong image is served" 16 "$(st 4)"
+	server_stop
+	server_start nbdkit
+	check_many 30 16
+	helper_alive
+	no_fetch_errors
+	rm -f /tmp/small.raw
+}
+
+# One block of the export fails every read (the server exports a dm
+# device with an error target at block 50): that block gets EIO after
+# streamd's retries; the background fill skips it and makes every other
+# block present.
+t_server_bad_block() {
+	fresh
+	dmsetup create bad <<EOB
+0 $((50 * BS)) linear $IMG 0
+$((50 * BS)) $BS error
+$((51 * BS)) $((SZ - 51 * BS)) linear $IMG $((51 * BS))
+EOB
+	rm -f $SOCK
+	nbdkit -U $SOCK -P /tmp/nbd.pid file file=/dev/mapper/bad
+	wait_for 10 test -S $SOCK
+	create
+	helper_start --fill
+	if ! wait_for 120 sh -c "[ \"\$(dmsetup status s | awk '{print \$5}')\" = $((NBLOCKS - 1))/$NBLOCKS ]"; then
+		echo "# present: $(st 2), want $((NBLOCKS - 1))/$NBLOCKS"
+		return 1
+	fi
+	if dd if=$DEV of=/dev/null bs=$BB skip=50 count=1 iflag=direct 2>/dev/null; then
+		echo "# block 50 read without error"
+		return 1
+	fi
+	_e=$(st 9)
+	[ "$_e" -ge 1 ] || { echo "# fetch errors $_e"; return 1; }
+	expect_eq "block 49" "$(blk_sum $IMG 49)" "$(blk_sum $DEV 49)"
+	expect_eq "block 51" "$(blk_sum $IMG 51)" "$(blk_sum $DEV 51)"
+	kill -USR1 "$(cat /tmp/streamd.pid)"
+	wait_for 5 grep -q "^fill_failed=[1-9]" /tmp/stats
+	grep -q "fill: block 50: .*skipped, retried later" /tmp/streamd.log
+	helper_alive
+}
+
+# qemu-nbd without -e serves one client: while another holds it, streamd's
+# handshake times out and is retried; the reads complete once it leaves.
+t_server_client_limit() {
+	fresh
+	server_start qemu-nbd
+	qemu-io -r -f raw "nbd+unix:///?socket=$SOCK" -c "sleep 15000" \
+		>/dev/null 2>&1 &
+	_holder=$!
+	sleep 1
+	create
+	helper_start --connect-timeout 2
+	read_many 40 16
+	wait_for 20 grep -q "no handshake within 2 s" /tmp/streamd.log
+	expect_eq "reads parked while the server is busy" 16 "$(st 4)"
+	wait $_holder || true
+	check_many 40 16
+	helper_alive
+	no_fetch_errors
+}
+
+# What will not change by waiting exits 1 at once, with a message.
+t_startup_errors_exit() {
+	fresh
+	server_start nbdkit
+	create
+	for _u in "nbd://[::1" "http://localhost/x"; do
+		_rc=0
+		timeout 20 streamd s "$_u" 2>/tmp/e.log || _rc=$?
+		expect_eq "exit status for URI $_u" 1 $_rc ||
+			{ cat /tmp/e.log; return 1; }
+		grep -qF "connect $_u" /tmp/e.log
+	done
+	_rc=0
+	timeout 20 streamd nosuchdev "$URI" 2>/tmp/e.log || _rc=$?
+	expect_eq "exit status for a missing device" 1 $_rc
+	grep -q "nosuchdev: no such stream device" /tmp/e.log
+	_rc=0
+	timeout 20 streamd -q 0 s "$URI" 2>/tmp/e.log || _rc=$?
+	expect_eq "exit status for --queue-depth 0" 2 $_rc
+	_rc=0
+	timeout 20 streamd -t 010x s "$URI" 2>/tmp/e.log || _rc=$?
+	expect_eq "exit status for --io-timeout 010x" 2 $_rc
+}
+
+# revert and invalidate refuse a mounted device (exit 4); unmounted, or
+# with --force, they run.
+t_revert_mounted_refused() {
+	stream_up
+	/opt/bin/mke2fs -q -F -t ext4 -b 4096 $DEV >/dev/null
+	mkdir -p /mnt/s
+	mount -t ext4 $DEV /mnt/s
+	echo kept >/mnt/s/f
+	sync
+	_rc=0
+	streamctl revert s 2>/tmp/rv.log || _rc=$?
+	expect_eq "revert exit status while mounted" 4 $_rc
+	grep -q "refusing to revert: the device is in use" /tmp/rv.log
+	_rc=0
+	echo "0 4096" | streamctl invalidate s --image-id v2 - \
+		2>/tmp/rv.log || _rc=$?
+	expect_eq "invalidate exit status while mounted" 4 $_rc
+	expect_eq "file after the refusals" kept "$(cat /mnt/s/f)"
+	umount /mnt/s
+	streamctl revert s >/dev/null
+	wait_for 10 is_attached
+	expect_eq "device after revert" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+}
+
+prepare_image || echo "STREAMTEST prepare_image FAIL"
+run server_sigstop t_server_sigstop
+run server_wrong_size t_server_wrong_size
+run server_bad_block t_server_bad_block
+run server_client_limit t_server_client_limit
+run startup_errors_exit t_startup_errors_exit
+run revert_mounted_refused t_revert_mounted_refused
