@@ -183,8 +183,14 @@ RCU_TCG="rcupdate.rcu_cpu_stall_timeout=300"
 # Disks are raw files attached as virtio disks in order (vda, vdb, ...);
 # the first one is read-only.  Returns QEMU's exit status (or 137 when
 # killed on the marker).
+#
+# A boot whose kernel never reaches /init (no STREAMTEST-INIT) within
+# STREAM_BOOT_TIMEOUT seconds (400) is killed and booted once more: under
+# TCG the debug kernel has been seen to hang in PCI enumeration, before
+# any dm-stream code ran.  The hung log is kept as <log>.hung and the
+# retry is said on stderr, so it shows in the run's output.
 run_vm() {
-	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" pid args=() i=0 d
+	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc
 	shift 4
 	if [ "${1:-}" = --kill-on ]; then kill_on=$2; shift 2; fi
 	[ "${1:-}" = -- ] && shift
@@ -196,31 +202,60 @@ run_vm() {
 		fi
 		i=$((i + 1))
 	done
+	for try in 1 2; do
+		run_vm_once "$tag" "$initrd" "$log" "$extra" "$kill_on" "${args[@]}"
+		rc=$?
+		[ $rc != 200 ] && return $rc
+		mv "$log" "$log.hung"
+		echo "run_vm: [$tag] boot $try hung before /init (log $log.hung)" >&2
+		[ $try = 1 ] && echo "run_vm: [$tag] booting again" >&2
+	done
+	return 1
+}
+
+# One QEMU run; returns its status, 137 when killed on the marker, 124
+# when the watchdog killed it, 200 when the kernel did not reach /init in
+# time.
+run_vm_once() {
+	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on=$5 pid dog t0 begun=0
+	shift 5
 	: >"$log"
 	qemu-system-x86_64 -accel tcg -cpu max -m "${STREAM_VM_MEM:-1024}" -smp 2 \
 		-nographic -no-reboot -serial "file:$log" -monitor none \
 		-nic none -kernel "$(kernel_image "$tag")" -initrd "$initrd" \
 		-append "console=ttyS0 panic=-1 oops=panic loglevel=5 log_buf_len=4M $RCU_TCG $extra" \
-		"${args[@]}" </dev/null >/dev/null 2>&1 &
+		"$@" </dev/null >/dev/null 2>&1 &
 	pid=$!
 	# A hung guest must not hang the suite.
 	# Its fds go to /dev/null: a pipe reader (CI, "| tail") must not wait
 	# for the watchdog's sleep.
 	(sleep "${STREAM_VM_TIMEOUT:-1500}"; kill -9 $pid) >/dev/null 2>&1 &
-	local dog=$!
-	if [ -n "$kill_on" ]; then
-		while kill -0 $pid 2>/dev/null; do
-			if grep -q "$kill_on" "$log"; then
+	dog=$!
+	t0=$(date +%s)
+	while kill -0 $pid 2>/dev/null; do
+		if [ -n "$kill_on" ] && grep -q "$kill_on" "$log"; then
+			kill -9 $pid
+			wait $pid 2>/dev/null
+			stop_watchdog $dog
+			return 137
+		fi
+		if [ $begun = 0 ]; then
+			if grep -aq "^STREAMTEST-INIT" "$log"; then
+				begun=1
+			elif [ $(($(date +%s) - t0)) -gt "${STREAM_BOOT_TIMEOUT:-400}" ]; then
 				kill -9 $pid
 				wait $pid 2>/dev/null
 				stop_watchdog $dog
-				return 137
+				return 200
 			fi
-			sleep 0.2
-		done
-	fi
+		fi
+		sleep 0.5
+	done
 	wait $pid
 	local rc=$?
+	# The watchdog fired (it exits once it has killed): a hang, not a
+	# kill on the marker.
+	kill -0 $dog 2>/dev/null || rc=124
 	stop_watchdog $dog
 	return $rc
 }

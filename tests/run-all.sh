@@ -122,7 +122,14 @@ crash_pair() {	# crash_pair <kernel> <initrd> <log dir> <suite>
 			record "$k" "$name" "$res" "$why"
 		done < <(grep -a "^STREAMTEST " "$logs/${suite}1.log" | tr -d '\r')
 	else
-		record "$k" "$suite-hard-kill" FAIL "guest never reached READY_FOR_KILL"
+		record "$k" "$suite-hard-kill" FAIL "guest never reached READY_FOR_KILL (status $rc)"
+	fi
+	# The first boot's console is checked like any other.
+	if kernel_log_bad "$logs/${suite}1.log" >/dev/null; then
+		kernel_log_bad "$logs/${suite}1.log" | head -5
+		record "$k" "${suite}1-kernel-log-clean" FAIL "see $logs/${suite}1.log"
+	else
+		record "$k" "${suite}1-kernel-log-clean" PASS
 	fi
 	run_vm "$k" "$initrd" "$logs/${suite}2.log" \
 		"stream.suite=$suite stream.phase=2" -- "${DISKS[@]}"
