@@ -196,6 +196,21 @@ unsigned int stream_fetch_take_waiters(struct stream_c *sc,
 	return n;
 }
 
+unsigned long stream_fetch_oldest(struct stream_c *sc)
+{
+	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
+	unsigned long now = jiffies, age = 0;
+	struct stream_fetch *f;
+	int i;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = 0; i < ARRAY_SIZE(lists); i++)
+		list_for_each_entry(f, lists[i], list)
+			age = max(age, now - f->queued_at);
+	mutex_unlock(&sc->fq.lock);
+	return age;
+}
+
 void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 			 struct bio_list *dead)
 {

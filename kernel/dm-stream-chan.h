@@ -129,6 +129,11 @@ void stream_fetch_free(struct stream_fetch *f);
  */
 unsigned int stream_fetch_take_waiters(struct stream_c *sc,
 				       struct bio_list *out);
+/*
+ * How long the oldest fetch still waiting for the helper (queued or sent)
+ * has waited, in jiffies; 0 when none.  Process context (takes fq.lock).
+ */
+unsigned long stream_fetch_oldest(struct stream_c *sc);
 /* Worker: drop fetches older than @limit jiffies; their waiters to @dead. */
 void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 			 struct bio_list *dead);

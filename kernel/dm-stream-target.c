@@ -974,6 +974,7 @@ static void stream_resume(struct dm_target *ti)
  *       <attached|detached> <rw|ro|fail> <fetched> <zero fetched>
  *       <fetch errors> <generation> <fill on|off> <fill rate>
  *       <image id|-> <consumer 0> <consumer 1> <consumer 2> <consumer 3>
+ *       <oldest miss ms>
  *
  *   block size in sectors; present, total and dirty in blocks (dirty: not
  *   yet acknowledged by consumer 0, the repository, including a snapshot
@@ -983,7 +984,9 @@ static void stream_resume(struct dm_target *ti)
  *   generation is the metadata commit generation; fill rate in bytes/s
  *   (0: unlimited); each consumer is <dirty>:<snapshot id>:<snapshot
  *   blocks>, dirty not counting the snapshot's blocks, id 0 when no
- *   snapshot is in progress.
+ *   snapshot is in progress; oldest miss is how long the oldest fetch
+ *   still waiting for the helper has waited (0: none), so that monitoring
+ *   sees a stalled server.
  *
  * TABLE: <metadata dev> <data dev> <block size>
  *        [<#feature args> [<feature arg>]*]
@@ -1017,6 +1020,7 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 		for (c = 0; c < DSM_MAX_CONSUMERS; c++)
 			DMEMIT(" %llu:%llu:%llu", dsm_nr_dirty(md, c),
 			       dsm_snap_gen(md, c), dsm_snap_blocks(md, c));
+		DMEMIT(" %u", jiffies_to_msecs(stream_fetch_oldest(sc)));
 		break;
 	case STATUSTYPE_TABLE:
 		DMEMIT("%s %s %u", sc->metadata_dev->name, sc->data_dev->name,

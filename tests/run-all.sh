@@ -230,7 +230,7 @@ lane() {
 : >"$WORK/results-host"
 while read -r res name why; do
 	record host "$name" "$res" "$why"
-done < <("$TOP/tests/unit.sh")
+done < <(STREAM_UNIT_DIR=$WORK/unit "$TOP/tests/unit.sh")
 [ -s "$WORK/results-host" ] || record host unit-ran FAIL "tests/unit.sh reported nothing"
 echo "[host] unit: $(grep -c "^PASS " "$WORK/results-host") passed, $(grep -c "^FAIL " "$WORK/results-host") failed"
 

@@ -63,6 +63,10 @@ t_server_sigstop() {
 	wait_for 10 parked_at_least 16
 	sleep 60
 	expect_eq "reads parked after 60 s" 16 "$(st 4)"
+	# the status says how long the oldest miss has waited
+	streamctl status --json s | jq -e '.oldest_parked_ms >= 55000' >/dev/null ||
+		{ echo "# oldest miss: $(streamctl status --json s)"; return 1; }
+	streamctl status s | grep -q "16 parked (oldest [0-9.]* s)"
 	kill -CONT "$(cat /tmp/nbd.pid)"
 	check_many 20 16
 	helper_alive
