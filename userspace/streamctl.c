@@ -22,10 +22,11 @@
  * device is not a stream device, 4 refused: the device is mounted or held
  * (revert, invalidate without --force).
  *
- * No global mutable state.
+ * Global mutable state: got_signal only (see there).
  */
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -54,6 +55,19 @@
 #define EXIT_NOT_STREAM	3
 #define EXIT_IN_USE	4
 #define NR_CONSUMERS	SU_NR_CONSUMERS
+#define RESUME_TRIES	5
+
+/*
+ * The signal that asked a snapshot drain to stop (SIGTERM, SIGINT,
+ * SIGHUP), 0 if none: set by on_signal(), read by the drain loop.  The
+ * only global mutable state.
+ */
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+	got_signal = sig;
+}
 #define RANGES_PER_MSG	64
 
 static void usage(FILE *f)
@@ -136,22 +150,56 @@ static int message(const char *dev, const char *msg, char *resp, size_t len)
 	return 0;
 }
 
+/* Resume, a few times if need be: we never leave it suspended. */
+static int resume(const char *dev)
+{
+	int i;
+
+	for (i = 0; i < RESUME_TRIES; i++) {
+		if (!simple_task(DM_DEVICE_RESUME, dev, "resume"))
+			return 0;
+		usleep(200000);
+	}
+	fprintf(stderr, "streamctl: %s: could not resume it after %d tries: it is still suspended (dmsetup resume %s)\n",
+		dev, RESUME_TRIES, dev);
+	return -EIO;
+}
+
+/* SIGTERM, SIGINT and SIGHUP held back while the device is suspended. */
+static void block_stop_signals(sigset_t *old)
+{
+	sigset_t stop;
+
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	sigprocmask(SIG_BLOCK, &stop, old);
+}
+
 /*
  * Suspend (which also freezes a mounted filesystem, so a snapshot cut is
- * consistent), send @msg, resume (always); with @drop_cache, then drop
- * cached pages that the message made stale.
+ * consistent), send @msg, resume (always, stop signals held back
+ * meanwhile); with @drop_cache, then drop cached pages that the message
+ * made stale.
  */
 static int suspended_message(const char *dev, const char *msg, char *resp,
 			     size_t len, bool drop_cache)
 {
 	char path[PATH_MAX];
-	int r, fd;
+	sigset_t old;
+	int r, rr, fd;
 
-	if (simple_task(DM_DEVICE_SUSPEND, dev, "suspend"))
+	block_stop_signals(&old);
+	if (simple_task(DM_DEVICE_SUSPEND, dev, "suspend")) {
+		sigprocmask(SIG_SETMASK, &old, NULL);
 		return -EIO;
+	}
 	r = message(dev, msg, resp, len);
-	if (simple_task(DM_DEVICE_RESUME, dev, "resume"))
-		return -EIO;
+	rr = resume(dev);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	if (rr)
+		return rr;
 	if (r || !drop_cache)
 		return r;
 	snprintf(path, sizeof(path), "%s/%s", dm_dir(), dev);
@@ -381,6 +429,11 @@ static int drain_range(void *ctx, uint64_t first, uint64_t count)
 	int r;
 
 	for (b = first; b < first + count; b++) {
+		if (got_signal) {
+			fprintf(stderr, "streamctl: %s: %s while draining\n",
+				d->dev, strsignal(got_signal));
+			return -EINTR;
+		}
 		r = snap_read(d, b);
 		if (r) {
 			fprintf(stderr, "streamctl: %s: read block %" PRIu64
@@ -399,13 +452,69 @@ static int drain_range(void *ctx, uint64_t first, uint64_t count)
 	return 0;
 }
 
+/* Abort @consumer's snapshot @gen (0: whatever the status says). */
+static void abort_snapshot(const char *dev, int consumer, uint64_t gen)
+{
+	struct su_status st;
+	char msg[128];
+
+	if (!gen && !get_status(dev, &st, NULL))
+		gen = st.c[consumer].snap_id;
+	if (!gen) {
+		fprintf(stderr, "streamctl: %s: no snapshot of consumer %d to abort\n",
+			dev, consumer);
+		return;
+	}
+	snprintf(msg, sizeof(msg), "abort %d %" PRIu64, consumer, gen);
+	if (!message(dev, msg, NULL, 0))
+		fprintf(stderr, "streamctl: %s: snapshot %" PRIu64
+			" aborted, its blocks stay dirty\n", dev, gen);
+}
+
+/*
+ * Cut consumer @consumer's snapshot: suspend, message, resume, with the
+ * stop signals blocked throughout (a kill cannot leave the device
+ * suspended; it is seen once resumed).  Returns 0 with *gen and *nr, or
+ * -errno once nothing is left behind (a cut whose resume or answer
+ * failed is aborted).
+ */
+static int cut_snapshot(const char *dev, int consumer, uint64_t *gen,
+			uint64_t *nr)
+{
+	char msg[64], resp[256];
+	sigset_t old;
+	int r, rm, rr;
+
+	block_stop_signals(&old);
+	snprintf(msg, sizeof(msg), "snapshot %d", consumer);
+	r = simple_task(DM_DEVICE_SUSPEND, dev, "suspend");
+	if (r)
+		goto out;
+	rm = message(dev, msg, resp, sizeof(resp));
+	rr = resume(dev);
+	if (!rm && sscanf(resp, "%" SCNu64 " %" SCNu64, gen, nr) != 2) {
+		fprintf(stderr, "streamctl: %s: bad answer to '%s': '%.60s'\n",
+			dev, msg, resp);
+		rm = -EPROTO;
+		*gen = 0;
+	}
+	/* A cut was made (the message passed) but cannot be drained. */
+	if ((!rm && rr) || rm == -EPROTO)
+		abort_snapshot(dev, consumer, *gen);
+	r = rm ? rm : rr;
+out:
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	return r;
+}
+
 static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 			bool ack)
 {
 	struct su_status st;
 	struct drain d = { .dev = dev, .chan = -1, .devfd = -1 };
 	char msg[128], resp[256], query[64];
-	uint64_t gen, nr;
+	uint64_t gen = 0, nr = 0;
+	struct sigaction sa;
 	struct timespec t0;
 	int64_t size;
 	int r, ret = 1;
@@ -442,15 +551,16 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 		goto out_fds;
 	}
 
+	/* From the cut on, a stop signal aborts the snapshot. */
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	snprintf(msg, sizeof(msg), "snapshot %d", consumer);
-	if (suspended_message(dev, msg, resp, sizeof(resp), false))
+	if (cut_snapshot(dev, consumer, &gen, &nr))
 		goto out_fds;
-	if (sscanf(resp, "%" SCNu64 " %" SCNu64, &gen, &nr) != 2) {
-		fprintf(stderr, "streamctl: %s: bad answer to '%s': '%s'\n",
-			dev, msg, resp);
-		goto out_fds;
-	}
 	fprintf(stderr, "streamctl: %s: consumer %d snapshot %" PRIu64
 		": %" PRIu64 " blocks, cut in %.1f ms\n", dev, consumer, gen,
 		nr, ms_since(&t0));
@@ -470,17 +580,21 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 			nbd_get_error());
 		r = -EIO;
 	}
-	if (r) {
-		snprintf(msg, sizeof(msg), "abort %d %" PRIu64, consumer, gen);
-		if (!message(dev, msg, NULL, 0))
-			fprintf(stderr, "streamctl: %s: snapshot %" PRIu64
-				" aborted, its blocks stay dirty\n", dev, gen);
-		goto out_fds;
+	if (!r && got_signal) {
+		fprintf(stderr, "streamctl: %s: %s before the acknowledgement\n",
+			dev, strsignal(got_signal));
+		r = -EINTR;
 	}
-	if (ack) {
+	if (!r && ack) {
 		snprintf(msg, sizeof(msg), "ack %d %" PRIu64, consumer, gen);
-		if (message(dev, msg, resp, sizeof(resp)))
-			goto out_fds;
+		r = message(dev, msg, resp, sizeof(resp));
+		if (r)
+			fprintf(stderr, "streamctl: %s: acknowledgement refused\n",
+				dev);
+	}
+	if (r) {
+		abort_snapshot(dev, consumer, gen);
+		goto out_fds;
 	}
 	printf("%s: consumer %d snapshot %" PRIu64 ": %" PRIu64
 	       " blocks, %" PRIu64 " bytes sent, %s in %.1f ms\n", dev,

@@ -201,6 +201,38 @@ t_revert_mounted_refused() {
 	expect_eq "device after revert" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 }
 
+# A drain stopped by SIGTERM or SIGHUP aborts its snapshot: exit status 1,
+# the device resumed, the blocks dirty again for the consumer.  (SIGINT:
+# a background job of this shell ignores it.)
+t_drain_signal_aborts() {
+	stream_up
+	dd if=$IMG of=$DEV bs=$BB skip=0 seek=100 count=100 oflag=direct \
+		conv=fsync 2>/dev/null
+	truncate -s $((SZ * 512)) /tmp/target.raw
+	nbdkit -U /tmp/t.sock -P /tmp/t.pid --filter=delay file \
+		file=/tmp/target.raw delay-write=50ms
+	wait_for 10 test -S /tmp/t.sock
+	for _sig in TERM HUP; do
+		streamctl snapshot s --consumer 1 \
+			--to "nbd+unix:///?socket=/tmp/t.sock" >/tmp/snap.out \
+			2>/tmp/snap.err &
+		_sp=$!
+		wait_for 60 grep -q "cut in" /tmp/snap.err
+		sleep 1
+		kill -$_sig $_sp
+		_rc=0
+		wait $_sp || _rc=$?
+		expect_eq "exit status after SIG$_sig" 1 $_rc ||
+			{ cat /tmp/snap.err; return 1; }
+		grep -q "aborted, its blocks stay dirty" /tmp/snap.err
+		expect_eq "consumer 1 after SIG$_sig" "100:0:0" \
+			"$(st 15)"
+		dmsetup info s | grep -q "State: *ACTIVE"
+	done
+	kill "$(cat /tmp/t.pid)"
+	rm -f /tmp/target.raw
+}
+
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run server_wrong_size t_server_wrong_size
@@ -208,3 +240,4 @@ run server_bad_block t_server_bad_block
 run server_client_limit t_server_client_limit
 run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused
+run drain_signal_aborts t_drain_signal_aborts
