@@ -39,6 +39,32 @@ record() {	# record <kernel> <name> <PASS|FAIL|SKIP> [why]
 
 # Collect STREAMTEST lines of one boot; a boot that did not reach the end
 # marker, or whose kernel log has a complaint, is a failure of its own.
+# Every boot declares the tests it runs in tests/plans/<boot>.plan (one
+# name a line).  A declared test that did not report, or a result nobody
+# declared, fails; with STREAM_ONLY only the chosen tests are expected.
+check_plan() {	# check_plan <kernel> <boot name> <log>
+	local k=$1 b=$2 log=$3 plan=$TOP/tests/plans/$2.plan name missing=0
+	if [ ! -f "$plan" ]; then
+		record "$k" "$b-plan" FAIL "no $plan"
+		return
+	fi
+	while read -r name; do
+		[ -n "$name" ] || continue
+		if [ -n "${STREAM_ONLY:-}" ]; then
+			case "+$STREAM_ONLY+" in *"+$name+"*) ;; *) continue ;; esac
+		fi
+		if ! grep -aq "^STREAMTEST $name " "$log"; then
+			record "$k" "$name" FAIL "declared in $b.plan but did not report"
+			missing=$((missing + 1))
+		fi
+	done <"$plan"
+	while read -r _ name _; do
+		grep -qx "$name" "$plan" ||
+			record "$k" "$name-declared" FAIL "reported but not in $b.plan"
+	done < <(grep -a "^STREAMTEST " "$log" | tr -d '\r')
+	[ $missing = 0 ] || echo "[$k] $b: $missing declared tests did not report"
+}
+
 collect() {	# collect <kernel> <boot name> <log>
 	local k=$1 b=$2 log=$3 name res why n=0
 	while read -r _ name res why; do
@@ -48,6 +74,7 @@ collect() {	# collect <kernel> <boot name> <log>
 	if ! grep -aq "^STREAMTEST-END" "$log"; then
 		record "$k" "$b-completed" FAIL "boot did not finish (log $log)"
 	fi
+	check_plan "$k" "$b" "$log"
 	# A guest shell error (a missing command or function, a syntax
 	# error) can silently skip checks: it fails the boot.
 	if grep -aE "^/init: .*(not found|syntax error|parameter not set)" \
@@ -121,6 +148,7 @@ crash_pair() {	# crash_pair <kernel> <initrd> <log dir> <suite>
 		while read -r _ name res why; do
 			record "$k" "$name" "$res" "$why"
 		done < <(grep -a "^STREAMTEST " "$logs/${suite}1.log" | tr -d '\r')
+		check_plan "$k" "${suite}1" "$logs/${suite}1.log"
 	else
 		record "$k" "$suite-hard-kill" FAIL "guest never reached READY_FOR_KILL (status $rc)"
 	fi

@@ -93,19 +93,55 @@ server_reads_at() {
 
 server_reads() { grep -c "Read id=" /tmp/nbd.log || true; }
 
+# helper_start [streamd options]: streamd on device s and $URI (or
+# $HELPER_URI), its log in /tmp/streamd.log, its pid in /tmp/streamd.pid
+# and, once it has exited, its exit status in /tmp/streamd.rc (run()
+# checks both after every test; see streamd_allow).
 # shellcheck disable=SC2120 # the suites pass streamd options
 helper_start() {
-	rm -f /tmp/stats
-	streamd "$@" -s /tmp/stats s "$URI" 2>>/tmp/streamd.log &
-	echo $! >/tmp/streamd.pid
+	rm -f /tmp/stats /tmp/streamd.pid /tmp/streamd.rc
+	(
+		streamd "$@" -s /tmp/stats s "${HELPER_URI:-$URI}" \
+			2>>/tmp/streamd.log &
+		echo $! >/tmp/streamd.pid
+		_hrc=0
+		wait $! || _hrc=$?	# the caller's set -e is in force here
+		echo $_hrc >/tmp/streamd.rc
+	) &
+	wait_for 10 test -s /tmp/streamd.pid
 	wait_for 10 is_attached
 }
 
 helper_stop() {
 	[ -f /tmp/streamd.pid ] || return 0
 	kill "$(cat /tmp/streamd.pid)" 2>/dev/null || true
-	wait "$(cat /tmp/streamd.pid)" 2>/dev/null || true
+	wait_for 15 test -f /tmp/streamd.rc || true
 	rm -f /tmp/streamd.pid
+}
+
+# streamd_allow <ERE>: lines of streamd's log that this test provokes on
+# purpose; "exit <n>": an exit status it provokes.
+streamd_allow() { echo "$1" >>/tmp/streamd.allow; }
+
+# After a test: streamd (if it ran) exited 0 when stopped, and its log has
+# no failed/dropped/malformed/exiting line the test did not allow.
+streamd_verdict() {
+	helper_stop
+	touch /tmp/streamd.allow
+	[ -s /tmp/streamd.allow ] || echo '^$' >/tmp/streamd.allow
+	if [ -f /tmp/streamd.rc ] &&
+	   ! grep -qx "exit $(cat /tmp/streamd.rc)" /tmp/streamd.allow &&
+	   [ "$(cat /tmp/streamd.rc)" != 0 ]; then
+		echo "# streamd exited with status $(cat /tmp/streamd.rc)"
+		return 1
+	fi
+	if [ -f /tmp/streamd.log ] &&
+	   grep -E "failed|dropped|malformed|exiting" /tmp/streamd.log |
+	   grep -vEf /tmp/streamd.allow | grep .; then
+		echo "# streamd logged the lines above"
+		return 1
+	fi
+	return 0
 }
 
 helper_stat() {	# counter from streamd --stats (SIGUSR1 refreshes)
@@ -121,7 +157,9 @@ create() {	# create [extra table words]
 teardown() {
 	helper_stop
 	if dmsetup info s >/dev/null 2>&1; then
-		dmsetup remove s
+		# readers a failed test left parked would hold it open
+		dmsetup message s 0 fail_parked >/dev/null 2>&1 || true
+		wait_for 5 dmsetup remove s >/dev/null 2>&1 || dmsetup remove s
 	fi
 	# first: a server may export one of the devices below
 	server_stop
@@ -183,13 +221,16 @@ expected_image() {	# the image with apply_writes applied, in $SCRATCH
 
 T=""
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
-run() {	# run <name> <function>; stream.only=<a>+<b> runs just those
+# run <name> <function>; stream.only=<a>+<b> runs just those.  The
+# function passes (0), is skipped (77, after a "# reason" line) or fails.
+run() {
 	case "+${ONLY:-$1}+" in
 	*"+$1+"*) ;;
 	*) return 0 ;;
 	esac
 	T=$1
 	say "--- $T"
+	rm -f /tmp/streamd.log /tmp/streamd.allow /tmp/streamd.rc
 	# Not inside "if": set -e must stay in force in the subshell.
 	( set -e; "$2" ) >/tmp/test.out 2>&1 &
 	_pid=$!
@@ -199,13 +240,23 @@ run() {	# run <name> <function>; stream.only=<a>+<b> runs just those
 	wait $_pid
 	_rc=$?
 	kill $_dog 2>/dev/null
+	if [ $_rc = 0 ] && ! streamd_verdict >>/tmp/test.out 2>&1; then
+		_rc=1
+	fi
 	if [ $_rc = 0 ]; then
 		# Measurements a passing test reports (never asserted on).
 		sed -n "s/^# measured: /MEASURED $T: /p" /tmp/test.out
 		echo "STREAMTEST $T PASS"
+	elif [ $_rc = 77 ]; then
+		# 77 (as automake's): the environment lacks what the test
+		# needs; its last "# " line says what.
+		echo "STREAMTEST $T SKIP $(sed -n 's/^# //p' /tmp/test.out | tail -n 1)"
 	else
 		cat /tmp/test.out
-		echo "# streamd log:"; tail -n 20 /tmp/streamd.log 2>/dev/null
+		echo "# streamd log (first 10 and last 20 lines):"
+		head -n 10 /tmp/streamd.log 2>/dev/null
+		echo "# ..."
+		tail -n 20 /tmp/streamd.log 2>/dev/null
 		echo "# kernel log:"; dmesg | tail -n 15
 		echo "STREAMTEST $T FAIL"
 	fi
