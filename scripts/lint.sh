@@ -1,7 +1,8 @@
 #!/bin/bash
 # make lint: checkpatch.pl --strict on the kernel code (checkpatch comes
 # from Debian's linux-source-6.12 tarball), sparse through kbuild (C=2) and
-# ShellCheck over every script.
+# ShellCheck over every script; cppcheck and a -Werror build of the
+# userspace C.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${STREAM_CACHE:-$HOME/.cache/dm-stream}
@@ -43,6 +44,16 @@ if grep -E "warning|error" "$dir/log"; then fail=1; fi
 checked=$(grep -c "^  CHECK" "$dir/log" || true)
 echo "sparse checked $checked files"
 [ "$checked" -ge 3 ] || { echo "sparse did not run"; fail=1; }
+
+echo "== cppcheck (userspace C)"
+if ! cppcheck --enable=warning,portability,performance --error-exitcode=1 \
+	--inline-suppr --std=c11 -q -D__GNUC__ -I "$top/userspace/lib" \
+	-I "$top/kernel" "$top"/userspace/*.c "$top/userspace/lib" \
+	"$top/tests/tools"; then
+	fail=1
+fi
+echo "== userspace builds with -Werror"
+make -s -C "$top" WERROR=1 programs || fail=1
 
 echo "== shellcheck"
 shellcheck -x "$top"/scripts/*.sh "$top"/tests/*.sh "$top"/.ci/run || fail=1

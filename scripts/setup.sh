@@ -21,7 +21,8 @@ PKGS="build-essential gcc make bc flex bison libelf-dev libssl-dev cpio kmod
 xz-utils zstd pkg-config libnbd-dev libnbd-bin libdevmapper-dev dmsetup
 nbdkit qemu-utils qemu-system-x86 busybox-static sparse linux-source-6.12
 linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs procps
-shellcheck util-linux fio libcmocka-dev libjson-c-dev jq"
+shellcheck util-linux fio libcmocka-dev libjson-c-dev jq clang
+libclang-rt-dev cppcheck"
 
 missing=""
 for p in $PKGS; do

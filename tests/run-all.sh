@@ -260,6 +260,15 @@ while read -r res name why; do
 	record host "$name" "$res" "$why"
 done < <(STREAM_UNIT_DIR=$WORK/unit "$TOP/tests/unit.sh")
 [ -s "$WORK/results-host" ] || record host unit-ran FAIL "tests/unit.sh reported nothing"
+# Then the parsers' libFuzzer targets, for a bounded time.
+fuzzed=0
+while read -r res name why; do
+	case $res in
+	MEASURED) echo "[host] MEASURED $name $why" ;;
+	*) record host "$name" "$res" "$why"; fuzzed=$((fuzzed + 1)) ;;
+	esac
+done < <(STREAM_FUZZ_DIR=$WORK/fuzz "$TOP/tests/fuzz.sh")
+[ $fuzzed -gt 0 ] || record host fuzz-ran FAIL "tests/fuzz.sh reported nothing"
 echo "[host] unit: $(grep -c "^PASS " "$WORK/results-host") passed, $(grep -c "^FAIL " "$WORK/results-host") failed"
 
 build_tools

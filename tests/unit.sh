@@ -25,6 +25,9 @@ for t in "$lib"/test-*.c; do
 					-fno-sanitize-recover=all
 					-fno-omit-frame-pointer)
 		bin=$out/$name-$v
+		# a test with the allocation-failure shim wraps these
+		grep -q __wrap_malloc "$t" &&
+			extra+=(-Wl,--wrap=malloc,--wrap=calloc)
 		if ! gcc "${cflags[@]}" "${extra[@]}" -o "$bin" "$t" "${srcs[@]}" \
 			-lcmocka 2>"$bin.build.log"; then
 			cat "$bin.build.log" >&2

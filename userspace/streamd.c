@@ -90,6 +90,7 @@
 #include "uapi/dm-stream.h"
 #include "dm.h"
 #include "parse.h"
+#include "reqpool.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -105,19 +106,6 @@
 #define REPLY_RETRY_MS	100
 #define ZERO_MAP_CHUNK	(1ULL << 30)
 
-struct req {
-	struct req *next;		/* free, queue, inflight or replies */
-	uint64_t tag;
-	uint64_t block;
-	unsigned int retries;
-	uint64_t conn_gen;		/* connection it was issued on */
-	bool done;			/* completion seen */
-	int error;
-	int reply_error;		/* on sd->replies: what to send */
-	bool reply_zero;
-	/* dm_stream_reply header, then block_size payload bytes */
-	unsigned char *buf;
-};
 
 struct stats {
 	uint64_t requests;
@@ -164,13 +152,11 @@ struct streamd {
 	bool zmap_busy;			/* a block-status request in flight */
 	bool zmap_done;
 
-	struct req *pool;		/* depth requests, allocated once */
-	struct req *free;		/* unused requests */
-	unsigned int nr_free;
-	struct req *queue, **queue_tail;	/* to issue */
-	struct req *inflight;		/* issued on the current connection */
+	struct su_reqpool pool;		/* depth requests, allocated once */
+	struct su_reqq queue;		/* to issue */
+	struct su_req *inflight;	/* issued on the current connection */
 	unsigned int nr_inflight;
-	struct req *replies;		/* replies to send again */
+	struct su_req *replies;		/* replies to send again */
 
 	struct stats st;
 	struct filler *fill;
@@ -261,91 +247,21 @@ static void write_stats(struct streamd *sd)
 	}
 }
 
-static void queue_req(struct streamd *sd, struct req *r)
-{
-	r->next = NULL;
-	*sd->queue_tail = r;
-	sd->queue_tail = &r->next;
-}
-
-static struct req *dequeue_req(struct streamd *sd)
-{
-	struct req *r = sd->queue;
-
-	if (r) {
-		sd->queue = r->next;
-		if (!sd->queue)
-			sd->queue_tail = &sd->queue;
-	}
-	return r;
-}
-
-/* Back to the pool. */
-static void free_req(struct streamd *sd, struct req *r)
-{
-	r->next = sd->free;
-	sd->free = r;
-	sd->nr_free++;
-}
-
-static struct req *get_req(struct streamd *sd)
-{
-	struct req *r = sd->free;
-
-	if (r) {
-		sd->free = r->next;
-		sd->nr_free--;
-		r->next = NULL;
-		r->retries = 0;
-		r->done = false;
-		r->error = 0;
-	}
-	return r;
-}
-
-/* The pool: --queue-depth requests and their buffers, once. */
-static int pool_init(struct streamd *sd)
-{
-	unsigned int i;
-
-	sd->pool = calloc(sd->depth, sizeof(*sd->pool));
-	if (!sd->pool)
-		return -ENOMEM;
-	for (i = 0; i < sd->depth; i++) {
-		sd->pool[i].buf = malloc(sizeof(struct dm_stream_reply) +
-					 sd->block_size);
-		if (!sd->pool[i].buf)
-			return -ENOMEM;		/* pool_free() undoes */
-		free_req(sd, &sd->pool[i]);
-	}
-	return 0;
-}
-
-static void pool_free(struct streamd *sd)
-{
-	unsigned int i;
-
-	for (i = 0; sd->pool && i < sd->depth; i++)
-		free(sd->pool[i].buf);
-	free(sd->pool);
-	sd->pool = NULL;
-}
-
 /* --- kernel channel ---------------------------------------------------- */
 
 static void detach(struct streamd *sd)
 {
-	struct req *r;
+	struct su_req *r;
 
 	if (sd->fd >= 0)
 		close(sd->fd);
 	sd->fd = -1;
 	/* The kernel requeues what we held; forget it here. */
-	while ((r = dequeue_req(sd)))
-		free_req(sd, r);
+	while ((r = su_reqq_pop(&sd->queue)))
+		su_req_put(&sd->pool, r);
 	while ((r = sd->replies)) {
 		sd->replies = r->next;
-		free_req(sd, r);
+		su_req_put(&sd->pool, r);
 	}
 	for (r = sd->inflight; r; r = r->next)
 		r->conn_gen = 0;	/* completions will be dropped */
@@ -404,7 +320,7 @@ static int attach(struct streamd *sd)
 }
 
 /* Send one reply; the payload (if any) is already in r->buf. */
-static int reply(struct streamd *sd, struct req *r, int error, bool zero)
+static int reply(struct streamd *sd, struct su_req *r, int error, bool zero)
 {
 	struct dm_stream_reply *h = (struct dm_stream_reply *)r->buf;
 	size_t len = (error || zero) ? 0 : sd->block_size;
@@ -433,7 +349,7 @@ static int reply(struct streamd *sd, struct req *r, int error, bool zero)
  * Answer @r and give it back to the pool, or keep it for another try:
  * only "timed out" (ENOENT) and "detached" (ENODEV) let a reply go.
  */
-static void answer(struct streamd *sd, struct req *r, int error, bool zero)
+static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
 {
 	int e = reply(sd, r, error, zero);
 
@@ -441,7 +357,7 @@ static void answer(struct streamd *sd, struct req *r, int error, bool zero)
 		if (e == -ENOENT)
 			info("block %" PRIu64 ": the kernel gave up on it (fetch_timeout)",
 			     r->block);
-		free_req(sd, r);
+		su_req_put(&sd->pool, r);
 		return;
 	}
 	if (!r->retries++)
@@ -456,7 +372,7 @@ static void answer(struct streamd *sd, struct req *r, int error, bool zero)
 
 static void retry_replies(struct streamd *sd)
 {
-	struct req *r, *list = sd->replies;
+	struct su_req *r, *list = sd->replies;
 
 	sd->replies = NULL;
 	while ((r = list)) {
@@ -474,9 +390,9 @@ static bool block_is_zero(struct streamd *sd, uint64_t block)
 static int read_requests(struct streamd *sd)
 {
 	struct dm_stream_request reqs[BATCH];
-	unsigned int want = sd->nr_free < BATCH ? sd->nr_free : BATCH;
+	unsigned int want = sd->pool.nr_free < BATCH ? sd->pool.nr_free : BATCH;
 	ssize_t n, i;
-	struct req *r;
+	struct su_req *r;
 
 	if (!want)
 		return 0;
@@ -498,7 +414,7 @@ static int read_requests(struct streamd *sd)
 			    (unsigned long long)q->block);
 			continue;
 		}
-		r = get_req(sd);	/* cannot fail: want <= nr_free */
+		r = su_req_get(&sd->pool);	/* cannot fail: want <= nr_free */
 		r->tag = q->tag;
 		r->block = q->block;
 		sd->st.requests++;
@@ -509,7 +425,7 @@ static int read_requests(struct streamd *sd)
 			answer(sd, r, 0, true);
 			continue;
 		}
-		queue_req(sd, r);
+		su_reqq_push(&sd->queue, r);
 	}
 	return 0;
 }
@@ -625,7 +541,7 @@ static void zmap_step(struct streamd *sd)
 
 static void disconnect(struct streamd *sd)
 {
-	struct req *r, *next;
+	struct su_req *r, *next;
 
 	if (!sd->nbd)
 		return;
@@ -640,9 +556,9 @@ static void disconnect(struct streamd *sd)
 		next = r->next;
 		if (sd->fd >= 0 && r->conn_gen) {
 			r->done = false;
-			queue_req(sd, r);
+			su_reqq_push(&sd->queue, r);
 		} else {
-			free_req(sd, r);
+			su_req_put(&sd->pool, r);
 		}
 	}
 	sd->inflight = NULL;
@@ -787,7 +703,7 @@ static int nbd_connect(struct streamd *sd)
 
 static int pread_done(void *user_data, int *error)
 {
-	struct req *r = user_data;
+	struct su_req *r = user_data;
 
 	r->done = true;
 	r->error = *error;
@@ -796,11 +712,11 @@ static int pread_done(void *user_data, int *error)
 
 static void issue(struct streamd *sd)
 {
-	struct req *r;
+	struct su_req *r;
 	int64_t c;
 
 	while (sd->nbd && sd->nr_inflight < sd->depth &&
-	       (r = dequeue_req(sd))) {
+	       (r = su_reqq_pop(&sd->queue))) {
 		r->done = false;
 		r->error = 0;
 		r->conn_gen = sd->conn_gen;
@@ -816,10 +732,7 @@ static void issue(struct streamd *sd)
 			err("pread block %" PRIu64 ": %s", r->block,
 			    nbd_get_error());
 			/* Back to the front; the connection is checked next. */
-			r->next = sd->queue;
-			sd->queue = r;
-			if (!r->next)
-				sd->queue_tail = &r->next;
+			su_reqq_push_front(&sd->queue, r);
 			sd->conn_lost = true;
 			break;
 		}
@@ -855,7 +768,7 @@ static bool is_connection_error(int e)
 /* Hand completed reads back to the kernel. */
 static void reap(struct streamd *sd)
 {
-	struct req **pp = &sd->inflight, *r;
+	struct su_req **pp = &sd->inflight, *r;
 
 	while ((r = *pp)) {
 		if (!r->done) {
@@ -866,7 +779,7 @@ static void reap(struct streamd *sd)
 		sd->nr_inflight--;
 		now(&sd->last_progress);
 		if (!r->conn_gen) {		/* target went away */
-			free_req(sd, r);
+			su_req_put(&sd->pool, r);
 			continue;
 		}
 		if (!r->error) {
@@ -881,7 +794,7 @@ static void reap(struct streamd *sd)
 			dbg(sd, "block %" PRIu64 ": %s; will reissue",
 			    r->block, strerror(r->error));
 			sd->conn_lost = true;
-			queue_req(sd, r);
+			su_reqq_push(&sd->queue, r);
 		} else if (++r->retries > MAX_RETRIES) {
 			sd->st.read_errors++;
 			err("read block %" PRIu64 ": %s; reporting EIO",
@@ -890,7 +803,7 @@ static void reap(struct streamd *sd)
 			answer(sd, r, -EIO, false);
 		} else {
 			dbg(sd, "retry block %" PRIu64, r->block);
-			queue_req(sd, r);
+			su_reqq_push(&sd->queue, r);
 		}
 	}
 }
@@ -919,8 +832,10 @@ static int try_attach(struct streamd *sd, bool *warned)
 
 	if (!r) {
 		*warned = false;
-		if (!sd->pool) {
-			r = pool_init(sd);
+		if (!sd->pool.reqs) {
+			r = su_reqpool_init(&sd->pool, sd->depth,
+					    sizeof(struct dm_stream_reply) +
+					    sd->block_size);
 			if (r) {
 				err("no memory for %u requests of %u bytes",
 				    sd->depth, sd->block_size);
@@ -950,7 +865,7 @@ static int run(struct streamd *sd)
 	bool warned = false;
 	int r;
 
-	sd->queue_tail = &sd->queue;
+	su_reqq_init(&sd->queue);
 	sd->fd = -1;
 	for (;;) {
 		struct pollfd pfd[2];
@@ -1018,7 +933,7 @@ static int run(struct streamd *sd)
 		}
 		zmap_step(sd);
 
-		if (sd->nr_free) {
+		if (sd->pool.nr_free) {
 			pfd[nfds].fd = sd->fd;
 			pfd[nfds].events = POLLIN;
 			dm_idx = nfds++;
@@ -1515,7 +1430,7 @@ int main(int argc, char **argv)
 	write_stats(&sd);
 	disconnect(&sd);
 	detach(&sd);
-	pool_free(&sd);
+	su_reqpool_destroy(&sd.pool);
 	free(sd.zero_map);
 	if (r) {
 		err("exiting: %s", strerror(-r));

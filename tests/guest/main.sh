@@ -114,18 +114,21 @@ t_module_reload() {
 	expect_eq "dirty" 2 "$(st 3)"
 }
 
-# Start a slow whole-device read (one fetch at a time, 10 ms each), call
-# $1 two seconds in, call $2 two seconds later, and check that the read
-# completes with the image's data and no I/O error.
+# Start a slow whole-device read (1 MiB reads: 16 misses at a time, each
+# fetch 10 ms at the server, up to 16 in flight in streamd), call $1 two
+# seconds in, with 16 fetches in flight, call $2 two seconds later, and
+# check that the read completes with the image's data and no I/O error.
 disrupt_mid_stream() {
 	fresh
 	server_start nbdkit delay rdelay=10ms
 	create
-	helper_start -q 1
+	helper_start -q 16
 	md5=$(dev_sum $IMG)
 	(dev_sum $DEV >/tmp/sum) &
 	reader=$!
 	sleep 2
+	# the disruption hits 16 requests in flight
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 16 ]"
 	"$1"
 	say "$1 with $(present) blocks present"
 	[ "$(present)" -lt "$NBLOCKS" ]
@@ -142,7 +145,7 @@ kill_helper() {
 	wait_for 10 test -f /tmp/streamd.rc
 }
 
-restart_helper() { helper_start -q 8; }
+restart_helper() { helper_start -q 16; }
 
 restart_server() { server_start nbdkit; }
 

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+/* streamd's request pool and queues: see reqpool.h. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "reqpool.h"
+
+int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t buf_size)
+{
+	unsigned int i;
+
+	memset(p, 0, sizeof(*p));
+	p->reqs = calloc(nr, sizeof(*p->reqs));
+	if (!p->reqs)
+		return -ENOMEM;
+	p->nr = nr;
+	for (i = 0; i < nr; i++) {
+		p->reqs[i].buf = malloc(buf_size);
+		if (!p->reqs[i].buf)
+			goto out_free;
+		su_req_put(p, &p->reqs[i]);
+	}
+	return 0;
+out_free:
+	su_reqpool_destroy(p);
+	return -ENOMEM;
+}
+
+void su_reqpool_destroy(struct su_reqpool *p)
+{
+	unsigned int i;
+
+	for (i = 0; p->reqs && i < p->nr; i++)
+		free(p->reqs[i].buf);
+	free(p->reqs);
+	memset(p, 0, sizeof(*p));
+}
+
+struct su_req *su_req_get(struct su_reqpool *p)
+{
+	struct su_req *r = p->free;
+	unsigned char *buf;
+
+	if (!r)
+		return NULL;
+	p->free = r->next;
+	p->nr_free--;
+	buf = r->buf;
+	memset(r, 0, sizeof(*r));
+	r->buf = buf;
+	return r;
+}
+
+void su_req_put(struct su_reqpool *p, struct su_req *r)
+{
+	r->next = p->free;
+	p->free = r;
+	p->nr_free++;
+}
+
+void su_reqq_init(struct su_reqq *q)
+{
+	q->head = NULL;
+	q->tail = &q->head;
+}
+
+void su_reqq_push(struct su_reqq *q, struct su_req *r)
+{
+	r->next = NULL;
+	*q->tail = r;
+	q->tail = &r->next;
+}
+
+void su_reqq_push_front(struct su_reqq *q, struct su_req *r)
+{
+	r->next = q->head;
+	q->head = r;
+	if (!r->next)
+		q->tail = &r->next;
+}
+
+struct su_req *su_reqq_pop(struct su_reqq *q)
+{
+	struct su_req *r = q->head;
+
+	if (r) {
+		q->head = r->next;
+		if (!q->head)
+			q->tail = &q->head;
+		r->next = NULL;
+	}
+	return r;
+}

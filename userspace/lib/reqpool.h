@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * streamd's requests: a pool allocated once (so that serving never
+ * allocates) and FIFO queues of pool entries.  Single-threaded: the
+ * caller owns the pool and the queues (streamd's main loop).
+ */
+#ifndef STREAM_LIB_REQPOOL_H
+#define STREAM_LIB_REQPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct su_req {
+	struct su_req *next;		/* free list, a queue or a list */
+	uint64_t tag;
+	uint64_t block;
+	unsigned int retries;
+	uint64_t conn_gen;		/* connection it was issued on */
+	bool done;			/* completion seen */
+	int error;
+	int reply_error;		/* a reply to send again */
+	bool reply_zero;
+	unsigned char *buf;		/* buf_size bytes */
+};
+
+struct su_reqpool {
+	struct su_req *reqs;
+	unsigned int nr;
+	struct su_req *free;
+	unsigned int nr_free;
+};
+
+struct su_reqq {
+	struct su_req *head, **tail;
+};
+
+/* @nr entries with @buf_size bytes each; 0 or -ENOMEM (nothing kept). */
+int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t buf_size);
+void su_reqpool_destroy(struct su_reqpool *p);
+/* An entry, reset, or NULL when all are in use. */
+struct su_req *su_req_get(struct su_reqpool *p);
+void su_req_put(struct su_reqpool *p, struct su_req *r);
+
+void su_reqq_init(struct su_reqq *q);
+void su_reqq_push(struct su_reqq *q, struct su_req *r);
+void su_reqq_push_front(struct su_reqq *q, struct su_req *r);
+struct su_req *su_reqq_pop(struct su_reqq *q);
+
+#endif
