@@ -26,6 +26,7 @@ for t in "$lib"/test-*.c; do
 					-fno-omit-frame-pointer)
 		bin=$out/$name-$v
 		# a test with the allocation-failure shim wraps these
+		# shellcheck disable=SC2054 # one linker option
 		grep -q __wrap_malloc "$t" &&
 			extra+=(-Wl,--wrap=malloc,--wrap=calloc)
 		if ! gcc "${cflags[@]}" "${extra[@]}" -o "$bin" "$t" "${srcs[@]}" \

@@ -115,12 +115,13 @@ t_module_reload() {
 }
 
 # Start a slow whole-device read (1 MiB reads: 16 misses at a time, each
-# fetch 10 ms at the server, up to 16 in flight in streamd), call $1 two
-# seconds in, with 16 fetches in flight, call $2 two seconds later, and
-# check that the read completes with the image's data and no I/O error.
+# fetch 300 ms at the server, up to 16 in flight in streamd: ~10 s), call
+# $1 two seconds in, with 16 fetches in flight, call $2 two seconds later,
+# and check that the read completes with the image's data and no I/O
+# error.
 disrupt_mid_stream() {
 	fresh
-	server_start nbdkit delay rdelay=10ms
+	server_start nbdkit delay rdelay=300ms
 	create
 	helper_start -q 16
 	md5=$(dev_sum $IMG)
