@@ -103,10 +103,6 @@ struct stream_c {
 
 	struct stream_snap snap;	/* dm-stream-snap.c */
 
-	/* Background fill switch, read by streamd through the status. */
-	bool fill_on;			/* READ_ONCE */
-	u64 fill_rate;			/* bytes/s, 0 = unlimited */
-
 	atomic_t parked;		/* bios waiting for a block */
 	atomic64_t nr_fetched;
 	atomic64_t nr_zero;

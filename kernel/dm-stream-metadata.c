@@ -216,6 +216,14 @@ struct dm_stream_metadata {
 	struct dsm_sb_info sb;
 	bool failed;		/* a journal write failed: no more commits */
 
+	/*
+	 * The background fill's switch and rate (bytes/s, 0: no limit): not
+	 * on disk, but here rather than in the target so that a table
+	 * reload, which shares this object, keeps them.  READ_ONCE.
+	 */
+	bool fill_on;
+	u64 fill_rate;
+
 	/* Live maps, any context, atomic bitops. */
 	unsigned long *present;
 	unsigned long *dirty[DSM_MAX_CONSUMERS];
@@ -2441,4 +2449,20 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 out:
 	mutex_unlock(&md->commit_lock);
 	return r;
+}
+
+void dsm_fill_policy(struct dm_stream_metadata *md, bool *on, u64 *rate)
+{
+	*on = READ_ONCE(md->fill_on);
+	*rate = READ_ONCE(md->fill_rate);
+}
+
+void dsm_set_fill_on(struct dm_stream_metadata *md, bool on)
+{
+	WRITE_ONCE(md->fill_on, on);
+}
+
+void dsm_set_fill_rate(struct dm_stream_metadata *md, u64 rate)
+{
+	WRITE_ONCE(md->fill_rate, rate);
 }

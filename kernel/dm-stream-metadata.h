@@ -108,6 +108,15 @@ u64 dsm_nr_dirty(struct dm_stream_metadata *md, unsigned int c);
 u64 dsm_generation(struct dm_stream_metadata *md);
 /* Copy the image id ("" if none) to @buf, DSM_IMAGE_ID_LEN bytes.  Any context. */
 void dsm_image_id(struct dm_stream_metadata *md, char *buf);
+
+/*
+ * The background fill's switch and rate limit (bytes/s, 0: none), kept
+ * in memory with the metadata so that they outlive a table reload and a
+ * helper restart (not a reboot: they are not on disk).  Any context.
+ */
+void dsm_fill_policy(struct dm_stream_metadata *md, bool *on, u64 *rate);
+void dsm_set_fill_on(struct dm_stream_metadata *md, bool on);
+void dsm_set_fill_rate(struct dm_stream_metadata *md, u64 rate);
 bool dsm_changed(struct dm_stream_metadata *md);
 
 /* Lockless, any context: is @block dirty for consumer @c (snapshot aside)? */

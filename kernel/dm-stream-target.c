@@ -999,11 +999,13 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 	struct dm_stream_metadata *md = sc->md;
 	unsigned int sz = 0, c;
 	char id[DSM_IMAGE_ID_LEN];
-	bool budget;
+	bool budget, fill_on;
+	u64 fill_rate;
 
 	switch (type) {
 	case STATUSTYPE_INFO:
 		dsm_image_id(md, id);
+		dsm_fill_policy(md, &fill_on, &fill_rate);
 		DMEMIT("%u %llu/%llu %llu %d %s %s %lld %lld %lld %llu %s %llu %s",
 		       sc->block_sectors, dsm_nr_present(md),
 		       sc->nr_blocks,
@@ -1015,8 +1017,7 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 		       atomic64_read(&sc->nr_zero),
 		       atomic64_read(&sc->nr_fetch_errors),
 		       dsm_generation(md),
-		       READ_ONCE(sc->fill_on) ? "on" : "off",
-		       READ_ONCE(sc->fill_rate), *id ? id : "-");
+		       fill_on ? "on" : "off", fill_rate, *id ? id : "-");
 		for (c = 0; c < DSM_MAX_CONSUMERS; c++)
 			DMEMIT(" %llu:%llu:%llu", dsm_nr_dirty(md, c),
 			       dsm_snap_gen(md, c), dsm_snap_blocks(md, c));
@@ -1298,12 +1299,12 @@ static int msg_fill(struct stream_c *sc, unsigned int argc, char **argv)
 	u64 rate;
 
 	if (argc == 2 && !strcasecmp(argv[1], "on")) {
-		WRITE_ONCE(sc->fill_on, true);
+		dsm_set_fill_on(sc->md, true);
 	} else if (argc == 2 && !strcasecmp(argv[1], "off")) {
-		WRITE_ONCE(sc->fill_on, false);
+		dsm_set_fill_on(sc->md, false);
 	} else if (argc == 3 && !strcasecmp(argv[1], "rate") &&
 		   !parse_u64(argv[2], &rate)) {
-		WRITE_ONCE(sc->fill_rate, rate);
+		dsm_set_fill_rate(sc->md, rate);
 	} else {
 		DMERR("%s: fill: expected on, off or rate <bytes/s>",
 		      stream_name(sc));

@@ -242,6 +242,29 @@ t_drain_signal_aborts() {
 	rm -f /tmp/target.raw
 }
 
+# The fill's switch and rate outlive a table reload and a helper restart;
+# streamd --fill switches it on.
+t_fill_policy_kept() {
+	fresh
+	server_start nbdkit
+	create
+	streamctl fill s off --rate 65536
+	expect_eq "policy" "off 65536" "$(st 11) $(st 12)"
+	dmsetup table s >/tmp/table
+	dmsetup reload s /tmp/table
+	dmsetup resume s
+	expect_eq "policy after a reload" "off 65536" "$(st 11) $(st 12)"
+	helper_start --fill
+	wait_for 10 sh -c '[ "$(dmsetup status s | awk "{print \$14}")" = on ]'
+	expect_eq "policy with streamd --fill" "on 65536" "$(st 11) $(st 12)"
+	helper_stop
+	dmsetup reload s /tmp/table
+	dmsetup resume s
+	expect_eq "policy after a helper restart and a reload" "on 65536" \
+		"$(st 11) $(st 12)"
+	streamctl fill s off
+}
+
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run server_wrong_size t_server_wrong_size
@@ -250,3 +273,4 @@ run server_client_limit t_server_client_limit
 run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused
 run drain_signal_aborts t_drain_signal_aborts
+run fill_policy_kept t_fill_policy_kept
