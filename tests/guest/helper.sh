@@ -37,6 +37,7 @@ check_many() {
 }
 
 parked_at_least() { [ "$(st 4)" -ge "$1" ]; }
+fill_is_on() { [ "$(st 11)" = on ]; }
 helper_alive() {
 	kill -0 "$(cat /tmp/streamd.pid)" 2>/dev/null ||
 		{ echo "# streamd exited"; return 1; }
@@ -255,7 +256,7 @@ t_fill_policy_kept() {
 	dmsetup resume s
 	expect_eq "policy after a reload" "off 65536" "$(st 11) $(st 12)"
 	helper_start --fill
-	wait_for 10 sh -c '[ "$(dmsetup status s | awk "{print \$14}")" = on ]'
+	wait_for 10 fill_is_on
 	expect_eq "policy with streamd --fill" "on 65536" "$(st 11) $(st 12)"
 	helper_stop
 	dmsetup reload s /tmp/table
