@@ -44,6 +44,46 @@ kernel_image() {
 	esac
 }
 
+# TLS material for the helper suite, made fresh for each initramfs with
+# openssl: a PSK file and a wrong one; a CA, a server and a client
+# certificate (SAN localhost, 127.0.0.1), and a client directory trusting
+# another CA.
+make_tls_assets() {	# make_tls_assets <dir>
+	local d=$1 s x
+	rm -rf "$d"
+	mkdir -p "$d"/{server,client,untrusted,ca,other}
+	(
+		set -e
+		cd "$d"
+		echo "alice:$(openssl rand -hex 32)" >psk.keys
+		echo "alice:$(openssl rand -hex 32)" >wrong.keys
+		for x in ca other; do
+			openssl req -x509 -newkey rsa:2048 -nodes -days 3650 \
+				-keyout $x/ca-key.pem -out $x/ca-cert.pem \
+				-subj "/CN=dm-stream test $x" \
+				-addext "basicConstraints=critical,CA:TRUE" \
+				-addext "keyUsage=critical,keyCertSign,cRLSign"
+		done
+		for x in server client; do
+			s=serverAuth
+			[ $x = client ] && s=clientAuth
+			openssl req -newkey rsa:2048 -nodes -keyout $x/$x-key.pem \
+				-out $x/$x.csr -subj "/CN=localhost"
+			printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+				"extendedKeyUsage=$s" \
+				"keyUsage=critical,digitalSignature,keyEncipherment" \
+				>$x/ext
+			openssl x509 -req -in $x/$x.csr -CA ca/ca-cert.pem \
+				-CAkey ca/ca-key.pem -CAcreateserial -days 3650 \
+				-extfile $x/ext -out $x/$x-cert.pem
+			cp ca/ca-cert.pem $x/
+			rm -f $x/$x.csr $x/ext
+		done
+		cp client/client-cert.pem client/client-key.pem untrusted/
+		cp other/ca-cert.pem untrusted/
+	) >"$d.log" 2>&1 || die "making TLS test material failed (see $d.log)"
+}
+
 # Build dm-stream.ko for kernel $1 in its own directory; prints the path.
 build_module() {
 	local tag=$1 dir=$WORK/mod-$1 kdir
@@ -160,6 +200,7 @@ build_initramfs() {
 	install -m 0644 "$(dirname "$ko")/kmod/stream-delay.ko" \
 		"$root/lib/modules/stream-delay.ko"
 	cp "$TOP"/tests/guest/*.sh "$root/tests/"
+	make_tls_assets "$root/tests/tls"
 	install -m 0755 "$TOP/tests/guest/init" "$root/init"
 	(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) \
 		>"$WORK/initramfs-$tag.cpio.gz"

@@ -11,7 +11,7 @@ mkdir -p "$out"
 lib=$top/userspace/lib
 srcs=()
 for f in "$lib"/*.c; do
-	case $(basename "$f") in test-*|fuzz-*|dm.c) ;; *) srcs+=("$f") ;; esac
+	case $(basename "$f") in test-*|fuzz-*|dm.c|tls.c) ;; *) srcs+=("$f") ;; esac
 done
 cflags=(-std=gnu11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror
 	-Wno-unused-parameter -I"$lib" -I"$top/kernel")

@@ -49,6 +49,7 @@
 #include "dm.h"
 #include "parse.h"
 #include "status.h"
+#include "tls.h"
 #include "upgrade.h"
 
 #define EXIT_USAGE	2
@@ -75,6 +76,8 @@ static void usage(FILE *f)
 	fprintf(f,
 "Usage: streamctl status [--json] <device>\n"
 "       streamctl snapshot <device> --consumer N --to <NBD URI> [--no-ack]\n"
+"                 [--tls-certificates DIR | --tls-psk-file FILE\n"
+"                  [--tls-username NAME]]\n"
 "       streamctl ack|abort <device> --consumer N <snapshot id>\n"
 "       streamctl revert [--force] <device>\n"
 "       streamctl invalidate <device> --image-id ID [--keep|--discard]\n"
@@ -508,7 +511,7 @@ out:
 }
 
 static int cmd_snapshot(const char *dev, int consumer, const char *uri,
-			bool ack)
+			bool ack, const struct su_tls *tls)
 {
 	struct su_status st;
 	struct drain d = { .dev = dev, .chan = -1, .devfd = -1 };
@@ -526,7 +529,8 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 	if (posix_memalign(&d.buf, 4096, d.bs))
 		return 1;
 	d.nbd = nbd_create();
-	if (!d.nbd || nbd_connect_uri(d.nbd, uri) == -1) {
+	if (!d.nbd || su_tls_apply(tls, d.nbd) == -1 ||
+	    nbd_connect_uri(d.nbd, uri) == -1) {
 		fprintf(stderr, "streamctl: connect %s: %s\n", uri,
 			nbd_get_error());
 		goto out_nbd;
@@ -798,11 +802,15 @@ int main(int argc, char **argv)
 		{ "discard", no_argument, NULL, 'd' },
 		{ "rate", required_argument, NULL, 'r' },
 		{ "force", no_argument, NULL, 'F' },
+		{ "tls-certificates", required_argument, NULL, 'C' },
+		{ "tls-psk-file", required_argument, NULL, 'P' },
+		{ "tls-username", required_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *cmd, *to = NULL, *image_id = NULL, *rate = NULL;
 	bool json = false, ack = true, keep = true, force = false;
+	struct su_tls tls = { 0 };
 	int c, consumer = -1, nargs;
 	unsigned int v;
 
@@ -850,6 +858,15 @@ int main(int argc, char **argv)
 		case 'F':
 			force = true;
 			break;
+		case 'C':
+			tls.certificates = optarg;
+			break;
+		case 'P':
+			tls.psk_file = optarg;
+			break;
+		case 'U':
+			tls.username = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -864,7 +881,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "revert") && nargs == 1)
 		return cmd_revert(argv[optind], force);
 	if (!strcmp(cmd, "snapshot") && nargs == 1 && to && consumer >= 0)
-		return cmd_snapshot(argv[optind], consumer, to, ack);
+		return cmd_snapshot(argv[optind], consumer, to, ack, &tls);
 	if ((!strcmp(cmd, "ack") || !strcmp(cmd, "abort")) && nargs == 2 &&
 	    consumer >= 0)
 		return cmd_end(argv[optind], cmd, consumer, argv[optind + 1]);

@@ -91,6 +91,7 @@
 #include "dm.h"
 #include "parse.h"
 #include "reqpool.h"
+#include "tls.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -131,6 +132,7 @@ struct streamd {
 	bool use_syslog;
 	bool by_uuid;
 	const char *image_id;		/* --image-id, or NULL */
+	struct su_tls tls;		/* --tls-*, files kept (see tls.h) */
 	uint64_t image_size;		/* export size once connected, else 0 */
 
 	int fd;				/* /dev/dm-stream, -1 when detached */
@@ -657,6 +659,11 @@ static int nbd_connect(struct streamd *sd)
 		return -EAGAIN;
 	}
 	nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION);
+	if (su_tls_apply(&sd->tls, h) == -1) {
+		err("TLS settings: %s", nbd_get_error());
+		nbd_close(h);
+		return sd->conn_gen ? -EAGAIN : -EKEYREJECTED;
+	}
 	now(&deadline);
 	deadline.tv_sec += sd->connect_timeout;
 	if (nbd_aio_connect_uri(h, sd->uri) == -1) {
@@ -669,12 +676,21 @@ static int nbd_connect(struct streamd *sd)
 	}
 	r = connect_wait(h, &deadline);
 	if (r) {
+		const char *msg = nbd_get_error();
+
 		if (r == -ETIMEDOUT)
 			err("connect %s: no handshake within %u s (server over its client limit?)",
 			    sd->uri, sd->connect_timeout);
 		else
-			err("connect %s: %s", sd->uri, nbd_get_error() ?
-			    nbd_get_error() : strerror(-r));
+			err("connect %s: %s", sd->uri, msg ? msg : strerror(-r));
+		/*
+		 * TLS refused before we ever connected (wrong key, untrusted
+		 * certificate, TLS on one side only): waiting will not help.
+		 */
+		if (r != -ETIMEDOUT && !sd->conn_gen && su_tls_error(msg)) {
+			nbd_close(h);
+			return -EKEYREJECTED;
+		}
 		nbd_close(h);
 		return -EAGAIN;
 	}
@@ -909,7 +925,7 @@ static int run(struct streamd *sd)
 			retry_replies(sd);
 		if (!sd->nbd && ms_until(&sd->next_connect) <= 0) {
 			r = nbd_connect(sd);
-			if (r == -EINVAL)
+			if (r == -EINVAL || r == -EKEYREJECTED)
 				return r;
 			if (r)
 				schedule_connect(sd);
@@ -1258,6 +1274,12 @@ static void usage(FILE *f)
 "                        helper unless it matches the id its last image\n"
 "                        update recorded\n"
 "  -s, --stats FILE      write counters to FILE on SIGUSR1 and at exit\n"
+"      --tls-certificates DIR\n"
+"                        X.509: ca-cert.pem [client-cert.pem client-key.pem]\n"
+"      --tls-psk-file FILE  TLS-PSK keys (username:hexkey lines)\n"
+"      --tls-username NAME  the PSK identity (default: the login name)\n"
+"                        any --tls option requires TLS; the files are\n"
+"                        copied under $STREAMD_RUNDIR (/run) at start-up\n"
 "  -d, --daemon          detach and log to syslog\n"
 "  -p, --pidfile FILE    write the process id to FILE\n"
 "  -v, --verbose         log every request\n"
@@ -1284,6 +1306,9 @@ int main(int argc, char **argv)
 		{ "uuid", no_argument, NULL, 'u' },
 		{ "image-id", required_argument, NULL, 'i' },
 		{ "stats", required_argument, NULL, 's' },
+		{ "tls-certificates", required_argument, NULL, 'C' },
+		{ "tls-psk-file", required_argument, NULL, 'P' },
+		{ "tls-username", required_argument, NULL, 'U' },
 		{ "daemon", no_argument, NULL, 'd' },
 		{ "pidfile", required_argument, NULL, 'p' },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -1353,6 +1378,15 @@ int main(int argc, char **argv)
 		case 's':
 			sd.stats_path = optarg;
 			break;
+		case 'C':
+			sd.tls.certificates = optarg;
+			break;
+		case 'P':
+			sd.tls.psk_file = optarg;
+			break;
+		case 'U':
+			sd.tls.username = optarg;
+			break;
 		case 'd':
 			daemonize = true;
 			break;
@@ -1414,6 +1448,21 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	/* Before serving: the TLS files may be gone after switch_root. */
+	if (su_tls_wanted(&sd.tls)) {
+		const char *rundir = getenv("STREAMD_RUNDIR");
+
+		if (!rundir)
+			rundir = access("/run", W_OK) ? "/tmp" : "/run";
+		r = su_tls_keep(&sd.tls, rundir);
+		if (r) {
+			err("cannot keep the TLS files: %s", strerror(-r));
+			return 1;
+		}
+	} else if (sd.tls.username) {
+		err("--tls-username needs --tls-psk-file");
+		return 2;
+	}
 	/* backoff jitter: differs between machines booted together */
 	clock_gettime(CLOCK_REALTIME, &seed);
 	srandom(seed.tv_nsec ^ getpid());
@@ -1431,6 +1480,7 @@ int main(int argc, char **argv)
 	disconnect(&sd);
 	detach(&sd);
 	su_reqpool_destroy(&sd.pool);
+	su_tls_forget(&sd.tls);
 	free(sd.zero_map);
 	if (r) {
 		err("exiting: %s", strerror(-r));

@@ -266,6 +266,94 @@ t_fill_policy_kept() {
 	streamctl fill s off
 }
 
+TLS=/tests/tls
+tls_psk_server() {	# nbdkit, TLS-PSK required
+	rm -f $SOCK
+	nbdkit -U $SOCK -P /tmp/nbd.pid --tls=require \
+		--tls-psk=$TLS/psk.keys file file=$SRC
+	wait_for 10 test -S $SOCK
+}
+tls_x509_server() {	# qemu-nbd, 127.0.0.1:10810 (0x2A3A), client cert required
+	qemu-nbd -f raw -r --persistent -e 4 -b 127.0.0.1 -p 10810 \
+		--object tls-creds-x509,id=tls0,dir=$TLS/server,endpoint=server \
+		--tls-creds tls0 $SRC >/tmp/qemu-nbd.log 2>&1 &
+	echo $! >/tmp/nbd.pid
+	wait_for 10 sh -c "grep -q ':2A3A ' /proc/net/tcp"
+}
+
+# TLS-PSK (nbdkit): served; the key file removed after start-up and the
+# server restarted, streamd reconnects with the copy it kept.
+t_tls_psk() {
+	fresh
+	tls_psk_server
+	create
+	cp $TLS/psk.keys /tmp/psk.keys
+	HELPER_URI="nbds+unix:///?socket=$SOCK" helper_start \
+		--tls-psk-file /tmp/psk.keys --tls-username alice
+	expect_eq "block 7" "$(blk_sum $IMG 7)" "$(blk_sum $DEV 7)"
+	rm /tmp/psk.keys
+	server_stop
+	tls_psk_server
+	read_many 20 4
+	check_many 20 4
+	no_fetch_errors
+	helper_alive
+}
+
+# X.509 (qemu-nbd --tls-creds, which also checks the client certificate).
+t_tls_x509() {
+	fresh
+	tls_x509_server
+	create
+	HELPER_URI="nbds://127.0.0.1:10810" helper_start \
+		--tls-certificates $TLS/client
+	read_many 20 8
+	check_many 20 8
+	no_fetch_errors
+}
+
+# TLS mistakes exit 1 at start-up, at once, and leave the device as it was.
+t_tls_mistakes_exit() {
+	fresh
+	create
+	tls_psk_server
+	for _case in plain wrong_psk; do
+		_rc=0
+		case $_case in
+		plain)
+			timeout 30 streamd s "nbd+unix:///?socket=$SOCK" \
+				2>/tmp/e.log || _rc=$? ;;
+		wrong_psk)
+			timeout 30 streamd --tls-psk-file $TLS/wrong.keys \
+				--tls-username alice s \
+				"nbds+unix:///?socket=$SOCK" 2>/tmp/e.log ||
+				_rc=$? ;;
+		esac
+		expect_eq "exit status, $_case" 1 $_rc || { cat /tmp/e.log; return 1; }
+		grep -q "TLS\|gnutls" /tmp/e.log || { cat /tmp/e.log; return 1; }
+	done
+	server_stop
+	server_start nbdkit	# no TLS
+	_rc=0
+	timeout 30 streamd --tls-psk-file $TLS/psk.keys --tls-username alice s \
+		"nbds+unix:///?socket=$SOCK" 2>/tmp/e.log || _rc=$?
+	expect_eq "exit status, TLS client and plain server" 1 $_rc ||
+		{ cat /tmp/e.log; return 1; }
+	server_stop
+	tls_x509_server
+	_rc=0
+	timeout 30 streamd --tls-certificates $TLS/untrusted s \
+		"nbds://127.0.0.1:10810" 2>/tmp/e.log || _rc=$?
+	expect_eq "exit status, untrusted certificate" 1 $_rc ||
+		{ cat /tmp/e.log; return 1; }
+	grep -q "certificate" /tmp/e.log
+	expect_eq "present after the mistakes" 0 "$(present)"
+	HELPER_URI="nbds://127.0.0.1:10810" helper_start \
+		--tls-certificates $TLS/client
+	expect_eq "block 7" "$(blk_sum $IMG 7)" "$(blk_sum $DEV 7)"
+	no_fetch_errors
+}
+
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run server_wrong_size t_server_wrong_size
@@ -275,3 +363,6 @@ run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused
 run drain_signal_aborts t_drain_signal_aborts
 run fill_policy_kept t_fill_policy_kept
+run tls_psk t_tls_psk
+run tls_x509 t_tls_x509
+run tls_mistakes_exit t_tls_mistakes_exit
