@@ -147,7 +147,7 @@ copy_lib() {
 # dm-log-writes records the replay suite's workload (built into the debug
 # kernel).
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
-dm-flakey dm-delay dm-log-writes loop ext4"
+dm-flakey dm-delay dm-log-writes loop ext4 sch_netem"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
 build_initramfs() {
@@ -173,6 +173,8 @@ build_initramfs() {
 	copy_bin "$root" "$(command -v fio)"
 	# streamctl --json is checked with a real parser.
 	copy_bin "$root" "$(command -v jq)"
+	# tc netem: the helper suite's network drop.
+	copy_bin "$root" "$(command -v tc)" /opt/bin
 	for f in /usr/lib/x86_64-linux-gnu/nbdkit/plugins/nbdkit-file-plugin.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-log-filter.so \
 		 /usr/lib/x86_64-linux-gnu/nbdkit/filters/nbdkit-delay-filter.so; do

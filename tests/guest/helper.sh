@@ -83,6 +83,32 @@ t_server_sigstop() {
 	grep -q "no handshake within 3 s" /tmp/streamd.log
 }
 
+# The network to the server drops every packet for 60 s (tc netem on the
+# loopback, TCP to qemu-nbd) with 16 reads outstanding: streamd notices,
+# keeps reconnecting, and serves everything once the network is back.
+t_network_drop() {
+	fresh
+	qemu-nbd -f raw -r --persistent -e 8 -b 127.0.0.1 -p 10811 $SRC \
+		>/tmp/qemu-nbd.log 2>&1 &
+	echo $! >/tmp/nbd.pid
+	wait_for 10 sh -c "grep -q ':2A3B ' /proc/net/tcp"
+	create
+	HELPER_URI=nbd://127.0.0.1:10811 helper_start --io-timeout 5 \
+		--connect-timeout 3
+	wait_for 10 grep -q "connected to" /tmp/streamd.log
+	/opt/bin/tc qdisc add dev lo root netem loss 100%
+	read_many 20 16
+	wait_for 10 parked_at_least 16
+	sleep 60
+	_parked=$(st 4)
+	/opt/bin/tc qdisc del dev lo root
+	expect_eq "reads parked while the network was down" 16 "$_parked"
+	check_many 20 16
+	helper_alive
+	no_fetch_errors
+	grep -q "no reply to .* reads for 5 s" /tmp/streamd.log
+}
+
 # The server comes back with an export of another size: streamd refuses
 # it loudly and waits; the right one is then used.
 t_server_wrong_size() {
@@ -356,6 +382,7 @@ t_tls_mistakes_exit() {
 
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
+run network_drop t_network_drop
 run server_wrong_size t_server_wrong_size
 run server_bad_block t_server_bad_block
 run server_client_limit t_server_client_limit
