@@ -211,6 +211,19 @@ t_startup_errors_exit() {
 	_rc=0
 	timeout 20 streamd -t 010x s "$URI" 2>/tmp/e.log || _rc=$?
 	expect_eq "exit status for --io-timeout 010x" 2 $_rc
+	# streamctl: one strict parser (no empty, no wrap, no octal)
+	for _c in "" 4294967296 -1 1x; do
+		_rc=0
+		streamctl ack s --consumer "$_c" 1 2>/dev/null || _rc=$?
+		expect_eq "streamctl --consumer '$_c'" 2 $_rc
+	done
+	_rc=0
+	echo "0000065536 1" | streamctl invalidate s --image-id v2 - \
+		>/tmp/inv.out 2>&1 || _rc=$?
+	expect_eq "ranges file with a leading zero (decimal)" 0 $_rc ||
+		{ cat /tmp/inv.out; return 1; }
+	grep -q "image v2: .* (1 ranges" /tmp/inv.out ||
+		{ cat /tmp/inv.out; return 1; }
 }
 
 # revert and invalidate refuse a mounted device (exit 4); unmounted, or
