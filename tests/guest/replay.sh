@@ -167,15 +167,26 @@ rp_helper() {	# rp_helper <device> <socket>
 	wait_for 10 sh -c "dmsetup status $1 | grep -q ' attached '"
 }
 
+# Stop the workload's streamd: it must exit 0 and have logged no
+# failed/dropped/malformed/exiting line (127: not our child, unknown).
 rp_helper_stop() {
 	[ -f $RP/streamd.pid ] || return 0
 	kill "$(cat $RP/streamd.pid)" 2>/dev/null || true
-	wait "$(cat $RP/streamd.pid)" 2>/dev/null || true
+	_hrc=0
+	wait "$(cat $RP/streamd.pid)" 2>/dev/null || _hrc=$?
 	rm -f $RP/streamd.pid
+	if [ $_hrc != 0 ] && [ $_hrc != 127 ]; then
+		echo "# streamd exited with status $_hrc"
+		return 1
+	fi
+	if grep -E "failed|dropped|malformed|exiting" $RP/streamd.log; then
+		echo "# streamd logged the lines above"
+		return 1
+	fi
 }
 
 rp_teardown() {
-	rp_helper_stop
+	rp_helper_stop || true
 	for _d in rs c wm wd cm cd lw; do
 		if dmsetup info $_d >/dev/null 2>&1; then
 			dmsetup remove $_d || true
