@@ -105,6 +105,7 @@
 #define DEFAULT_IO_TIMEOUT	30	/* s without progress: reconnect */
 #define DEFAULT_CONNECT_TIMEOUT	10	/* s for connect + handshake */
 #define REPLY_RETRY_MS	100
+#define TLS_GIVE_UP	3	/* TLS failures in a row at start-up: exit */
 #define ZERO_MAP_CHUNK	(1ULL << 30)
 
 
@@ -147,6 +148,7 @@ struct streamd {
 	struct timespec next_connect;
 	struct timespec last_progress;	/* last completion, or first issue */
 	int64_t bad_size;		/* export size last refused, logged once */
+	unsigned int tls_failures;	/* in a row, before the first connect */
 
 	uint8_t *zero_map;		/* bit per block: reads as zero */
 	uint64_t zmap_off;		/* covered up to here (bytes) */
@@ -497,22 +499,31 @@ static int zmap_done_cb(void *user_data, int *error)
 }
 
 /* Start the zero map of a new connection: it is built by zmap_step(). */
-static void zmap_start(struct streamd *sd)
+/*
+ * Forget what the zero map says: it describes the image of one
+ * connection, and after a re-attach (an image update) or a reconnect the
+ * image may be another.  Until a new map covers a block, it is fetched.
+ */
+static void zmap_forget(struct streamd *sd)
 {
+	if (sd->zero_map)
+		memset(sd->zero_map, 0, (sd->nr_blocks + 7) / 8);
 	sd->zmap_off = sd->zmap_end = 0;
 	sd->zmap_busy = false;
 	sd->zmap_done = true;
+}
+
+static void zmap_start(struct streamd *sd)
+{
+	zmap_forget(sd);
 	if (nbd_can_meta_context(sd->nbd, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) {
 		info("server has no base:allocation; zero blocks will be transferred");
 		return;
 	}
 	if (!sd->zero_map)
 		sd->zero_map = calloc((sd->nr_blocks + 7) / 8, 1);
-	if (!sd->zero_map)
-		return;
-	/* A rebuild must not keep bits of an older image. */
-	memset(sd->zero_map, 0, (sd->nr_blocks + 7) / 8);
-	sd->zmap_done = false;
+	if (sd->zero_map)
+		sd->zmap_done = false;
 }
 
 /* One block-status request at a time, beside the reads. */
@@ -552,8 +563,7 @@ static void disconnect(struct streamd *sd)
 	sd->conn_lost = false;
 	nbd_close(sd->nbd);
 	sd->nbd = NULL;
-	sd->zmap_busy = false;
-	sd->zmap_done = true;
+	zmap_forget(sd);
 	for (r = sd->inflight; r; r = next) {
 		next = r->next;
 		if (sd->fd >= 0 && r->conn_gen) {
@@ -577,6 +587,7 @@ static void reattach(struct streamd *sd)
 	sd->st.reattaches++;
 	detach(sd);
 	disconnect(sd);
+	zmap_forget(sd);	/* also when we were not connected */
 }
 
 /* Exponential backoff with +-25 % jitter, so that a fleet spreads out. */
@@ -631,10 +642,16 @@ static int connect_wait(struct nbd_handle *h, const struct timespec *deadline)
 			return -errno;
 		if (r <= 0)
 			continue;
-		if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
-			r = nbd_aio_notify_read(h);
-		else
+		/*
+		 * A failed non-blocking connect reports POLLOUT|POLLERR|
+		 * POLLHUP, and libnbd's connecting and sending states take
+		 * only a write notification.
+		 */
+		if ((dir & LIBNBD_AIO_DIRECTION_WRITE) &&
+		    (pfd.revents & (POLLOUT | POLLHUP | POLLERR)))
 			r = nbd_aio_notify_write(h);
+		else
+			r = nbd_aio_notify_read(h);
 		if (r == -1)
 			return -(nbd_get_errno() ? nbd_get_errno() : EIO);
 	}
@@ -685,11 +702,20 @@ static int nbd_connect(struct streamd *sd)
 			err("connect %s: %s", sd->uri, msg ? msg : strerror(-r));
 		/*
 		 * TLS refused before we ever connected (wrong key, untrusted
-		 * certificate, TLS on one side only): waiting will not help.
+		 * certificate, TLS on one side only) will not change by
+		 * waiting; but a server restarting mid-handshake looks the
+		 * same once: exit only after TLS_GIVE_UP such failures in a
+		 * row, nothing else in between.
 		 */
-		if (r != -ETIMEDOUT && !sd->conn_gen && su_tls_error(msg)) {
-			nbd_close(h);
-			return -EKEYREJECTED;
+		if (r != -ETIMEDOUT && !sd->conn_gen && msg &&
+		    ((su_tls_wanted(&sd->tls) && su_tls_error(msg)) ||
+		     strstr(msg, "requires TLS"))) {
+			if (++sd->tls_failures >= TLS_GIVE_UP) {
+				nbd_close(h);
+				return -EKEYREJECTED;
+			}
+		} else {
+			sd->tls_failures = 0;
 		}
 		nbd_close(h);
 		return -EAGAIN;
@@ -949,11 +975,10 @@ static int run(struct streamd *sd)
 		}
 		zmap_step(sd);
 
-		if (sd->pool.nr_free) {
-			pfd[nfds].fd = sd->fd;
-			pfd[nfds].events = POLLIN;
-			dm_idx = nfds++;
-		}
+		/* With a full pool: still there, for POLLHUP (a detach). */
+		pfd[nfds].fd = sd->fd;
+		pfd[nfds].events = sd->pool.nr_free ? POLLIN : 0;
+		dm_idx = nfds++;
 		if (sd->nbd) {
 			unsigned int dir = nbd_aio_get_direction(sd->nbd);
 
@@ -1000,12 +1025,13 @@ static int run(struct streamd *sd)
 			}
 			if (re & POLLIN) {
 				r = read_requests(sd);
-				if (r) {
-					if (r != -ENODEV)
-						err("read /dev/%s: %s; re-attaching",
-						    DM_STREAM_DEVNAME,
-						    strerror(-r));
+				if (r == -ENODEV) {
 					reattach(sd);
+				} else if (r) {
+					/* the requests stay queued in the kernel */
+					err("read /dev/%s: %s; will retry",
+					    DM_STREAM_DEVNAME, strerror(-r));
+					usleep(REPLY_RETRY_MS * 1000);
 				}
 			}
 		}
@@ -1084,8 +1110,12 @@ static int fill_range(void *ctx, uint64_t first, uint64_t count)
 	int r;
 
 	for (b = first; b < first + count && !atomic_load(&fl->stop); b++) {
-		if (pread(p->fd, p->buf, p->bs, (off_t)b * p->bs) != p->bs) {
-			r = errno ? -errno : -EIO;
+		ssize_t n;
+
+		errno = 0;
+		n = pread(p->fd, p->buf, p->bs, (off_t)b * p->bs);
+		if (n != p->bs) {
+			r = n < 0 ? -errno : -EIO;
 			if (r != -EIO)
 				return r;	/* the device, not the block */
 			/* the server cannot give it now: later */
@@ -1322,6 +1352,7 @@ int main(int argc, char **argv)
 	struct filler fl = { 0 };
 	const char *pidfile = NULL;
 	bool daemonize = false;
+	static char stats_abs[PATH_MAX];	/* main's: an absolute --stats */
 	struct sigaction sa;
 	struct timespec seed;
 	int c, r;
@@ -1452,8 +1483,24 @@ int main(int argc, char **argv)
 	if (su_tls_wanted(&sd.tls)) {
 		const char *rundir = getenv("STREAMD_RUNDIR");
 
-		if (!rundir)
+		/* su_tls_keep() changes directory: --stats stays where it was */
+		if (sd.stats_path && sd.stats_path[0] != '/') {
+			char cwd[PATH_MAX];
+
+			if (!getcwd(cwd, sizeof(cwd)) ||
+			    snprintf(stats_abs, sizeof(stats_abs), "%s/%s", cwd,
+				     sd.stats_path) >= (int)sizeof(stats_abs)) {
+				err("--stats %s: cannot make it absolute",
+				    sd.stats_path);
+				return 1;
+			}
+			sd.stats_path = stats_abs;
+		}
+		if (!rundir) {
 			rundir = access("/run", W_OK) ? "/tmp" : "/run";
+			if (rundir[1] == 't')
+				err("/run is not writable: the TLS files are kept in /tmp, which an initramfs switch_root removes");
+		}
 		r = su_tls_keep(&sd.tls, rundir);
 		if (r) {
 			err("cannot keep the TLS files: %s", strerror(-r));

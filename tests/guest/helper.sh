@@ -109,6 +109,36 @@ t_network_drop() {
 	grep -q "no reply to .* reads for 5 s" /tmp/streamd.log
 }
 
+# After an image update the helper must forget the old image's zero map:
+# with the server away when it re-attaches, a miss on a block that read
+# as zero in the old image waits for the new image (whose block has data)
+# instead of being answered "zero" at once.
+t_zero_map_forgotten() {
+	fresh
+	server_start nbdkit
+	create
+	helper_start --connect-timeout 3
+	expect_eq "zero block" "$(blk_sum $IMG 130)" "$(blk_sum $DEV 130)"
+	# block 131 read as zero in the old image (the zero map says so)
+	server_stop
+	cp $SRC /tmp/new.raw
+	dd if=$IMG of=/tmp/new.raw bs=$BB skip=7 seek=131 count=1 conv=notrunc \
+		2>/dev/null
+	echo "$((131 * BB)) $BB" | streamctl invalidate s --image-id v2 - \
+		>/dev/null
+	wait_for 10 is_attached
+	(blk_sum $DEV 131 >/tmp/rd.131) &
+	_r=$!
+	sleep 3
+	rm -f $SOCK
+	nbdkit -U $SOCK -P /tmp/nbd.pid file file=/tmp/new.raw
+	wait $_r || true
+	expect_eq "block 131 after the update" "$(blk_sum $IMG 7)" \
+		"$(cat /tmp/rd.131)"
+	no_fetch_errors
+	rm -f /tmp/new.raw
+}
+
 # The server comes back with an export of another size: streamd refuses
 # it loudly and waits; the right one is then used.
 t_server_wrong_size() {
@@ -397,6 +427,7 @@ prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run network_drop t_network_drop
 run server_wrong_size t_server_wrong_size
+run zero_map_forgotten t_zero_map_forgotten
 run server_bad_block t_server_bad_block
 run server_client_limit t_server_client_limit
 run startup_errors_exit t_startup_errors_exit

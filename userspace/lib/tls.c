@@ -37,7 +37,7 @@ static int copy_file(const char *from, const char *to, bool optional)
 		goto out_in;
 	}
 	for (;;) {
-		w = read(in, buf + n, TLS_FILE_MAX - n);
+		w = read(in, buf + n, TLS_FILE_MAX - n);	/* n < max */
 		if (w < 0) {
 			r = -errno;
 			fprintf(stderr, "read %s: %s\n", from, strerror(-r));
@@ -59,8 +59,9 @@ static int copy_file(const char *from, const char *to, bool optional)
 		fprintf(stderr, "create %s: %s\n", to, strerror(-r));
 		goto out_buf;
 	}
-	if (write(out, buf, n) != n) {
-		r = errno ? -errno : -EIO;
+	w = write(out, buf, n);
+	if (w != n) {
+		r = w < 0 ? -errno : -EIO;
 		fprintf(stderr, "write %s: %s\n", to, strerror(-r));
 	}
 	if (close(out) && !r)
