@@ -285,12 +285,7 @@ t_revert_mounted_refused() {
 # a background job of this shell ignores it.)
 t_drain_signal_aborts() {
 	stream_up
-	dd if=$IMG of=$DEV bs=$BB skip=0 seek=100 count=100 oflag=direct \
-		conv=fsync 2>/dev/null
-	truncate -s $((SZ * 512)) /tmp/target.raw
-	nbdkit -U /tmp/t.sock -P /tmp/t.pid --filter=delay file \
-		file=/tmp/target.raw delay-write=50ms
-	wait_for 10 test -S /tmp/t.sock
+	dirty_and_slow_target 100
 	for _sig in TERM HUP; do
 		streamctl snapshot s --consumer 1 \
 			--to "nbd+unix:///?socket=/tmp/t.sock" >/tmp/snap.out \

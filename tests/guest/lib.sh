@@ -190,6 +190,18 @@ stream_up() {
 	helper_start
 }
 
+# dirty_and_slow_target <n>: blocks 100..100+n-1 written (dirty for every
+# consumer), and a drain target for them, /tmp/t.sock (nbdkit, writes
+# delayed 50 ms, pid in /tmp/t.pid, backed by /tmp/target.raw).
+dirty_and_slow_target() {
+	dd if=$IMG of=$DEV bs=$BB skip=0 seek=100 count="$1" oflag=direct \
+		conv=fsync 2>/dev/null
+	truncate -s $((SZ * 512)) /tmp/target.raw
+	nbdkit -U /tmp/t.sock -P /tmp/t.pid --filter=delay file \
+		file=/tmp/target.raw delay-write=50ms
+	wait_for 10 test -S /tmp/t.sock
+}
+
 blk_sum() {	# blk_sum <dev> <block>
 	dd if="$1" bs=$BB skip="$2" count=1 iflag=direct 2>/dev/null | md5sum |
 		cut -d' ' -f1

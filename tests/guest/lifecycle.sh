@@ -262,12 +262,7 @@ t_lifecycle_bad_input() {
 # stay dirty.
 t_snapshot_server_dies() {
 	stream_up
-	dd if=$IMG of=$DEV bs=$BB skip=0 seek=100 count=200 oflag=direct \
-		conv=fsync 2>/dev/null
-	truncate -s $((SZ * 512)) /tmp/target.raw
-	nbdkit -U /tmp/t.sock -P /tmp/t.pid --filter=delay file \
-		file=/tmp/target.raw delay-write=50ms
-	wait_for 10 test -S /tmp/t.sock
+	dirty_and_slow_target 200
 	streamctl snapshot s --consumer 1 --to "nbd+unix:///?socket=/tmp/t.sock" \
 		>/tmp/snap.out 2>/tmp/snap.err &
 	spid=$!
