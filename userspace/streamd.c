@@ -15,8 +15,8 @@
  * zero are answered with DM_STREAM_REPLY_ZERO and never transferred.  The
  * zero map is built once per connection, by asynchronous block-status
  * requests interleaved with the reads (a short reply moves the cursor by
- * what it covered); until it is complete, blocks it does not cover yet are
- * simply fetched.
+ * what it covered); a request for a block it does not cover yet waits in
+ * the queue until it does (or the map fails), others go on.
  *
  * Requests: a pool of --queue-depth requests, each with its block buffer,
  * is allocated at start-up; the channel is read only for as many requests
@@ -482,6 +482,7 @@ static int zmap_done_cb(void *user_data, int *error)
 {
 	struct streamd *sd = user_data;
 
+	now(&sd->last_progress);
 	sd->zmap_busy = false;
 	if (*error || sd->zmap_end <= sd->zmap_off) {
 		/* a failure, or a reply that covered nothing: stop here */
@@ -536,6 +537,9 @@ static void zmap_step(struct streamd *sd)
 	count = size - sd->zmap_off;
 	if (count > ZERO_MAP_CHUNK)
 		count = ZERO_MAP_CHUNK;
+	/* the stall clock covers it like a read */
+	if (!sd->nr_inflight)
+		now(&sd->last_progress);
 	sd->zmap_busy = true;
 	if (nbd_aio_block_status(sd->nbd, count, sd->zmap_off,
 				 (nbd_extent_callback) {
@@ -759,6 +763,21 @@ static void issue(struct streamd *sd)
 
 	while (sd->nbd && sd->nr_inflight < sd->depth &&
 	       (r = su_reqq_pop(&sd->queue))) {
+		/*
+		 * While the zero map is being built, a block it does not
+		 * cover yet waits for it (block-status answers come in
+		 * milliseconds), so that a zero block is never transferred.
+		 */
+		if (!sd->zmap_done &&
+		    r->block * (uint64_t)sd->block_size >= sd->zmap_off) {
+			su_reqq_push_front(&sd->queue, r);
+			break;
+		}
+		if (block_is_zero(sd, r->block)) {
+			sd->st.zero++;
+			answer(sd, r, 0, true);
+			continue;
+		}
 		r->done = false;
 		r->error = 0;
 		r->conn_gen = sd->conn_gen;
@@ -855,7 +874,8 @@ static bool stalled(struct streamd *sd)
 {
 	struct timespec t = sd->last_progress;
 
-	if (!sd->nbd || !sd->io_timeout || !sd->nr_inflight)
+	if (!sd->nbd || !sd->io_timeout ||
+	    (!sd->nr_inflight && !sd->zmap_busy))
 		return false;
 	t.tv_sec += sd->io_timeout;
 	return ms_until(&t) <= 0;
@@ -957,11 +977,14 @@ static int run(struct streamd *sd)
 				schedule_connect(sd);
 		}
 
+		zmap_step(sd);
 		issue(sd);
 		if (stalled(sd)) {
 			sd->st.stalls++;
-			err("%s: no reply to %u reads for %u s; reconnecting",
-			    sd->uri, sd->nr_inflight, sd->io_timeout);
+			err("%s: no reply to %u reads%s for %u s; reconnecting",
+			    sd->uri, sd->nr_inflight,
+			    sd->zmap_busy ? " and block status" : "",
+			    sd->io_timeout);
 			sd->conn_lost = true;
 		}
 		if (sd->nbd && (sd->conn_lost || nbd_aio_is_dead(sd->nbd) ||
@@ -973,8 +996,6 @@ static int run(struct streamd *sd)
 			schedule_connect(sd);
 			continue;
 		}
-		zmap_step(sd);
-
 		/* With a full pool: still there, for POLLHUP (a detach). */
 		pfd[nfds].fd = sd->fd;
 		pfd[nfds].events = sd->pool.nr_free ? POLLIN : 0;
