@@ -52,6 +52,13 @@ wait_for() {	# wait_for <seconds> <command...>
 	done
 }
 
+# A TCP socket listening on 127.0.0.1:<port> (hex, as /proc/net/tcp has it):
+# the remote address is 0:0 and the state 0A (LISTEN); a bare ":port " match
+# would also take a TIME_WAIT left by the last test's connection.
+tcp_listening() {	# tcp_listening <port in hex>
+	grep -q "^ *[0-9]*: 0100007F:$1 00000000:0000 0A " /proc/net/tcp
+}
+
 is_attached() { [ "$(st 5)" = attached ]; }
 
 server_start() {	# server_start [nbdkit|qemu-nbd] [filter|key=value ...]
