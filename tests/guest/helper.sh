@@ -342,7 +342,7 @@ tls_x509_server() {	# qemu-nbd, 127.0.0.1:10810 (0x2A3A), client cert required
 		--object tls-creds-x509,id=tls0,dir=$TLS/server,endpoint=server \
 		--tls-creds tls0 $SRC >/tmp/qemu-nbd.log 2>&1 &
 	echo $! >/tmp/nbd.pid
-	wait_for 10 tcp_listening 2A3A
+	wait_for 30 tcp_listening 2A3A
 }
 
 # TLS-PSK (nbdkit): served; the key file removed after start-up and the
