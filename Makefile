@@ -47,7 +47,7 @@ $(LIB): $(LIB_SRCS) $(LIB_HDRS)
 	ar rcs $@ $(LIB_SRCS:.c=.o)
 
 userspace/streamd: userspace/streamd.c $(LIB) kernel/uapi/dm-stream.h
-	$(CC) $(USER_CFLAGS) -o $@ $< $(LIB) $(shell pkg-config --cflags --libs libnbd devmapper) -lpthread
+	$(CC) $(USER_CFLAGS) -o $@ $< $(LIB) $(shell pkg-config --cflags --libs libnbd devmapper libsystemd) -lpthread
 
 userspace/streamctl: userspace/streamctl.c userspace/upgrade.c userspace/upgrade.h \
 		$(LIB) kernel/uapi/dm-stream.h

@@ -82,6 +82,7 @@
 
 #include <libdevmapper.h>
 #include <libnbd.h>
+#include <systemd/sd-daemon.h>
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -130,6 +131,7 @@ struct streamd {
 	unsigned int io_timeout;	/* s, 0: never */
 	unsigned int connect_timeout;	/* s */
 	bool verbose;
+	bool notified;		/* READY=1 sent to systemd (first attach) */
 	bool use_syslog;
 	bool by_uuid;
 	const char *image_id;		/* --image-id, or NULL */
@@ -320,6 +322,14 @@ static int attach(struct streamd *sd)
 	info("attached to %s: %llu blocks of %u bytes, %llu present",
 	     sd->name, (unsigned long long)a.nr_blocks, a.block_size,
 	     (unsigned long long)a.nr_present);
+	/*
+	 * Ready once the device's misses have someone to go to (Type=notify
+	 * units); a no-op without $NOTIFY_SOCKET.  Reattaches only update
+	 * the status line.
+	 */
+	sd_notifyf(0, "%sSTATUS=attached to %s", sd->notified ? "" : "READY=1\n",
+		   sd->name);
+	sd->notified = true;
 	return 0;
 }
 
@@ -1332,6 +1342,11 @@ static void usage(FILE *f)
 "                        any --tls option requires TLS; the files are\n"
 "                        copied under $STREAMD_RUNDIR (/run) at start-up\n"
 "  -d, --daemon          detach and log to syslog\n"
+"  -R, --root-storage-daemon\n"
+"                        mark the process (argv[0][0] = '@') so that\n"
+"                        systemd spares it at switch_root and shutdown:\n"
+"                        for the helper of a root device, started from\n"
+"                        the initramfs\n"
 "  -p, --pidfile FILE    write the process id to FILE\n"
 "  -v, --verbose         log every request\n"
 "  -h, --help            this text\n"
@@ -1362,6 +1377,7 @@ int main(int argc, char **argv)
 		{ "tls-username", required_argument, NULL, 'U' },
 		{ "daemon", no_argument, NULL, 'd' },
 		{ "pidfile", required_argument, NULL, 'p' },
+		{ "root-storage-daemon", no_argument, NULL, 'R' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -1378,7 +1394,7 @@ int main(int argc, char **argv)
 	struct timespec seed;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "q:t:c:fr:xui:s:dp:vhV", opts,
+	while ((c = getopt_long(argc, argv, "q:t:c:fr:xui:s:dp:RvhV", opts,
 				NULL)) != -1) {
 		switch (c) {
 		case 'q':
@@ -1444,6 +1460,10 @@ int main(int argc, char **argv)
 			break;
 		case 'p':
 			pidfile = optarg;
+			break;
+		case 'R':
+			/* systemd's "root storage daemon" convention */
+			argv[0][0] = '@';
 			break;
 		case 'v':
 			sd.verbose = true;
@@ -1541,6 +1561,7 @@ int main(int argc, char **argv)
 	if (!r)
 		r = run(&sd);
 	got_stop = 1;
+	sd_notify(0, "STOPPING=1");
 	atomic_store(&fl.stop, true);
 	if (fl.started && atomic_load(&fl.exited))
 		pthread_join(fl.thread, NULL);
