@@ -9,8 +9,10 @@
 # Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels;
 #      STREAM_SUITES="main fio ..." to choose boots (default: all of
 #      main reboot crash crashdrain fio fiocrash regress helper mempressure
-#      replay;
-#      mempressure boots on the debug kernel only);
+#      replay boot;
+#      mempressure boots on the debug kernel only; boot is not per
+#      kernel: tests/boot/run.sh streams a real Debian system, after the
+#      stock kernels' lane);
 #      STREAM_ONLY="a+b" runs only those tests of the single-boot suites
 #      (main, fio, regress, mempressure): stream.only= on the cmdline;
 #      STREAM_LANES=2 (default) runs the debug kernel's boots in parallel
@@ -25,7 +27,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
 KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
-SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress helper mempressure replay}
+SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress helper mempressure replay boot}
 ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
 LANES=${STREAM_LANES:-2}
 
@@ -243,6 +245,39 @@ run_kernel() {
 	echo "[$k] done in $(($(date +%s) - t0)) s"
 }
 
+# Issue 9: make deb (lintian-clean packages), a Debian bookworm image with
+# them installed (DKMS, dracut), booted from a blank disk in the scenarios
+# of tests/boot/run.sh; its results count as the "boot" lane.
+run_boot() {
+	local name res why t0
+	t0=$(date +%s)
+	echo "=== boot (Debian bookworm streamed from the host)"
+	if make -C "$TOP" -s deb DEB_OUT="$WORK/deb" >"$WORK/deb.log" 2>&1; then
+		record boot deb PASS
+	else
+		tail -20 "$WORK/deb.log"
+		record boot deb FAIL "make deb failed (see $WORK/deb.log)"
+		return
+	fi
+	while read -r res name why; do
+		case $res in
+		MEASURED) echo "[boot] MEASURED $name $why" ;;
+		PASS | FAIL | SKIP) record boot "$name" "$res" "$why" ;;
+		esac
+	done < <(STREAM_CACHE=$CACHE "$TOP/tests/boot/run.sh" "$WORK/deb" \
+		"$WORK/boot" 2>"$WORK/boot.err")
+	# every declared scenario reports
+	while read -r name; do
+		[ -n "$name" ] || continue
+		if [ -n "${STREAM_BOOT_ONLY:-}" ]; then
+			case " $STREAM_BOOT_ONLY " in *" $name "*) ;; *) continue ;; esac
+		fi
+		grep -q "^[A-Z]* $name " "$WORK/results-boot" ||
+			record boot "$name" FAIL "declared in boot.plan but did not report (see $WORK/boot.err)"
+	done <"$TOP/tests/plans/boot.plan"
+	echo "[boot] done in $(($(date +%s) - t0)) s"
+}
+
 # A lane runs its kernels in turn; its output is kept until it ends so
 # that the lanes' lines do not interleave.
 lane() {
@@ -274,7 +309,7 @@ echo "[host] unit: $(grep -c "^PASS " "$WORK/results-host") passed, $(grep -c "^
 build_tools
 # A cold run builds the debug kernel (cached) in the debug lane, while the
 # stock kernels' boots run.
-for k in $KERNELS; do
+for k in $KERNELS boot; do
 	: >"$WORK/results-$k"
 done
 stock="" debug=""
@@ -287,13 +322,23 @@ if [ "$LANES" -ge 2 ] && [ -n "$debug" ] && [ -n "$stock" ]; then
 	dbg_pid=$!
 	# shellcheck disable=SC2086 # kernel tags are single words
 	lane $stock
+	if want boot; then
+		run_boot >"$WORK/run-boot.log" 2>&1
+		cat "$WORK/run-boot.log"
+	fi
 	wait $dbg_pid
 else
 	# shellcheck disable=SC2086 # kernel tags are single words
 	lane $KERNELS
+	if want boot; then
+		run_boot >"$WORK/run-boot.log" 2>&1
+		cat "$WORK/run-boot.log"
+	fi
 fi
 PASS=0 FAIL=0 SKIP=0 SUMMARY=""
-for k in host $KERNELS; do
+lanes="host $KERNELS"
+want boot && lanes="$lanes boot"
+for k in $lanes; do
 	p=$(grep -c "^PASS " "$WORK/results-$k")
 	f=$(grep -c "^FAIL " "$WORK/results-$k")
 	s=$(grep -c "^SKIP " "$WORK/results-$k")

@@ -1,0 +1,99 @@
+#!/bin/sh
+# Run by tests/boot/mkimage.sh inside the image (chroot): install
+# dm-stream's packages (DKMS builds the module for the image's kernel),
+# configure dracut to include the stream module, and add the test hooks.
+set -eu
+
+export DEBIAN_FRONTEND=noninteractive
+kver=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+echo "$kver" >/boot/kver
+
+# dpkg, not apt: the base holds every dependency, and the build must not
+# need the network beyond mmdebstrap.
+dpkg -i /tmp/debs/dm-stream-dkms_*.deb /tmp/debs/dm-stream-tools_*.deb
+dkms status
+modinfo -k "$kver" dm-stream >/dev/null
+
+cat >/etc/dracut.conf.d/90-stream.conf <<'EOF'
+# dm-stream streamed root (tests/boot): the module is opt-in.
+add_dracutmodules+=" stream network-legacy "
+omit_dracutmodules+=" systemd-networkd network-manager connman "
+EOF
+dracut -f --kver "$kver" "/boot/initrd.img-$kver"
+lsinitrd "/boot/initrd.img-$kver" | grep -q 'bin/streamd' ||
+	{ echo "streamd is not in the initramfs"; exit 1; }
+
+echo streamboot >/etc/hostname
+printf '/dev/mapper/streamroot / ext4 defaults,errors=remount-ro 0 1\n' \
+	>/etc/fstab
+passwd -d root
+useradd -m -s /bin/sh alice
+
+# The test hook: once the system is up, print the verdict of
+# is-system-running (and any failed unit), run the action the kernel
+# command line names (streamboot.run=<name>), print STREAMBOOT-DONE and
+# power off.
+mkdir -p /usr/local/lib/streamboot
+cat >/usr/local/lib/streamboot/ready.sh <<'EOF'
+#!/bin/sh
+con=/dev/ttyS0
+state=$(systemctl is-system-running --wait)
+echo "STREAMBOOT-READY $state" >$con
+systemctl --failed --no-legend --plain | sed 's/^/STREAMBOOT-FAILED /' >$con
+run=$(sed -n 's/.*streamboot\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
+rc=0
+case $run in
+"" | none) ;;
+write-file)	# a user writes a file (kiosk test)
+	su -c 'echo kiosk-session >/home/alice/session.txt && sync' alice ||
+		rc=$?
+	;;
+check-file)
+	if [ -e /home/alice/session.txt ]; then
+		echo "STREAMBOOT-FILE present" >$con
+	else
+		echo "STREAMBOOT-FILE absent" >$con
+	fi
+	;;
+fill)		# fill to completion, the device then needs no server
+	streamctl fill streamroot on || rc=$?
+	# status: 0 <len> stream <bs> <present>/<total> ...
+	while :; do
+		pt=$(dmsetup status streamroot | awk '{ print $5 }')
+		[ "${pt%/*}" = "${pt#*/}" ] && break
+		sleep 2
+	done
+	echo "STREAMBOOT-FILLED $pt" >$con
+	;;
+status) ;;
+*)
+	echo "STREAMBOOT-ACTION unknown $run" >$con
+	rc=1
+	;;
+esac
+echo "STREAMBOOT-STATUS $(dmsetup status streamroot)" >$con
+grep -h . /sys/fs/ext4/*/errors_count 2>/dev/null | sed 's/^/STREAMBOOT-EXT4-ERRORS /' >$con
+echo "STREAMBOOT-DONE $run $rc" >$con
+case $(sed -n 's/.*streamboot\.after=\([^ ]*\).*/\1/p' /proc/cmdline) in
+stay) ;;
+reboot) systemctl reboot ;;
+*) systemctl poweroff ;;
+esac
+EOF
+chmod 0755 /usr/local/lib/streamboot/ready.sh
+cat >/etc/systemd/system/streamboot-ready.service <<'EOF'
+[Unit]
+Description=dm-stream boot test: report readiness on the serial console
+After=multi-user.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/lib/streamboot/ready.sh
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable streamboot-ready.service
+# No getty on the serial console: the test hook owns it.
+systemctl mask serial-getty@ttyS0.service
+apt-get clean
