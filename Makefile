@@ -8,6 +8,8 @@
 #   make lint            checkpatch --strict, sparse, shellcheck
 #   make bench           benchmark ratios in one VM run
 #   make demo            stream a filesystem image into a VM and read it
+#   make deb [DEB_OUT=]  Debian packages (dm-stream-dkms, dm-stream-tools)
+#                        in build/deb, checked with lintian
 
 KDIR ?= $(firstword $(wildcard /lib/modules/$(shell uname -r)/build) \
 	  $(wildcard /usr/src/linux-headers-*-amd64))
@@ -30,7 +32,7 @@ LIB_SRCS := $(filter-out userspace/lib/test-%.c userspace/lib/fuzz-%.c,$(LIB_SRC
 LIB_HDRS := $(wildcard userspace/lib/*.h)
 LIB := userspace/lib/libstream.a
 
-.PHONY: all modules programs install clean check lint bench demo setup unit
+.PHONY: all modules programs install clean check lint bench demo setup unit deb
 
 all: modules programs
 
@@ -84,3 +86,7 @@ bench: setup
 
 demo: setup
 	scripts/demo.sh
+
+# Not after setup: dpkg-buildpackage names any missing build dependency.
+deb:
+	scripts/build-deb.sh
