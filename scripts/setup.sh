@@ -22,7 +22,8 @@ xz-utils zstd pkg-config libnbd-dev libnbd-bin libdevmapper-dev dmsetup
 nbdkit qemu-utils qemu-system-x86 busybox-static sparse linux-source-6.12
 linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs procps
 shellcheck util-linux fio libcmocka-dev libjson-c-dev jq clang
-libclang-rt-dev cppcheck iproute2 openssl"
+libclang-rt-dev cppcheck iproute2 openssl libsystemd-dev
+debhelper dh-dkms lintian fakeroot dpkg-dev"
 
 missing=""
 for p in $PKGS; do
