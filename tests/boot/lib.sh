@@ -1,0 +1,120 @@
+#!/bin/bash
+# Host-side helpers of the boot tests and benchmark (tests/boot/run.sh,
+# tests/boot/bench.sh): the image, the NBD server on the host's loopback,
+# one QEMU boot, and the readings of the server's request log.
+# Sourced after TOP, DEBS, BW are set; sets IMG, IMG_BYTES, PORT, NAME,
+# BASE_CMD.
+# shellcheck disable=SC2034 # used by the scripts that source this
+
+# boot_image: build (or find) the image; prints why on failure.
+boot_image() {
+	IMG=$("$TOP/tests/boot/mkimage.sh" "$DEBS" 2>"$BW/mkimage.err") || {
+		cat "$BW/mkimage.err" >&2
+		return 1
+	}
+	cat "$BW/mkimage.err" >&2
+	IMG_BYTES=$(stat -c %s "$IMG/image.raw")
+}
+
+PORT=$((20000 + RANDOM % 20000))
+NAME=streamroot
+BASE_CMD="console=ttyS0 panic=-1 root=/dev/mapper/$NAME rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
+
+SERVER_PID=
+server_start() {	# server_start <request log>
+	rm -f "$BW/nbdkit.pid"
+	nbdkit -r -i 127.0.0.1 -p "$PORT" -P "$BW/nbdkit.pid" \
+		--filter=log file "$IMG/image.raw" logfile="$1" ||
+		return 1
+	SERVER_PID=$(cat "$BW/nbdkit.pid")
+}
+server_stop() {
+	[ -n "$SERVER_PID" ] || return 0
+	kill "$SERVER_PID" 2>/dev/null
+	for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+	SERVER_PID=
+}
+
+
+# Bytes the server read, and the offsets it was asked for, from a log.
+read_bytes() {
+	awk '/ Read / { for (i = 1; i <= NF; i++) if ($i ~ /^count=/) {
+		sub(/count=/, "", $i); s += strtonum($i) } } END { print s + 0 }' "$@"
+}
+read_offsets() {
+	awk '/ Read / { for (i = 1; i <= NF; i++) if ($i ~ /^offset=/) {
+		sub(/offset=/, "", $i); print strtonum($i) } }' "$@" | sort -n
+}
+
+new_disk() {	# a blank disk a little larger than the image
+	rm -f "$BW/disk.raw"
+	truncate -s $((IMG_BYTES + (64 << 20))) "$BW/disk.raw"
+}
+
+# One boot; the guest powers itself off after its action.  Returns QEMU's
+# status (124 when the watchdog killed it).
+vm() {	# vm <log> <netboot 0|1> <extra cmdline>
+	local log=$1 net=$2 extra=$3 boot=() pid dog rc
+	local nic="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - TCP:127.0.0.1:$PORT"
+	if [ "$net" = 1 ]; then
+		mkdir -p "$BW/tftp"
+		cp "$IMG/vmlinuz" "$IMG/initrd.img" "$BW/tftp/"
+		printf '#!ipxe\ndhcp\nkernel tftp://10.0.2.2/vmlinuz initrd=initrd.img %s %s\ninitrd tftp://10.0.2.2/initrd.img\nboot\n' \
+			"$BASE_CMD" "$extra" >"$BW/tftp/boot.ipxe"
+		nic="$nic,tftp=$BW/tftp,bootfile=boot.ipxe"
+		boot=(-boot order=n)
+	else
+		boot=(-kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img"
+		      -append "$BASE_CMD $extra")
+	fi
+	: >"$log"
+	qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 -nographic \
+		-no-reboot -serial "file:$log" -monitor none \
+		-netdev "$nic" -device virtio-net-pci,netdev=n0 \
+		-drive "file=$BW/disk.raw,format=raw,if=virtio,cache=writeback" \
+		"${boot[@]}" </dev/null >"$log.qemu" 2>&1 &
+	pid=$!
+	(sleep "${STREAM_BOOT_VM_TIMEOUT:-900}"; kill -9 $pid) >/dev/null 2>&1 &
+	dog=$!
+	wait $pid
+	rc=$?
+	kill $dog 2>/dev/null
+	wait $dog 2>/dev/null
+	[ $rc = 137 ] && rc=124
+	return $rc
+}
+
+# The verdict on one boot's console: powered off by itself, the system
+# "running" (no failed unit), the action done, no I/O error, no ext4
+# error, no kernel complaint.
+boot_ok() {	# boot_ok <log> <qemu status> <action>
+	local log=$1 rc=$2 why=""
+	[ "$rc" = 0 ] || why="QEMU status $rc (124: no power-off in time)"
+	grep -aq "^STREAMBOOT-READY running" "$log" ||
+		why="${why:+$why; }not 'running': $(grep -a "^STREAMBOOT-READY\|^STREAMBOOT-FAILED" "$log" | tr '\r\n' '  ' | head -c 300)"
+	grep -aq "^STREAMBOOT-DONE $3 0" "$log" ||
+		why="${why:+$why; }action $3 did not finish"
+	if grep -aiE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)" "$log" | head -3 | grep -q .; then
+		why="${why:+$why; }$(grep -aiE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)" "$log" | head -2 | tr '\r\n' '  ')"
+	fi
+	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
+		why="${why:+$why; }ext4 counted errors"
+	fi
+	[ -z "$why" ] && return 0
+	echo "$why"
+	return 1
+}
+
+# Power-off must not kill streamd before the root is done with.
+shutdown_ok() {	# shutdown_ok <log>
+	grep -aq "reboot: Power down" "$1" || { echo "no power-down"; return 1; }
+	if grep -aiE "streamd.*(killed|terminated)|Sending SIGKILL to .*streamd" "$1" | grep -q .; then
+		echo "streamd was killed at shutdown"
+		return 1
+	fi
+}
+
+status_field() {	# status_field <log> <n>: dmsetup status word n
+	grep -a "^STREAMBOOT-STATUS" "$1" | tail -1 | awk -v n="$2" '{ print $(n + 1) }'
+}
+
