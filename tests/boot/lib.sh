@@ -36,15 +36,24 @@ server_stop() {
 }
 
 
-# Bytes the server read, and the offsets it was asked for, from a log.
-read_bytes() {
-	awk '/ Read / { for (i = 1; i <= NF; i++) if ($i ~ /^count=/) {
-		sub(/count=/, "", $i); s += strtonum($i) } } END { print s + 0 }' "$@"
+# The server's request log (nbdkit's log filter): "... Read id=N
+# offset=0x... count=0x... ..." for each read.  mawk has no strtonum.
+read_field() {	# read_field <offset|count> <log...>
+	local f=$1
+	shift
+	awk -v f="$f=" '
+		function hex(s,   i, n) {
+			n = 0
+			s = tolower(substr(s, 3))
+			for (i = 1; i <= length(s); i++)
+				n = n * 16 + index("0123456789abcdef", substr(s, i, 1)) - 1
+			return n
+		}
+		/ Read / { for (i = 1; i <= NF; i++)
+			if (index($i, f) == 1) printf "%.0f\n", hex(substr($i, length(f) + 1)) }' "$@"
 }
-read_offsets() {
-	awk '/ Read / { for (i = 1; i <= NF; i++) if ($i ~ /^offset=/) {
-		sub(/offset=/, "", $i); print strtonum($i) } }' "$@" | sort -n
-}
+read_bytes() { read_field count "$@" | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+read_offsets() { read_field offset "$@" | sort -n; }
 
 new_disk() {	# a blank disk a little larger than the image
 	rm -f "$BW/disk.raw"
