@@ -26,10 +26,12 @@ installkernel() {
 # called by dracut
 install() {
 	inst_multiple streamd streamctl dmsetup sfdisk blkid blockdev nbdinfo \
-		cmp dd awk flock getent udevadm setsid wc tail sleep
+		cmp dd awk flock getent udevadm setsid wc tail sleep tr readlink
 	inst_hook cmdline 90 "$moddir/parse-stream.sh"
 	inst_hook initqueue/online 90 "$moddir/stream-online.sh"
 	inst_script "$moddir/stream-start.sh" /sbin/stream-start
+	# before dm's own shutdown hook (25), which removes whatever is left
+	inst_hook shutdown 20 "$moddir/stream-shutdown.sh"
 	# TLS material named by rd.stream.tls.*: streamd copies what it uses
 	# to /run before switch_root.
 	if [ -d /etc/dm-stream/tls ]; then

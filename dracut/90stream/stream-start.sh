@@ -280,6 +280,9 @@ if getargbool 0 rd.stream.revert; then
 fi
 
 dmsetup rename "$setup" "$name" || fail "dmsetup rename $setup $name failed"
+# dracut-shutdown.service restores the initramfs at shutdown, where
+# stream-shutdown.sh removes the device once the root is unmounted.
+need_shutdown
 : >"$RUN/done"
 say "$name: streaming $uri into $data (metadata $meta)"
 exit 0

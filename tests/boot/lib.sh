@@ -109,18 +109,24 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
 		why="${why:+$why; }ext4 counted errors"
 	fi
+	_s=$(shutdown_ok "$log") || why="${why:+$why; }$_s"
 	[ -z "$why" ] && return 0
 	echo "$why"
 	return 1
 }
 
-# Power-off must not kill streamd before the root is done with.
+# Shutdown: the root unmounted and the device removed in the restored
+# initramfs (stream-shutdown.sh), streamd alive until then, power-off.
 shutdown_ok() {	# shutdown_ok <log>
 	grep -aq "reboot: Power down" "$1" || { echo "no power-down"; return 1; }
-	if grep -aiE "streamd.*(killed|terminated)|Sending SIGKILL to .*streamd" "$1" | grep -q .; then
-		echo "streamd was killed at shutdown"
+	if grep -aq "streamd was gone before" "$1"; then
+		echo "streamd was gone before the device was released"
 		return 1
 	fi
+	grep -aq "dm-stream: $NAME removed at shutdown" "$1" || {
+		echo "the device was not removed at shutdown: $(grep -a "dm-stream: .*shutdown\|finalize DM" "$1" | head -2 | tr '\r\n' '  ')"
+		return 1
+	}
 }
 
 status_field() {	# status_field <log> <n>: dmsetup status word n

@@ -1,0 +1,36 @@
+#!/bin/sh
+# shutdown hook of the dracut "stream" module, run in the initramfs that
+# dracut-shutdown.service restored once systemd has unmounted what it could
+# and dracut's shutdown has unmounted /oldroot: remove the device, then
+# stop its streamd (which systemd spared, argv[0][0] = '@').  Returning
+# non-zero asks dracut to call again; "final" is the last call.
+
+# shellcheck disable=SC1091 # in the initramfs
+type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
+
+_name=$(getarg rd.stream=)
+if [ -n "$_name" ]; then
+	_pids=""
+	# streamd -R: its argv[0] starts with '@' ("@treamd")
+	for _p in /proc/[0-9]*; do
+		case $(readlink "$_p/exe" 2>/dev/null) in
+		*/streamd | */streamd" (deleted)") ;;
+		*) continue ;;
+		esac
+		_c=$(tr '\000' ' ' <"$_p/cmdline" 2>/dev/null)
+		case $_c in @*) _pids="$_pids ${_p#/proc/}" ;; esac
+	done
+	if dmsetup info "$_name" >/dev/null 2>&1; then
+		[ -n "$_pids" ] ||
+			echo "dm-stream: streamd was gone before $_name was released" >/dev/console
+		if ! dmsetup remove "$_name" >/dev/null 2>&1; then
+			[ "$1" = final ] || return 1
+			echo "dm-stream: $_name is still in use at shutdown" >/dev/console
+		else
+			echo "dm-stream: $_name removed at shutdown" >/dev/console
+		fi
+	fi
+	# shellcheck disable=SC2086 # a list of pids
+	[ -n "$_pids" ] && kill $_pids 2>/dev/null
+fi
+return 0
