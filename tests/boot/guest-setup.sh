@@ -14,9 +14,32 @@ dpkg -i /tmp/debs/dm-stream-dkms_*.deb /tmp/debs/dm-stream-tools_*.deb
 dkms status
 modinfo -k "$kver" dm-stream >/dev/null
 
+# Test-only dracut module for the benchmark's copy-then-boot machine:
+# with streamboot.copy=1, nbdcopy the whole image to /dev/vda before the
+# root (root=/dev/vda) is mounted.
+mkdir -p /usr/lib/dracut/modules.d/99streambench
+cat >/usr/lib/dracut/modules.d/99streambench/module-setup.sh <<'EOF'
+#!/bin/bash
+check() { return 255; }
+depends() { echo network; }
+install() {
+	inst_multiple nbdcopy date
+	inst_hook pre-mount 50 "$moddir/copy.sh"
+}
+EOF
+cat >/usr/lib/dracut/modules.d/99streambench/copy.sh <<'EOF'
+#!/bin/sh
+if getargbool 0 streamboot.copy; then
+	t0=$(date +%s%N)
+	nbdcopy nbd://10.0.2.100:10809 /dev/vda || die "nbdcopy failed"
+	echo "STREAMBOOT-COPIED $((($(date +%s%N) - t0) / 1000000)) ms" >/dev/console
+fi
+EOF
+chmod 0755 /usr/lib/dracut/modules.d/99streambench/*.sh
+
 cat >/etc/dracut.conf.d/90-stream.conf <<'EOF'
 # dm-stream streamed root (tests/boot): the module is opt-in.
-add_dracutmodules+=" stream network-legacy "
+add_dracutmodules+=" stream network-legacy streambench "
 omit_dracutmodules+=" systemd-networkd network-manager connman "
 EOF
 dracut -f --kver "$kver" "/boot/initrd.img-$kver"
@@ -48,9 +71,15 @@ write-file)	# a user writes a file (kiosk test)
 	su -c 'echo kiosk-session >/home/alice/session.txt && sync' alice ||
 		rc=$?
 	;;
+capture)	# a change, then a snapshot for consumer 0 to the host
+	su -c 'echo captured >/home/alice/session.txt && sync' alice || rc=$?
+	out=$(streamctl snapshot streamroot --consumer 0 \
+		--to nbd://10.0.2.100:10810 2>&1) || rc=$?
+	echo "STREAMBOOT-CAPTURE $out" >$con
+	;;
 check-file)
 	if [ -e /home/alice/session.txt ]; then
-		echo "STREAMBOOT-FILE present" >$con
+		echo "STREAMBOOT-FILE present $(cat /home/alice/session.txt)" >$con
 	else
 		echo "STREAMBOOT-FILE absent" >$con
 	fi

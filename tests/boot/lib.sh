@@ -17,6 +17,7 @@ boot_image() {
 }
 
 PORT=$((20000 + RANDOM % 20000))
+PORT2=$((PORT + 1))
 NAME=streamroot
 BASE_CMD="console=ttyS0 panic=-1 root=/dev/mapper/$NAME rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
 
@@ -28,6 +29,27 @@ server_start() {	# server_start <request log>
 		return 1
 	SERVER_PID=$(cat "$BW/nbdkit.pid")
 }
+# qemu-nbd for qcow2: the capture's overlay, written (port $PORT2,
+# 10.0.2.100:10810 in the guest) or served as the image.
+qemu_server_start() {	# qemu_server_start <qcow2> <port> [-r]
+	rm -f "$BW/qemu-nbd.pid"
+	qemu-nbd -f qcow2 -b 127.0.0.1 -p "$2" -e 8 --persistent \
+		--pid-file "$BW/qemu-nbd.pid" ${3:+"$3"} "$1" \
+		>"$BW/qemu-nbd.log" 2>&1 &
+	for _ in $(seq 100); do
+		[ -s "$BW/qemu-nbd.pid" ] && break
+		sleep 0.1
+	done
+	QEMU_SERVER_PID=$(cat "$BW/qemu-nbd.pid" 2>/dev/null)
+	[ -n "$QEMU_SERVER_PID" ]
+}
+qemu_server_stop() {
+	[ -n "${QEMU_SERVER_PID:-}" ] || return 0
+	kill "$QEMU_SERVER_PID" 2>/dev/null
+	for _ in $(seq 50); do kill -0 "$QEMU_SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+	QEMU_SERVER_PID=
+}
+
 server_stop() {
 	[ -n "$SERVER_PID" ] || return 0
 	kill "$SERVER_PID" 2>/dev/null
@@ -64,7 +86,7 @@ new_disk() {	# a blank disk a little larger than the image
 # status (124 when the watchdog killed it).
 vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 	local log=$1 net=$2 extra=$3 boot=() pid dog rc
-	local nic="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - TCP:127.0.0.1:$PORT"
+	local nic="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - TCP:127.0.0.1:$PORT,guestfwd=tcp:10.0.2.100:10810-cmd:socat - TCP:127.0.0.1:$PORT2"
 	if [ "$net" = 1 ]; then
 		mkdir -p "$BW/tftp"
 		cp "$IMG/vmlinuz" "$IMG/initrd.img" "$BW/tftp/"

@@ -29,7 +29,7 @@ if ! boot_image; then
 	for t in $PLAN; do want "$t" && result FAIL "$t" "the image was not built"; done
 	exit 0
 fi
-trap server_stop EXIT
+trap "server_stop; qemu_server_stop" EXIT
 
 t0=$(date +%s)
 
@@ -144,6 +144,35 @@ if want fill_then_local; then
 	else
 		result PASS fill_then_local
 		echo "MEASURED fill_then_local filled $(read_bytes "$BW/fill.req") bytes of $IMG_BYTES, then booted with no server"
+	fi
+fi
+# 7. Capture: the running streamed system snapshots itself into a qcow2
+#    overlay of the image on the host; a second machine boots from that
+#    overlay as its image and sees the change.
+if want capture; then
+	new_disk
+	rm -f "$BW/overlay.qcow2"
+	qemu-img create -q -f qcow2 -b "$IMG/image.raw" -F raw "$BW/overlay.qcow2"
+	server_start "$BW/capture.req"
+	qemu_server_start "$BW/overlay.qcow2" "$PORT2"
+	vm "$BW/capture1.log" 0 "rd.stream.fill=off streamboot.run=capture"
+	rc1=$?
+	server_stop
+	qemu_server_stop
+	new_disk
+	qemu_server_start "$BW/overlay.qcow2" "$PORT" -r
+	vm "$BW/capture2.log" 0 "rd.stream.fill=off streamboot.run=check-file"
+	rc2=$?
+	qemu_server_stop
+	if ! why=$(boot_ok "$BW/capture1.log" $rc1 capture); then
+		result FAIL capture "capturing boot: $why (log $BW/capture1.log)"
+	elif ! why=$(boot_ok "$BW/capture2.log" $rc2 check-file); then
+		result FAIL capture "boot from the overlay: $why (log $BW/capture2.log)"
+	elif ! grep -aq "^STREAMBOOT-FILE present captured" "$BW/capture2.log"; then
+		result FAIL capture "the change is not in the overlay's system: $(grep -a "^STREAMBOOT-FILE" "$BW/capture2.log" | tr -d '\r')"
+	else
+		result PASS capture
+		echo "MEASURED capture $(grep -a "^STREAMBOOT-CAPTURE" "$BW/capture1.log" | tr -d '\r' | sed 's/^STREAMBOOT-CAPTURE //')"
 	fi
 fi
 echo "MEASURED boot_suite $(($(date +%s) - t0)) s"
