@@ -58,7 +58,8 @@ make -s -C "$top" WERROR=1 programs || fail=1
 echo "== shellcheck"
 shellcheck -x "$top"/scripts/*.sh "$top"/tests/*.sh "$top"/.ci/run || fail=1
 (cd "$top/tests/guest" && shellcheck -x -s sh ./*.sh init) || fail=1
-shellcheck -x "$top"/tests/boot/mkimage.sh "$top"/tests/boot/run.sh || fail=1
+shellcheck -x "$top"/tests/boot/mkimage.sh "$top"/tests/boot/run.sh \
+	"$top"/tests/boot/bench.sh "$top"/tests/boot/lib.sh || fail=1
 shellcheck -s sh "$top"/tests/boot/guest-setup.sh "$top"/dracut/90stream/[ps]*.sh || fail=1
 shellcheck -s bash "$top"/dracut/90stream/module-setup.sh || fail=1
 

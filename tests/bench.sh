@@ -21,3 +21,10 @@ echo "dm-stream benchmark, kernel $tag under QEMU/TCG (ratio = stream / referenc
 grep -a "^BENCH " "$log" | tr -d '\r' | awk '{printf "  %-48s %s\n", $2, $3}'
 grep -a "^BENCHNOTE " "$log" | tr -d '\r' | sed 's/^BENCHNOTE /  note: /'
 grep -aq "^STREAMTEST-END" "$log" || { echo "bench: guest did not finish, see $log"; exit 1; }
+
+# Issue 9: time-to-ready of a real Debian system, streamed vs copied vs
+# local (tests/boot/bench.sh).
+echo
+make -C "$TOP" -s deb DEB_OUT="$WORK/deb" >"$WORK/deb.log" 2>&1 ||
+	die "make deb failed (see $WORK/deb.log)"
+"$TOP/tests/boot/bench.sh" "$WORK/deb" "$WORK/bootbench"

@@ -82,7 +82,8 @@ new_disk() {	# a blank disk a little larger than the image
 	truncate -s $((IMG_BYTES + (64 << 20))) "$BW/disk.raw"
 }
 
-# One boot; the guest powers itself off after its action.  Returns QEMU's
+# One boot; the guest powers itself off after its action.  VM_CMD
+# replaces the streamed root's command line (the benchmark's local boots).  Returns QEMU's
 # status (124 when the watchdog killed it).
 vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 	local log=$1 net=$2 extra=$3 boot=() pid dog rc
@@ -96,7 +97,7 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 		boot=(-boot order=n)
 	else
 		boot=(-kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img"
-		      -append "$BASE_CMD $extra")
+		      -append "${VM_CMD:-$BASE_CMD} $extra")
 	fi
 	: >"$log"
 	qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 -nographic \
