@@ -23,6 +23,10 @@ IMAGE_MB=${STREAM_BOOT_IMAGE_MB:-2048}
 
 die() { echo "mkimage: $*" >&2; exit 1; }
 
+# stdout is for the image directory alone (mkfs.ext4 -q still says
+# "Creating regular file")
+exec 3>&1 1>&2
+
 # What the image holds besides dm-stream.  dkms pulls the compiler, the
 # headers let it build for the installed kernel; dracut (not
 # initramfs-tools) with its network-legacy module (dhclient).
@@ -90,4 +94,4 @@ if [ ! -e "$out/.done" ]; then
 	rm -rf "$out/root"
 	touch "$out/.done"
 fi
-echo "$out"
+echo "$out" >&3
