@@ -14,6 +14,15 @@ dpkg -i /tmp/debs/dm-stream-dkms_*.deb /tmp/debs/dm-stream-tools_*.deb
 dkms status
 modinfo -k "$kver" dm-stream >/dev/null
 
+# Opt-in: an initramfs made with the packages installed but no
+# configuration has neither the module nor streamd.
+dracut -q -f --kver "$kver" /tmp/plain.img
+if lsinitrd /tmp/plain.img | grep -q 'bin/streamd\|stream-start'; then
+	echo "the stream module is in an initramfs that did not ask for it"
+	exit 1
+fi
+rm -f /tmp/plain.img
+
 # Test-only dracut module for the benchmark's copy-then-boot machine:
 # with streamboot.copy=1, nbdcopy the whole image to /dev/vda before the
 # root (root=/dev/vda) is mounted.
