@@ -139,6 +139,12 @@ struct streamd {
 	uint64_t image_size;		/* export size once connected, else 0 */
 
 	int fd;				/* /dev/dm-stream, -1 when detached */
+	/*
+	 * /dev, opened at start-up: after an initramfs switch_root our
+	 * root's /dev is an empty directory (devtmpfs moved to the new
+	 * root), and a re-attach must still find dm-stream.
+	 */
+	int dev_dirfd;
 	uint32_t block_size;
 	uint64_t nr_blocks;
 
@@ -282,11 +288,14 @@ static int attach(struct streamd *sd)
 	struct dm_stream_attach a;
 	int fd, r;
 
-	fd = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	fd = openat(sd->dev_dirfd, DM_STREAM_DEVNAME,
+		    O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
 		r = errno == ENOENT ? -ENXIO : -errno;
-		err("open /dev/%s: %m%s", DM_STREAM_DEVNAME,
-		    errno == ENOENT ? " (is dm-stream loaded?)" : "");
+		/* once attached, the caller says "waiting for" once */
+		if (!sd->attached_once)
+			err("open /dev/%s: %m%s", DM_STREAM_DEVNAME,
+			    errno == ENOENT ? " (is dm-stream loaded?)" : "");
 		return r;
 	}
 	memset(&a, 0, sizeof(a));
@@ -1505,6 +1514,24 @@ int main(int argc, char **argv)
 			err("write %s: %m", pidfile);
 			return 1;
 		}
+	}
+
+	/*
+	 * Keep /dev and the device-mapper control device open for good:
+	 * started from an initramfs, we lose our view of /dev at
+	 * switch_root (see dev_dirfd).
+	 */
+	sd.dev_dirfd = open("/dev", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (sd.dev_dirfd < 0) {
+		err("open /dev: %m");
+		return 1;
+	}
+	dm_hold_control_dev(1);
+	{
+		char v[64];	/* any ioctl opens the control device */
+
+		if (!dm_driver_version(v, sizeof(v)))
+			err("device-mapper control: cannot open it (continuing)");
 	}
 
 	/* We serve I/O that reclaim may wait on: see prctl(2). */

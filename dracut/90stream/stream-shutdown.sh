@@ -23,7 +23,8 @@ if [ -n "$_name" ]; then
 	if dmsetup info "$_name" >/dev/null 2>&1; then
 		[ -n "$_pids" ] ||
 			echo "dm-stream: streamd was gone before $_name was released" >/dev/console
-		if ! dmsetup remove "$_name" >/dev/null 2>&1; then
+		# no udev here: --noudevsync, or dmsetup waits for it forever
+		if ! dmsetup remove --noudevsync "$_name" >/dev/null 2>&1; then
 			[ "$1" = final ] || return 1
 			echo "dm-stream: $_name is still in use at shutdown" >/dev/console
 		else
