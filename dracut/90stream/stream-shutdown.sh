@@ -24,8 +24,11 @@ if [ -n "$_name" ]; then
 		[ -n "$_pids" ] ||
 			echo "dm-stream: streamd was gone before $_name was released" >/dev/console
 		# no udev here: --noudevsync, or dmsetup waits for it forever
-		if ! dmsetup remove --noudevsync "$_name" >/dev/null 2>&1; then
-			[ "$1" = final ] || return 1
+		if ! dmsetup remove --noudevsync --retry "$_name" >/dev/null 2>&1; then
+			if [ "$1" != final ]; then
+				sleep 0.5
+				return 1
+			fi
 			echo "dm-stream: $_name is still in use at shutdown" >/dev/console
 		else
 			echo "dm-stream: $_name removed at shutdown" >/dev/console

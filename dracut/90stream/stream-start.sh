@@ -17,8 +17,9 @@
 # switch_root and shutdown, and logs to the kernel log.
 #
 # Exit 0 when the device is up (or another instance is setting it up),
-# 1 with a message on the console otherwise: the caller drops to the
-# emergency shell.  Nothing on a disk that is not blank and not ours is
+# 1 with a message on the console otherwise: the caller calls dracut's die
+# (the emergency shell with rd.shell, else the machine halts).  A later
+# attempt removes what a failed one left.  Nothing on a disk that is not blank and not ours is
 # ever written.
 
 # shellcheck disable=SC1091 # in the initramfs
@@ -89,7 +90,10 @@ resolve_uri() {
 	\[*) return 0 ;;	# IPv6 literal
 	esac
 	_addr=$(getent ahostsv4 "$_host" | awk 'NR == 1 { print $1 }')
-	[ -n "$_addr" ] || fail "cannot resolve $_host (rd.stream.uri=$uri)"
+	if [ -z "$_addr" ]; then
+		say "cannot resolve $_host now: keeping the name (reconnecting after switch_root will need it resolved)"
+		return 0
+	fi
 	uri="$_scheme://$_addr$_port$_path"
 }
 
@@ -111,22 +115,42 @@ image_size() {
 }
 
 # Partition nodes of $disk: "<node> <type guid>" lines.
+# (Node names may hold ':' and partition names ',' or "type=": split at
+# " : ", take the first type= after it.)
 disk_parts() {
-	sfdisk -d "$disk" 2>/dev/null | awk -F'[:,]' '
-		/^\/dev\// {
-			node = $1; sub(/[ \t]+$/, "", node)
-			for (i = 2; i <= NF; i++)
-				if ($i ~ /type=/) {
-					t = $i; sub(/.*type= */, "", t)
-					print node, tolower(t)
-				}
+	sfdisk -d "$disk" 2>/dev/null | awk '
+		/^\// {
+			i = index($0, " : ")
+			if (!i)
+				next
+			node = substr($0, 1, i - 1)
+			sub(/[ \t]+$/, "", node)
+			rest = substr($0, i + 3)
+			if (!match(rest, /type= *[0-9A-Fa-f-]+/))
+				next
+			t = substr(rest, RSTART, RLENGTH)
+			sub(/type= */, "", t)
+			print node, tolower(t)
 		}'
 }
 
 # 1 MiB of zeros at byte offset $2 of $1?
-zero_mib_at() {
-	dd if="$1" bs=1M skip=$(($2 / 1048576)) count=1 2>/dev/null |
-		cmp -s -n 1048576 - /dev/zero
+zero_mib_at() {	# <dev> <byte offset> [<bytes>, default 1 MiB]
+	dd if="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" \
+		count="${3:-1048576}" 2>/dev/null |
+		cmp -s -n "${3:-1048576}" - /dev/zero
+}
+
+# Does any signature blkid knows sit at one of the places a partition of
+# an erased table would start?  (A table zapped by dd or sgdisk leaves the
+# filesystems behind it.)
+signature_inside() {	# <dev> <bytes>
+	for _o in 32256 1048576 2097152 16777216 $(($2 / 2)); do
+		[ "$_o" -lt "$2" ] || continue
+		blkid -p -O "$_o" "$1" >/dev/null 2>&1
+		[ $? = 2 ] || return 0
+	done
+	return 1
 }
 
 # Use the two dm-stream partitions of $disk, or make them on a blank disk.
@@ -137,8 +161,11 @@ prepare_disk() {
 		sleep 1
 		_t=$((_t + 1))
 	done
+	disk=$(readlink -f "$disk")
 	_parts=$(disk_parts)
-	if [ -n "$_parts" ] || blkid -p "$disk" >/dev/null 2>&1; then
+	blkid -p "$disk" >/dev/null 2>&1
+	_probe=$?
+	if [ -n "$_parts" ] || [ "$_probe" != 2 ]; then
 		meta=$(echo "$_parts" | awk -v t="$META_TYPE" '$2 == t { print $1 }')
 		data=$(echo "$_parts" | awk -v t="$DATA_TYPE" '$2 == t { print $1 }')
 		if [ -z "$meta" ] || [ -z "$data" ] ||
@@ -149,12 +176,16 @@ prepare_disk() {
 		return 0
 	fi
 	_bytes=$(blockdev --getsize64 "$disk") || fail "blockdev $disk failed"
-	# Blank means nothing a probe knows and zeros at both ends.
+	_ss=$(blockdev --getss "$disk") || fail "blockdev $disk failed"
+	_spm=$((1048576 / _ss))		# logical sectors a MiB
+	# Blank means nothing a probe knows, at the start or where partitions
+	# of an erased table would be, and zeros at both ends.
 	if ! zero_mib_at "$disk" 0 ||
-	   ! zero_mib_at "$disk" $((_bytes - 1048576)); then
-		fail "rd.stream.disk=$disk is not blank (data at its start or end): it is left as it is"
+	   ! zero_mib_at "$disk" $((_bytes - 1048576)) ||
+	   signature_inside "$disk" "$_bytes"; then
+		fail "rd.stream.disk=$disk is not blank (data at its start or end, or a filesystem inside): it is left as it is"
 	fi
-	_img=$(image_size)
+	_img=$(image_size) || exit 1
 	[ $((_img % bs)) = 0 ] ||
 		fail "the image ($_img bytes) is not a multiple of rd.stream.block=$bs"
 	# metadata for as many blocks as the whole disk has (a later, larger
@@ -166,13 +197,15 @@ prepare_disk() {
 	_need=$(((2 + _meta_mib) * 1048576 + _img))
 	[ "$_need" -le "$_bytes" ] ||
 		fail "rd.stream.disk=$disk: $_bytes bytes, the image and its metadata need $_need"
+	zero_mib_at "$disk" 1048576 $((_meta_mib * 1048576)) ||
+		fail "rd.stream.disk=$disk: data where the metadata would go: it is left as it is"
 	say "preparing blank disk $disk: metadata ${_meta_mib} MiB, data $_img bytes"
 	# Zero the metadata first: until the partition table is written the
 	# disk still reads as blank, so a power cut here starts over.
 	dd if=/dev/zero of="$disk" bs=1M seek=1 count="$_meta_mib" \
 		oflag=direct conv=fsync 2>/dev/null || fail "zeroing $disk failed"
-	printf 'label: gpt\nstart=2048, size=%s, type=%s, name="dm-stream metadata"\nsize=%s, type=%s, name="dm-stream data"\n' \
-		$((_meta_mib * 2048)) "$META_TYPE" $((_img / 512)) "$DATA_TYPE" |
+	printf 'label: gpt\nstart=%s, size=%s, type=%s, name="dm-stream metadata"\nsize=%s, type=%s, name="dm-stream data"\n' \
+		"$_spm" $((_meta_mib * _spm)) "$META_TYPE" $((_img / _ss)) "$DATA_TYPE" |
 		sfdisk -q "$disk" >"$RUN/sfdisk.log" 2>&1 ||
 		fail "sfdisk $disk failed: $(cat "$RUN/sfdisk.log")"
 	udevadm settle -t 30 2>/dev/null
@@ -237,7 +270,7 @@ else
 			_t=$((_t + 1))
 		done
 	done
-	size=$(image_size)
+	size=$(image_size) || exit 1
 fi
 
 table="0 $((size / 512)) stream $meta $data $((bs / 512))"
@@ -245,6 +278,20 @@ table="0 $((size / 512)) stream $meta $data $((bs / 512))"
 setup="$name-setup"
 uuid="dm-stream-$name"
 
+# A device of ours already under its real name: set up by an earlier run.
+if [ "$(dmsetup info -c --noheadings -o uuid "$name" 2>/dev/null)" = "$uuid" ]; then
+	: >"$RUN/done"
+	exit 0
+fi
+# Leftovers of a failed attempt: its streamd, its half-made device.
+if [ -s "$RUN/streamd.pid" ]; then
+	kill "$(cat "$RUN/streamd.pid")" 2>/dev/null
+	sleep 1
+fi
+if dmsetup info "$setup" >/dev/null 2>&1; then
+	dmsetup remove --retry "$setup" ||
+		fail "cannot remove the leftover $setup of an earlier attempt"
+fi
 dmsetup create "$setup" --uuid "$uuid" --notable ||
 	fail "dmsetup create $setup failed"
 dmsetup load "$setup" --table "$table" ||
@@ -252,9 +299,11 @@ dmsetup load "$setup" --table "$table" ||
 # For the life of the system: '@' (-R), no controlling terminal, cwd /.
 (
 	cd / || exit 1
-	exec setsid streamd -R -u "$@" "$uuid" "$uri" </dev/null >/dev/kmsg 2>&1
+	exec setsid streamd -R -u "$@" "$uuid" "$uri" </dev/null >/dev/kmsg 2>&1 9>&-
 ) &
 echo $! >"$RUN/streamd.pid"
+# Every miss of the root waits on it: the OOM killer must not pick it.
+echo -1000 >"/proc/$(cat "$RUN/streamd.pid")/oom_score_adj" 2>/dev/null
 # Attached to the loaded table before anything can read the device.
 _t=0
 until dmsetup status --inactive "$setup" 2>/dev/null |
