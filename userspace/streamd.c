@@ -212,9 +212,11 @@ logmsg(int prio, const char *fmt, ...)
 	if (log_to_syslog) {
 		vsyslog(prio, fmt, ap);
 	} else {
-		fputs("streamd: ", stderr);
-		vfprintf(stderr, fmt, ap);
-		fputc('\n', stderr);
+		char line[1024];
+
+		/* one write: /dev/kmsg (the initramfs) makes a record of each */
+		vsnprintf(line, sizeof(line), fmt, ap);
+		fprintf(stderr, "streamd: %s\n", line);
 	}
 	va_end(ap);
 }

@@ -86,6 +86,22 @@ capture)	# a change, then a snapshot for consumer 0 to the host
 		--to nbd://10.0.2.100:10810 2>&1) || rc=$?
 	echo "STREAMBOOT-CAPTURE $out" >$con
 	;;
+unit-volume)	# a second streamed volume, its helper streamd@.service
+	sz=$(($(blockdev --getsize64 /dev/mapper/streamroot) / 512))
+	mkdir -p /etc/dm-stream
+	echo "STREAMD_URI=nbd://10.0.2.100:10809" >/etc/dm-stream/vol-b.conf
+	if dmsetup create vol-b --notable &&
+	   dmsetup load vol-b --table "0 $sz stream /dev/vdb /dev/vdc 128" &&
+	   systemctl start streamd@vol-b &&
+	   dmsetup resume vol-b &&
+	   cmp -n 4194304 /dev/mapper/vol-b /dev/mapper/streamroot; then
+		echo "STREAMBOOT-UNIT same content; streamd@vol-b $(systemctl is-active streamd@vol-b)" >$con
+	else
+		rc=1
+	fi
+	dmsetup remove vol-b
+	systemctl stop streamd@vol-b
+	;;
 check-file)
 	if [ -e /home/alice/session.txt ]; then
 		echo "STREAMBOOT-FILE present $(cat /home/alice/session.txt)" >$con

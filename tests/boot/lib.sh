@@ -104,6 +104,7 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 		-no-reboot -serial "file:$log" -monitor none \
 		-netdev "$nic" -device virtio-net-pci,netdev=n0 \
 		-drive "file=$BW/disk.raw,format=raw,if=virtio,cache=writeback" \
+		${VM_DISKS:+$VM_DISKS} \
 		"${boot[@]}" </dev/null >"$log.qemu" 2>&1 &
 	pid=$!
 	(sleep "${STREAM_BOOT_VM_TIMEOUT:-900}"; kill -9 $pid) >/dev/null 2>&1 &
@@ -126,8 +127,10 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 		why="${why:+$why; }not 'running': $(grep -a "^STREAMBOOT-READY\|^STREAMBOOT-FAILED" "$log" | tr '\r\n' '  ' | head -c 300)"
 	grep -aq "^STREAMBOOT-DONE $3 0" "$log" ||
 		why="${why:+$why; }action $3 did not finish"
-	if grep -aiE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)" "$log" | head -3 | grep -q .; then
-		why="${why:+$why; }$(grep -aiE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)" "$log" | head -2 | tr '\r\n' '  ')"
+	# (case matters: "dracut Warning:" is dracut's shutdown talking)
+	local bad="I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)"
+	if grep -aE "$bad" "$log" | grep -q .; then
+		why="${why:+$why; }$(grep -aE "$bad" "$log" | head -2 | tr '\r\n' '  ')"
 	fi
 	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
 		why="${why:+$why; }ext4 counted errors"

@@ -59,8 +59,8 @@ if want netboot || want reboot_no_refetch; then
 		vm "$BW/reboot.log" 0 "rd.stream.fill=off streamboot.run=status"
 		rc=$?
 		server_stop
-		again=$(comm -12 <(read_offsets "$BW/net.req" | uniq) \
-			<(read_offsets "$BW/reboot.req" | uniq) | wc -l)
+		again=$(comm -12 <(read_offsets "$BW/net.req" | sort -u) \
+			<(read_offsets "$BW/reboot.req" | sort -u) | wc -l)
 		if ! why=$(boot_ok "$BW/reboot.log" $rc status); then
 			result FAIL reboot_no_refetch "$why (log $BW/reboot.log)"
 		elif [ "$again" != 0 ]; then
@@ -146,6 +146,27 @@ if want fill_then_local; then
 		echo "MEASURED fill_then_local filled $(read_bytes "$BW/fill.req") bytes of $IMG_BYTES, then booted with no server"
 	fi
 fi
+# A non-root streamed volume on the running system, served by
+# streamd@.service (ready once attached: started between load and resume).
+if want unit_volume; then
+	new_disk
+	rm -f "$BW/volmeta.raw" "$BW/voldata.raw"
+	truncate -s 8M "$BW/volmeta.raw"
+	truncate -s "$IMG_BYTES" "$BW/voldata.raw"
+	server_start "$BW/unit.req"
+	VM_DISKS="-drive file=$BW/volmeta.raw,format=raw,if=virtio -drive file=$BW/voldata.raw,format=raw,if=virtio" \
+		vm "$BW/unit.log" 0 "rd.stream.fill=off streamboot.run=unit-volume"
+	rc=$?
+	server_stop
+	if ! why=$(boot_ok "$BW/unit.log" $rc unit-volume); then
+		result FAIL unit_volume "$why (log $BW/unit.log)"
+	elif ! grep -aq "^STREAMBOOT-UNIT same content; streamd@vol-b active" "$BW/unit.log"; then
+		result FAIL unit_volume "$(grep -a "^STREAMBOOT-UNIT" "$BW/unit.log" | tr -d '\r')"
+	else
+		result PASS unit_volume
+	fi
+fi
+
 # 7. Capture: the running streamed system snapshots itself into a qcow2
 #    overlay of the image on the host; a second machine boots from that
 #    overlay as its image and sees the change.
