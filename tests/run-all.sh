@@ -6,7 +6,7 @@
 # also collect the KUnit results; then the crash-point replay suite.  Ends
 # with "N passed, N failed".
 #
-# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels;
+# Env: STREAM_KERNELS="6.1 6.12 debug" to choose kernels (empty: none);
 #      STREAM_SUITES="main fio ..." to choose boots (default: all of
 #      main reboot crash crashdrain fio fiocrash regress helper mempressure
 #      replay boot;
@@ -26,7 +26,7 @@ set -uo pipefail
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-KERNELS=${STREAM_KERNELS:-6.1 6.12 debug}
+KERNELS=${STREAM_KERNELS-6.1 6.12 debug}
 SUITES=${STREAM_SUITES:-main reboot crash crashdrain fio fiocrash regress helper mempressure replay boot}
 ONLY=${STREAM_ONLY:+stream.only=$STREAM_ONLY}
 LANES=${STREAM_LANES:-2}
