@@ -1141,25 +1141,53 @@ struct fill_pass {
 	uint32_t bs;
 	double t0, checked;
 	uint64_t done, failed;
+	uint64_t single_until;	/* read one by one below this block */
 };
 
-/* Read every block of one absent range; a block that fails is skipped. */
+/*
+ * Read every block of one absent range; a block that fails is skipped.
+ * Reads up to FILL_CHUNK blocks (at most 1 MiB) at a time: the target splits the read at block
+ * boundaries and parks each block, so the chunk's fetches are in flight
+ * together instead of one round trip after the other.  A chunk that
+ * fails is read again block by block, to skip only the failing ones.
+ */
+#define FILL_CHUNK	16
+
+static uint64_t fill_chunk(uint32_t bs)
+{
+	uint64_t n = (1u << 20) / bs;
+
+	return n < 1 ? 1 : n > FILL_CHUNK ? FILL_CHUNK : n;
+}
+
 static int fill_range(void *ctx, uint64_t first, uint64_t count)
 {
 	struct fill_pass *p = ctx;
 	struct filler *fl = p->fl;
-	uint64_t b;
+	uint64_t b, n_blocks;
 	int r;
 
-	for (b = first; b < first + count && !atomic_load(&fl->stop); b++) {
+	for (b = first; b < first + count && !atomic_load(&fl->stop);
+	     b += n_blocks) {
 		ssize_t n;
 
+		n_blocks = first + count - b;
+		if (n_blocks > fill_chunk(p->bs))
+			n_blocks = fill_chunk(p->bs);
+		if (p->single_until > b)
+			n_blocks = 1;
 		errno = 0;
-		n = pread(p->fd, p->buf, p->bs, (off_t)b * p->bs);
-		if (n != p->bs) {
+		n = pread(p->fd, p->buf, n_blocks * p->bs, (off_t)b * p->bs);
+		if (n != (ssize_t)(n_blocks * p->bs)) {
 			r = n < 0 ? -errno : -EIO;
 			if (r != -EIO)
 				return r;	/* the device, not the block */
+			if (n_blocks > 1) {
+				/* again one by one, to skip only the bad */
+				p->single_until = b + n_blocks;
+				n_blocks = 0;
+				continue;
+			}
 			/* the server cannot give it now: later */
 			if (!p->failed++)
 				err("fill: block %" PRIu64 ": %s; skipped, retried later",
@@ -1167,7 +1195,7 @@ static int fill_range(void *ctx, uint64_t first, uint64_t count)
 			atomic_fetch_add(&fl->failed, 1);
 			continue;
 		}
-		p->done += p->bs;
+		p->done += n_blocks * p->bs;
 		/* The switch and the rate, once a second. */
 		if (now_s() - p->checked >= 1.0) {
 			p->checked = now_s();
@@ -1256,7 +1284,8 @@ static void *fill_main(void *arg)
 			bs = fs.block_size;
 			free(buf);
 			buf = NULL;
-			if (posix_memalign(&buf, 4096, bs)) {
+			if (posix_memalign(&buf, 4096,
+					   (size_t)bs * fill_chunk(bs))) {
 				buf = NULL;
 				sleep_ms(fl, 1000);
 				continue;
