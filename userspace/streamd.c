@@ -186,6 +186,7 @@ struct filler {
 	bool enable;			/* --fill: switch on at start */
 	uint64_t rate;			/* --fill-rate, 0: leave as is */
 	bool exit_when_complete;
+	int dev_dirfd;			/* main's /dev (see struct streamd) */
 	pthread_t thread;
 	bool started;
 	atomic_bool complete;		/* thread -> main */
@@ -1263,6 +1264,13 @@ static void *fill_main(void *arg)
 			sleep_ms(fl, 1000);
 			continue;
 		}
+		if (fs.present >= fs.total || !fs.on) {
+			/* Idle: do not hold the device open (dmsetup remove). */
+			if (fd >= 0) {
+				close(fd);
+				fd = -1;
+			}
+		}
 		if (fs.present >= fs.total) {
 			if (!told)
 				info("%s: all %" PRIu64 " blocks present",
@@ -1290,10 +1298,12 @@ static void *fill_main(void *arg)
 				sleep_ms(fl, 1000);
 				continue;
 			}
-			snprintf(path, sizeof(path), "%s/%s", dm_dir(), fs.name);
-			fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+			/* through /dev as it was at start-up (switch_root) */
+			snprintf(path, sizeof(path), "mapper/%s", fs.name);
+			fd = openat(fl->dev_dirfd, path,
+				    O_RDONLY | O_DIRECT | O_CLOEXEC);
 			if (fd < 0) {
-				err("fill: open %s: %m", path);
+				err("fill: open /dev/%s: %m", path);
 				sleep_ms(fl, 1000);
 				continue;
 			}
@@ -1614,6 +1624,7 @@ int main(int argc, char **argv)
 	srandom(seed.tv_nsec ^ getpid());
 	fl.name = sd.name;
 	fl.by_uuid = sd.by_uuid;
+	fl.dev_dirfd = sd.dev_dirfd;
 	sd.fill = &fl;
 	r = fill_start(&fl);
 	if (!r)

@@ -8,6 +8,13 @@
 # shellcheck disable=SC1091 # in the initramfs
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 
+oldroot_mounted() {
+	while read -r _ _mp _; do
+		[ "$_mp" = /oldroot ] && return 0
+	done </proc/mounts
+	return 1
+}
+
 _name=$(getarg rd.stream=)
 if [ -n "$_name" ]; then
 	_pids=""
@@ -24,7 +31,18 @@ if [ -n "$_name" ]; then
 		[ -n "$_pids" ] ||
 			echo "dm-stream: streamd was gone before $_name was released" >/dev/console
 		# no udev here: --noudevsync, or dmsetup waits for it forever
-		if ! dmsetup remove --noudevsync --retry "$_name" >/dev/null 2>&1; then
+		if ! dmsetup remove --noudevsync "$_name" >/dev/null 2>&1 &&
+		   ! oldroot_mounted && [ -n "$_pids" ]; then
+			# The root is gone: what still holds the device is
+			# streamd itself (its fill), which has nothing left
+			# to serve.
+			# shellcheck disable=SC2086 # a list of pids
+			kill $_pids 2>/dev/null
+			_pids=""
+			sleep 1
+		fi
+		if dmsetup info "$_name" >/dev/null 2>&1 &&
+		   ! dmsetup remove --noudevsync --retry "$_name" >/dev/null 2>&1; then
 			if [ "$1" != final ]; then
 				sleep 0.5
 				return 1
