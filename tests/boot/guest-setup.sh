@@ -90,13 +90,22 @@ unit-volume)	# a second streamed volume, its helper streamd@.service
 	sz=$(($(blockdev --getsize64 /dev/mapper/streamroot) / 512))
 	mkdir -p /etc/dm-stream
 	echo "STREAMD_URI=nbd://10.0.2.100:10809" >/etc/dm-stream/vol-b.conf
-	if dmsetup create vol-b --notable &&
-	   dmsetup load vol-b --table "0 $sz stream /dev/vdb /dev/vdc 128" &&
-	   systemctl start streamd@vol-b &&
-	   dmsetup resume vol-b &&
-	   cmp -n 4194304 /dev/mapper/vol-b /dev/mapper/streamroot; then
+	step=create
+	dmsetup create vol-b --notable 2>$con &&
+	step=load &&
+	dmsetup load vol-b --table "0 $sz stream /dev/vdb /dev/vdc 128" 2>$con &&
+	step="systemctl start" &&
+	systemctl start streamd@vol-b 2>$con &&
+	step=resume &&
+	dmsetup resume vol-b 2>$con &&
+	step=cmp &&
+	cmp -n 4194304 /dev/mapper/vol-b /dev/mapper/streamroot 2>$con &&
+	step=done
+	if [ "$step" = done ]; then
 		echo "STREAMBOOT-UNIT same content; streamd@vol-b $(systemctl is-active streamd@vol-b)" >$con
 	else
+		echo "STREAMBOOT-UNIT failed at $step" >$con
+		journalctl -b -u streamd@vol-b --no-pager | tail -n 8 >$con
 		rc=1
 	fi
 	dmsetup remove vol-b
