@@ -98,11 +98,12 @@ unit-volume)	# a second streamed volume, its helper streamd@.service
 	systemctl start streamd@vol-b 2>$con &&
 	step=resume &&
 	dmsetup resume vol-b 2>$con &&
-	step=cmp &&
-	cmp -n 4194304 /dev/mapper/vol-b /dev/mapper/streamroot 2>$con &&
+	step=read &&
+	sum=$(head -c 4194304 /dev/mapper/vol-b | sha256sum) &&
 	step=done
 	if [ "$step" = done ]; then
-		echo "STREAMBOOT-UNIT same content; streamd@vol-b $(systemctl is-active streamd@vol-b)" >$con
+		# the host compares the sum with the image's
+		echo "STREAMBOOT-UNIT ${sum%% *}; streamd@vol-b $(systemctl is-active streamd@vol-b)" >$con
 	else
 		echo "STREAMBOOT-UNIT failed at $step" >$con
 		journalctl -b -u streamd@vol-b --no-pager | tail -n 8 >$con
