@@ -153,14 +153,19 @@ signature_inside() {	# <dev> <bytes>
 	return 1
 }
 
-# Use the two dm-stream partitions of $disk, or make them on a blank disk.
-prepare_disk() {
+# Wait up to 60 s for a block device (its driver may still be probing).
+wait_block() {	# wait_block <dev> <what, for the message>
 	_t=0
-	while [ ! -b "$disk" ]; do
-		[ $_t -ge 60 ] && fail "rd.stream.disk=$disk: no such block device"
+	while [ ! -b "$1" ]; do
+		[ $_t -ge 60 ] && fail "$2: no such block device"
 		sleep 1
 		_t=$((_t + 1))
 	done
+}
+
+# Use the two dm-stream partitions of $disk, or make them on a blank disk.
+prepare_disk() {
+	wait_block "$disk" "rd.stream.disk=$disk"
 	disk=$(readlink -f "$disk")
 	_parts=$(disk_parts)
 	blkid -p "$disk" >/dev/null 2>&1
@@ -262,14 +267,8 @@ if [ -n "$disk" ]; then
 	prepare_disk
 	size=$(blockdev --getsize64 "$data") || fail "blockdev $data failed"
 else
-	for _d in "$meta" "$data"; do
-		_t=0
-		while [ ! -b "$_d" ]; do
-			[ $_t -ge 60 ] && fail "$_d: no such block device"
-			sleep 1
-			_t=$((_t + 1))
-		done
-	done
+	wait_block "$meta" "rd.stream.meta=$meta"
+	wait_block "$data" "rd.stream.data=$data"
 	size=$(image_size) || exit 1
 fi
 
