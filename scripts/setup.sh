@@ -23,7 +23,8 @@ nbdkit qemu-utils qemu-system-x86 busybox-static sparse linux-source-6.12
 linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs procps
 shellcheck util-linux fio libcmocka-dev libjson-c-dev jq clang
 libclang-rt-dev cppcheck iproute2 openssl libsystemd-dev
-debhelper dh-dkms lintian fakeroot dpkg-dev"
+debhelper dh-dkms lintian fakeroot dpkg-dev mmdebstrap socat ipxe-qemu
+seabios"
 
 missing=""
 for p in $PKGS; do
