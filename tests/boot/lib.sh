@@ -27,6 +27,11 @@ server_start() {	# server_start <request log>
 	nbdkit -r -i 127.0.0.1 -p "$PORT" -P "$BW/nbdkit.pid" \
 		--filter=log file "$IMG/image.raw" logfile="$1" ||
 		return 1
+	# the daemon writes it after nbdkit returns
+	for _ in $(seq 100); do
+		[ -s "$BW/nbdkit.pid" ] && break
+		sleep 0.05
+	done
 	SERVER_PID=$(cat "$BW/nbdkit.pid")
 }
 # qemu-nbd for qcow2: the capture's overlay, written (port $PORT2,
