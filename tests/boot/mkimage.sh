@@ -37,9 +37,12 @@ e2fsprogs fdisk util-linux passwd login"
 
 hash_of() { sha256sum | cut -c1-16; }
 
+# The archive: mmdebstrap's default for a stable suite (the Debian archive
+# with its updates and security suites), or STREAM_BOOT_MIRROR (a URI, a
+# one-line "deb ..." entry or a sources file, as mmdebstrap takes them).
 # Bump BASE_RECIPE when the mmdebstrap call below changes.
-BASE_RECIPE=2
-base_key=$(echo "$BASE_RECIPE $PKGS" | hash_of)
+BASE_RECIPE=3
+base_key=$(echo "$BASE_RECIPE $PKGS ${STREAM_BOOT_MIRROR:-}" | hash_of)
 base=$CACHE/bootbase-$base_key
 if [ ! -e "$base/.done" ]; then
 	rm -rf "$base"
@@ -52,10 +55,7 @@ if [ ! -e "$base/.done" ]; then
 		--include="$(printf '%s' "$PKGS" | tr -s ' \n' ',,')" \
 		--essential-hook='mkdir -p "$1/etc/dracut.conf.d" && echo hostonly=no >"$1/etc/dracut.conf.d/10-generic.conf"' \
 		--customize-hook='rm -f "$1"/boot/initrd.img-*' \
-		bookworm "$base/root" \
-		"deb http://deb.debian.org/debian bookworm main" \
-		"deb http://deb.debian.org/debian bookworm-updates main" \
-		"deb http://deb.debian.org/debian-security bookworm-security main" \
+		bookworm "$base/root" ${STREAM_BOOT_MIRROR:+"$STREAM_BOOT_MIRROR"} \
 		>"$base/mmdebstrap.log" 2>&1 ||
 		die "mmdebstrap failed (see $base/mmdebstrap.log)"
 	touch "$base/.done"
