@@ -644,12 +644,24 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 			goto out;
 		}
 	}
+	/*
+	 * No user copy under hf->sem: __detach waits for it while holding
+	 * stream_chan_lock, so a helper faulting here would stall every
+	 * stream device's remove and resume.  The requests are FETCH_SENT to
+	 * @hf; a detach meanwhile requeues them itself.
+	 */
+	up_read(&hf->sem);
 	r = n * sizeof(*reqs);
 	if (copy_to_user(buf, reqs, r)) {
 		/* Never delivered: back to the front of the queue. */
-		requeue_sent(sc, hf, reqs, n);
+		down_read(&hf->sem);
+		if (hf->sc == sc)
+			requeue_sent(sc, hf, reqs, n);
+		up_read(&hf->sem);
 		r = -EFAULT;
 	}
+	kfree(reqs);
+	return r;
 out:
 	up_read(&hf->sem);
 	kfree(reqs);
@@ -665,34 +677,51 @@ static void fetch_write_endio(struct bio *bio)
 	stream_fetch_io_done(f);
 }
 
-static int fill_pages(struct stream_fetch *f, const char __user *src,
-		      size_t len, bool zero)
+/* The largest reply payload: one block of the largest block size. */
+#define MAX_PAYLOAD	(MAX_BLOCK_SECTORS << SECTOR_SHIFT)
+
+static void free_page_array(struct page **pages, unsigned int nr)
 {
 	unsigned int i;
 
-	f->nr_pages = DIV_ROUND_UP(len, PAGE_SIZE);
-	f->pages = kcalloc(f->nr_pages, sizeof(*f->pages), GFP_KERNEL);
-	if (!f->pages)
-		return -ENOMEM;
-	for (i = 0; i < f->nr_pages; i++) {
-		f->pages[i] = alloc_page(GFP_KERNEL | (zero ? __GFP_ZERO : 0));
-		if (!f->pages[i])
-			return -ENOMEM;
-		if (!zero && copy_from_user(page_address(f->pages[i]),
-					    src + i * PAGE_SIZE, PAGE_SIZE))
-			return -EFAULT;
+	if (!pages)
+		return;
+	for (i = 0; i < nr; i++)
+		if (pages[i])
+			__free_page(pages[i]);
+	kfree(pages);
+}
+
+/*
+ * Pages for a @len byte payload: copied from @src, or zeroed when @src is
+ * NULL.  Called without hf->sem when it copies (see chan_read).
+ */
+static struct page **alloc_payload(const char __user *src, size_t len)
+{
+	unsigned int i, nr = len >> PAGE_SHIFT;
+	struct page **pages;
+
+	pages = kcalloc(nr, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return ERR_PTR(-ENOMEM);
+	for (i = 0; i < nr; i++) {
+		pages[i] = alloc_page(GFP_KERNEL | (src ? 0 : __GFP_ZERO));
+		if (!pages[i]) {
+			free_page_array(pages, nr);
+			return ERR_PTR(-ENOMEM);
+		}
+		if (src && copy_from_user(page_address(pages[i]),
+					  src + i * PAGE_SIZE, PAGE_SIZE)) {
+			free_page_array(pages, nr);
+			return ERR_PTR(-EFAULT);
+		}
 	}
-	return 0;
+	return pages;
 }
 
 static void free_pages_of(struct stream_fetch *f)
 {
-	unsigned int i;
-
-	for (i = 0; i < f->nr_pages; i++)
-		if (f->pages[i])
-			__free_page(f->pages[i]);
-	kfree(f->pages);
+	free_page_array(f->pages, f->nr_pages);
 	f->pages = NULL;
 	f->nr_pages = 0;
 }
@@ -701,6 +730,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 			  size_t count, loff_t *ppos)
 {
 	struct stream_file *hf = file->private_data;
+	struct page **payload = NULL;
 	struct dm_stream_reply rep;
 	struct stream_fetch *f;
 	struct stream_c *sc;
@@ -720,6 +750,15 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	if (rep.flags & ~DM_STREAM_REPLY_ZERO)
 		return -EINVAL;
 	zero = rep.flags & DM_STREAM_REPLY_ZERO;
+	if (rep.len > MAX_PAYLOAD || !PAGE_ALIGNED(rep.len) ||
+	    count != sizeof(rep) + rep.len)
+		return -EINVAL;
+	/* The data before any lock: see chan_read. */
+	if (rep.len) {
+		payload = alloc_payload(buf + sizeof(rep), rep.len);
+		if (IS_ERR(payload))
+			return PTR_ERR(payload);
+	}
 
 	down_read(&hf->sem);
 	sc = hf->sc;
@@ -768,9 +807,17 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		goto out;
 	}
 
-	r = fill_pages(f, buf + sizeof(rep), bsize, zero);
-	if (r)
-		goto out_requeue;
+	if (zero) {
+		payload = alloc_payload(NULL, bsize);
+		if (IS_ERR(payload)) {
+			r = PTR_ERR(payload);
+			payload = NULL;
+			goto out_requeue;
+		}
+	}
+	f->pages = payload;
+	f->nr_pages = bsize >> PAGE_SHIFT;
+	payload = NULL;
 	bio = bio_alloc(sc->data_dev->bdev, f->nr_pages, REQ_OP_WRITE,
 			GFP_NOIO);
 	bio->bi_iter.bi_sector = f->block << sc->block_shift;
@@ -798,6 +845,8 @@ out_requeue:
 	mutex_unlock(&sc->fq.lock);
 out:
 	up_read(&hf->sem);
+	if (payload)
+		free_page_array(payload, rep.len >> PAGE_SHIFT);
 	return r;
 }
 

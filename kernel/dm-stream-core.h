@@ -22,6 +22,10 @@
 #include "dm-stream-snap.h"
 #include "dm-stream-chan.h"
 
+/* Data block size bounds, in sectors: the table's and a reply's payload. */
+#define MIN_BLOCK_SECTORS	8
+#define MAX_BLOCK_SECTORS	2048
+
 enum stream_mode {
 	STREAM_MODE_RW,
 	STREAM_MODE_RO,		/* metadata cannot be written: no new state */

@@ -48,8 +48,6 @@
  * most 8 MiB per region in use dirty again.
  */
 #define DEFAULT_INTENT_SECTORS	16384
-#define MIN_BLOCK_SECTORS	8
-#define MAX_BLOCK_SECTORS	2048
 
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
