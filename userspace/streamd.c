@@ -780,20 +780,23 @@ static int pread_done(void *user_data, int *error)
 
 static void issue(struct streamd *sd)
 {
+	struct su_reqq held;
 	struct su_req *r;
 	int64_t c;
 
+	su_reqq_init(&held);
 	while (sd->nbd && sd->nr_inflight < sd->depth &&
 	       (r = su_reqq_pop(&sd->queue))) {
 		/*
 		 * While the zero map is being built, a block it does not
 		 * cover yet waits for it (block-status answers come in
-		 * milliseconds), so that a zero block is never transferred.
+		 * milliseconds), so that a zero block is never transferred;
+		 * the requests behind it go on.
 		 */
 		if (!sd->zmap_done &&
 		    r->block * (uint64_t)sd->block_size >= sd->zmap_off) {
-			su_reqq_push_front(&sd->queue, r);
-			break;
+			su_reqq_push(&held, r);
+			continue;
 		}
 		if (block_is_zero(sd, r->block)) {
 			sd->st.zero++;
@@ -825,6 +828,13 @@ static void issue(struct streamd *sd)
 		r->next = sd->inflight;
 		sd->inflight = r;
 		sd->nr_inflight++;
+	}
+	/* The held requests first, in their order, then the rest. */
+	if (held.head) {
+		while ((r = su_reqq_pop(&sd->queue)))
+			su_reqq_push(&held, r);
+		while ((r = su_reqq_pop(&held)))
+			su_reqq_push(&sd->queue, r);
 	}
 }
 
