@@ -425,6 +425,31 @@ static int snap_read(struct drain *d, uint64_t block)
 	return ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd) ? -errno : 0;
 }
 
+/*
+ * Wait for NBD command @cookie; a stop signal ends the wait (libnbd's
+ * synchronous calls poll without a timeout: a drain to a server that
+ * stopped answering would never see the signal).  0, -EINTR, or -EIO with
+ * libnbd's error.
+ */
+static int nbd_wait(struct nbd_handle *h, int64_t cookie)
+{
+	int r;
+
+	if (cookie == -1)
+		return -EIO;
+	for (;;) {
+		r = nbd_aio_command_completed(h, cookie);
+		if (r == 1)
+			return 0;
+		if (r == -1)
+			return -EIO;
+		if (got_signal)
+			return -EINTR;
+		if (nbd_poll(h, 200) == -1 && nbd_get_errno() != EINTR)
+			return -EIO;
+	}
+}
+
 static int drain_range(void *ctx, uint64_t first, uint64_t count)
 {
 	struct drain *d = ctx;
@@ -444,10 +469,18 @@ static int drain_range(void *ctx, uint64_t first, uint64_t count)
 				strerror(-r));
 			return r;
 		}
-		if (nbd_pwrite(d->nbd, d->buf, d->bs, b * d->bs, 0) == -1) {
+		r = nbd_wait(d->nbd, nbd_aio_pwrite(d->nbd, d->buf, d->bs,
+						    b * d->bs,
+						    NBD_NULL_COMPLETION, 0));
+		if (r == -EINTR) {
+			fprintf(stderr, "streamctl: %s: %s while draining\n",
+				d->dev, strsignal(got_signal));
+			return r;
+		}
+		if (r) {
 			fprintf(stderr, "streamctl: write block %" PRIu64
 				": %s\n", b, nbd_get_error());
-			return -EIO;
+			return r;
 		}
 		d->blocks++;
 		d->bytes += d->bs;
@@ -591,10 +624,15 @@ static int cmd_snapshot(const char *dev, int consumer, const char *uri,
 	d.rd.len = d.bs;
 	snprintf(query, sizeof(query), "ranges %d %" PRIu64, consumer, gen);
 	r = for_each_range(dev, query, st.total, drain_range, &d);
-	if (!r && nbd_flush(d.nbd, 0) == -1) {
-		fprintf(stderr, "streamctl: flush %s: %s\n", uri,
-			nbd_get_error());
-		r = -EIO;
+	if (!r) {
+		r = nbd_wait(d.nbd, nbd_aio_flush(d.nbd, NBD_NULL_COMPLETION,
+						  0));
+		if (r == -EINTR)
+			fprintf(stderr, "streamctl: %s: %s while flushing\n",
+				dev, strsignal(got_signal));
+		else if (r)
+			fprintf(stderr, "streamctl: flush %s: %s\n", uri,
+				nbd_get_error());
 	}
 	if (!r && got_signal) {
 		fprintf(stderr, "streamctl: %s: %s before the acknowledgement\n",

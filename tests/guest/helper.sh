@@ -283,19 +283,30 @@ t_revert_mounted_refused() {
 # A drain stopped by SIGTERM or SIGHUP aborts its snapshot: exit status 1,
 # the device resumed, the blocks dirty again for the consumer.  (SIGINT:
 # a background job of this shell ignores it.)
+# A drain target that stops answering (SIGSTOP) holds a write in flight:
+# SIGTERM still aborts the drain, within the 20 s a watchdog gives it (a
+# synchronous libnbd write would wait for the server forever).
 t_drain_signal_aborts() {
 	stream_up
 	dirty_and_slow_target 100
-	for _sig in TERM HUP; do
+	for _sig in TERM HUP TERM-stopped; do
 		streamctl snapshot s --consumer 1 \
 			--to "nbd+unix:///?socket=/tmp/t.sock" >/tmp/snap.out \
 			2>/tmp/snap.err &
 		_sp=$!
 		wait_for 60 grep -q "cut in" /tmp/snap.err
 		sleep 1
-		kill -$_sig $_sp
+		[ $_sig = TERM-stopped ] && kill -STOP "$(cat /tmp/t.pid)" &&
+			sleep 1
+		kill -${_sig%-stopped} $_sp
+		# a watchdog: a drain that ignores the signal fails the test
+		( sleep 20; kill -9 $_sp ) 2>/dev/null &
+		_dog=$!
 		_rc=0
 		wait $_sp || _rc=$?
+		kill $_dog 2>/dev/null || true
+		wait $_dog 2>/dev/null || true
+		[ $_sig = TERM-stopped ] && kill -CONT "$(cat /tmp/t.pid)"
 		expect_eq "exit status after SIG$_sig" 1 $_rc ||
 			{ cat /tmp/snap.err; return 1; }
 		grep -q "aborted, its blocks stay dirty" /tmp/snap.err
