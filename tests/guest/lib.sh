@@ -106,6 +106,8 @@ server_reads() { grep -c "Read id=" /tmp/nbd.log || true; }
 # checks both after every test; see streamd_allow).
 # shellcheck disable=SC2120 # the suites pass streamd options
 helper_start() {
+	# the exit status of the helper before, for streamd_verdict
+	[ -f /tmp/streamd.rc ] && cat /tmp/streamd.rc >>/tmp/streamd.rcs
 	rm -f /tmp/stats /tmp/streamd.pid /tmp/streamd.rc
 	(
 		streamd "$@" -s /tmp/stats s "${HELPER_URI:-$URI}" \
@@ -119,10 +121,16 @@ helper_start() {
 	wait_for 10 is_attached
 }
 
+# A helper that does not exit within 15 s of SIGTERM is killed, and its
+# status is "hung" (which streamd_verdict fails).
 helper_stop() {
 	[ -f /tmp/streamd.pid ] || return 0
 	kill "$(cat /tmp/streamd.pid)" 2>/dev/null || true
-	wait_for 15 test -f /tmp/streamd.rc || true
+	if ! wait_for 15 test -f /tmp/streamd.rc; then
+		kill -9 "$(cat /tmp/streamd.pid)" 2>/dev/null || true
+		wait_for 5 test -f /tmp/streamd.rc || true
+		echo hung >/tmp/streamd.rc
+	fi
 	rm -f /tmp/streamd.pid
 }
 
@@ -132,16 +140,29 @@ streamd_allow() { echo "$1" >>/tmp/streamd.allow; }
 
 # After a test: streamd (if it ran) exited 0 when stopped, and its log has
 # no failed/dropped/malformed/exiting line the test did not allow.
+# Every helper the test started counts (/tmp/streamd.rcs holds the
+# statuses of those before the last).
 streamd_verdict() {
 	helper_stop
+	[ -f /tmp/streamd.rc ] && cat /tmp/streamd.rc >>/tmp/streamd.rcs
+	rm -f /tmp/streamd.rc
+	touch /tmp/streamd.rcs
+	while read -r _src; do
+		[ "$_src" = 0 ] && continue
+		streamd_allowed "exit $_src" && continue
+		echo "# streamd exited with status $_src"
+		return 1
+	done </tmp/streamd.rcs
+	streamd_log_ok
+}
+
+streamd_allowed() { [ -f /tmp/streamd.allow ] && grep -qx "$1" /tmp/streamd.allow; }
+
+# streamd's log so far has no failed/dropped/malformed/exiting line the
+# test did not allow (streamd may still be running).
+streamd_log_ok() {
 	touch /tmp/streamd.allow
 	[ -s /tmp/streamd.allow ] || echo '^$' >/tmp/streamd.allow
-	if [ -f /tmp/streamd.rc ] &&
-	   ! grep -qx "exit $(cat /tmp/streamd.rc)" /tmp/streamd.allow &&
-	   [ "$(cat /tmp/streamd.rc)" != 0 ]; then
-		echo "# streamd exited with status $(cat /tmp/streamd.rc)"
-		return 1
-	fi
 	if [ -f /tmp/streamd.log ] &&
 	   grep -vE '^[a-z_]+=[0-9]+$' /tmp/streamd.log |
 	   grep -E "failed|dropped|malformed|exiting" |
@@ -250,7 +271,8 @@ run() {
 	esac
 	T=$1
 	say "--- $T"
-	rm -f /tmp/streamd.log /tmp/streamd.allow /tmp/streamd.rc
+	rm -f /tmp/streamd.log /tmp/streamd.allow /tmp/streamd.rc \
+		/tmp/streamd.rcs
 	# Not inside "if": set -e must stay in force in the subshell.
 	( set -e; "$2" ) >/tmp/test.out 2>&1 &
 	_pid=$!
@@ -286,12 +308,24 @@ run() {
 skip() { echo "STREAMTEST $1 SKIP $2"; }
 
 # Phase 1 of a two-boot test: run <function> in a subshell with set -e and
-# report it (no watchdog: the boot's own timeout covers it).
-run_phase() {	# run_phase <name> <function>
+# report it (no watchdog: the boot's own timeout covers it), with
+# streamd's exit status and log held to the same rules as in run();
+# "running": streamd stays up (the power cut comes with it serving), and
+# only its log so far is checked.
+run_phase() {	# run_phase <name> <function> [running]
+	rm -f /tmp/streamd.log /tmp/streamd.allow /tmp/streamd.rc \
+		/tmp/streamd.rcs
 	# Not inside "if": set -e must stay in force in the subshell.
 	( set -e; "$2" ) >/tmp/test.out 2>&1
-	# shellcheck disable=SC2181
-	if [ $? = 0 ]; then
+	_rc=$?
+	if [ $_rc = 0 ]; then
+		if [ "${3:-}" = running ]; then
+			streamd_log_ok >>/tmp/test.out 2>&1 || _rc=1
+		else
+			streamd_verdict >>/tmp/test.out 2>&1 || _rc=1
+		fi
+	fi
+	if [ $_rc = 0 ]; then
 		echo "STREAMTEST $1 PASS"
 	else
 		cat /tmp/test.out
@@ -302,7 +336,7 @@ run_phase() {	# run_phase <name> <function>
 # ... of a power-cut pair: then announce READY_FOR_KILL and wait for the
 # host to kill QEMU.
 phase1_then_kill() {	# phase1_then_kill <name> <function>
-	run_phase "$1" "$2"
+	run_phase "$1" "$2" running
 	echo "READY_FOR_KILL"
 	sleep 600
 }
