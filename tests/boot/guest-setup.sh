@@ -158,6 +158,19 @@ ExecStart=/usr/local/lib/streamboot/ready.sh
 WantedBy=multi-user.target
 EOF
 systemctl enable streamboot-ready.service
+# A system that falls into emergency or rescue mode says so on the
+# console and powers off, instead of waiting at sulogin for the test's
+# watchdog (the initramfs does the same with rd.shell=0
+# rd.emergency=poweroff on the command line).
+for unit in emergency rescue; do
+	mkdir -p /etc/systemd/system/$unit.service.d
+	cat >/etc/systemd/system/$unit.service.d/streamboot.conf <<EOF2
+[Service]
+ExecStartPre=
+ExecStart=
+ExecStart=/bin/sh -c 'echo "STREAMBOOT-EMERGENCY $unit: \$\$(systemctl --failed --no-legend --plain | tr "\\n" " ")" >/dev/ttyS0; systemctl --no-block poweroff'
+EOF2
+done
 # No getty on the serial console: the test hook owns it.
 systemctl mask serial-getty@ttyS0.service
 apt-get clean

@@ -19,7 +19,10 @@ boot_image() {
 PORT=$((20000 + RANDOM % 20000))
 PORT2=$((PORT + 1))
 NAME=streamroot
-BASE_CMD="console=ttyS0 panic=-1 root=/dev/mapper/$NAME rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
+# rd.shell=0 rd.emergency=poweroff: an initramfs that gives up powers
+# off at once (the image does the same from emergency mode), so a broken
+# boot costs its own time, not the watchdog's.
+BASE_CMD="console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff root=/dev/mapper/$NAME rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
 
 SERVER_PID=
 server_start() {	# server_start <request log>
@@ -128,6 +131,8 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 boot_ok() {	# boot_ok <log> <qemu status> <action>
 	local log=$1 rc=$2 why=""
 	[ "$rc" = 0 ] || why="QEMU status $rc (124: no power-off in time)"
+	grep -aq "STREAMBOOT-EMERGENCY" "$log" &&
+		why="${why:+$why; }$(grep -a "STREAMBOOT-EMERGENCY" "$log" | head -1 | tr -d '\r')"
 	grep -aq "^STREAMBOOT-READY running" "$log" ||
 		why="${why:+$why; }not 'running': $(grep -a "^STREAMBOOT-READY\|^STREAMBOOT-FAILED" "$log" | tr '\r\n' '  ' | head -c 300)"
 	grep -aq "^STREAMBOOT-DONE $3 0" "$log" ||
