@@ -235,6 +235,21 @@ t_startup_errors_exit() {
 	timeout 20 streamd nosuchdev "$URI" 2>/tmp/e.log || _rc=$?
 	expect_eq "exit status for a missing device" 1 $_rc
 	grep -q "nosuchdev: no such stream device" /tmp/e.log
+	# TLS that cannot be set up, and no /dev/dm-stream (moved away
+	# for a moment): permanent, exit 1 with the reason
+	_rc=0
+	timeout 20 streamd --tls-certificates /nonexistent s "$URI" \
+		2>/tmp/e.log || _rc=$?
+	expect_eq "exit status for a missing certificate directory" 1 $_rc ||
+		{ cat /tmp/e.log; return 1; }
+	grep -q "/nonexistent" /tmp/e.log || { cat /tmp/e.log; return 1; }
+	mv /dev/dm-stream /dev/dm-stream.away
+	_rc=0
+	timeout 20 streamd s "$URI" 2>/tmp/e.log || _rc=$?
+	mv /dev/dm-stream.away /dev/dm-stream
+	expect_eq "exit status without /dev/dm-stream" 1 $_rc ||
+		{ cat /tmp/e.log; return 1; }
+	grep -q "/dev/dm-stream" /tmp/e.log || { cat /tmp/e.log; return 1; }
 	_rc=0
 	timeout 20 streamd -q 0 s "$URI" 2>/tmp/e.log || _rc=$?
 	expect_eq "exit status for --queue-depth 0" 2 $_rc
@@ -274,6 +289,14 @@ t_revert_mounted_refused() {
 		2>/tmp/rv.log || _rc=$?
 	expect_eq "invalidate exit status while mounted" 4 $_rc
 	expect_eq "file after the refusals" kept "$(cat /mnt/s/f)"
+	# --force: the operator's call (the mounted filesystem now sees its
+	# blocks change under it); it runs and the device is the image's
+	_rc=0
+	streamctl revert --force s >/tmp/rv.out 2>&1 || _rc=$?
+	expect_eq "revert --force exit status while mounted" 0 $_rc ||
+		{ cat /tmp/rv.out; return 1; }
+	grep -q "reverted [1-9][0-9]* blocks" /tmp/rv.out ||
+		{ cat /tmp/rv.out; return 1; }
 	umount /mnt/s
 	streamctl revert s >/dev/null
 	wait_for 10 is_attached
@@ -429,6 +452,32 @@ t_tls_mistakes_exit() {
 	no_fetch_errors
 }
 
+# Replies that come back while the device is suspended are refused
+# (EAGAIN): streamd keeps them and sends them again until the resume;
+# every read completes with the image's data, each block fetched once.
+t_reply_retried() {
+	fresh
+	server_start nbdkit delay delay-read=2
+	create
+	helper_start
+	read_many 20 16
+	wait_for 10 parked_at_least 16
+	dmsetup suspend --noflush s
+	sleep 4
+	_rt=$(helper_stat reply_retries)
+	dmsetup resume s
+	check_many 20 16
+	[ "${_rt:-0}" -ge 1 ] ||
+		{ echo "# no reply was refused while suspended ($_rt)"; return 1; }
+	say "replies refused while suspended, then sent again: $_rt"
+	expect_eq "reads of block 20 at the server" 1 \
+		"$(server_reads_at $((20 * BB)))"
+	expect_eq "reads of block 35 at the server" 1 \
+		"$(server_reads_at $((35 * BB)))"
+	no_fetch_errors
+	helper_alive
+}
+
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run network_drop t_network_drop
@@ -440,6 +489,7 @@ run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused
 run drain_signal_aborts t_drain_signal_aborts
 run fill_policy_kept t_fill_policy_kept
+run reply_retried t_reply_retried
 run tls_psk t_tls_psk
 run tls_x509 t_tls_x509
 run tls_mistakes_exit t_tls_mistakes_exit
