@@ -508,17 +508,6 @@ static void abort_snapshot(const char *dev, int consumer, uint64_t gen)
 }
 
 /* The answer to "snapshot <c>": "<id> <blocks>", strictly. */
-static int parse_cut(const char *resp, uint64_t *gen, uint64_t *nr)
-{
-	const char *p;
-
-	if (su_parse_u64_prefix(resp, &p, gen) || *p != ' ' ||
-	    su_parse_u64_prefix(p + 1, &p, nr) || (*p && *p != '\n') ||
-	    !*gen)
-		return -EPROTO;
-	return 0;
-}
-
 /*
  * Cut consumer @consumer's snapshot: suspend, message, resume, with the
  * stop signals blocked throughout (a kill cannot leave the device
@@ -540,7 +529,7 @@ static int cut_snapshot(const char *dev, int consumer, uint64_t *gen,
 		goto out;
 	rm = message(dev, msg, resp, sizeof(resp));
 	rr = resume(dev);
-	if (!rm && parse_cut(resp, gen, nr)) {
+	if (!rm && su_parse_cut(resp, gen, nr)) {
 		fprintf(stderr, "streamctl: %s: bad answer to '%s': '%.60s'\n",
 			dev, msg, resp);
 		rm = -EPROTO;

@@ -4,7 +4,7 @@
  * picks the parser, the rest (NUL-terminated) is its input.  Besides the
  * sanitizers, it checks what the parsers promise: a parsed range page
  * stays inside the device and moves the cursor, a status line's present
- * count never exceeds its total.  Run by tests/fuzz.sh.
+ * count never exceeds its total, a snapshot answer never has id 0.  Run by tests/fuzz.sh.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(s, data + 1, size - 1);
 	s[size - 1] = '\0';
-	switch (data[0] % 6) {
+	switch (data[0] % 7) {
 	case 0:
 		/* what parses prints back as the same number */
 		if (!su_parse_u64(s, &v)) {
@@ -77,6 +77,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 5:
 		if (!su_parse_range_page(s, 10, TOTAL, &next, range_cb, &seen) &&
 		    (next > TOTAL || (next <= 10 && next != TOTAL)))
+			abort();
+		break;
+	case 6:
+		if (!su_parse_cut(s, &v, &next) && !v)
 			abort();
 		break;
 	}

@@ -184,3 +184,14 @@ int su_parse_range_line(const char *line, uint64_t *off, uint64_t *len)
 	*len = b;
 	return 1;
 }
+
+int su_parse_cut(const char *resp, uint64_t *gen, uint64_t *nr)
+{
+	const char *p;
+
+	if (!resp || su_parse_u64_prefix(resp, &p, gen) || *p != ' ' ||
+	    su_parse_u64_prefix(p + 1, &p, nr) || (*p && strcmp(p, "\n")) ||
+	    !*gen)
+		return -EPROTO;
+	return 0;
+}

@@ -57,4 +57,10 @@ int su_parse_range_page(const char *resp, uint64_t cursor, uint64_t total,
  */
 int su_parse_range_line(const char *line, uint64_t *off, uint64_t *len);
 
+/*
+ * The answer to "snapshot <consumer>": "<snapshot id> <blocks>", an
+ * optional trailing newline; the id is never 0.  0 or -EPROTO.
+ */
+int su_parse_cut(const char *resp, uint64_t *gen, uint64_t *nr);
+
 #endif

@@ -158,6 +158,28 @@ static void test_range_line(void **state)
 	assert_int_equal(su_parse_range_line("1,2", &off, &len), -EINVAL);
 }
 
+static void test_cut(void **state)
+{
+	static const char *const bad[] = {
+		"", "7", "7 ", " 7 3", "0 3", "7 3 4", "7 -3", "7 3\n\n",
+		"7\t3", "18446744073709551616 1", "7 3x", "x 3",
+	};
+	uint64_t gen = 0, nr = 0;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(su_parse_cut("7 300", &gen, &nr), 0);
+	assert_true(gen == 7 && nr == 300);
+	assert_int_equal(su_parse_cut("18446744073709551615 0\n", &gen, &nr),
+			 0);
+	assert_true(gen == UINT64_MAX && nr == 0);
+	assert_int_equal(su_parse_cut(NULL, &gen, &nr), -EPROTO);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		print_message("cut '%s'\n", bad[i]);
+		assert_int_equal(su_parse_cut(bad[i], &gen, &nr), -EPROTO);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -166,6 +188,7 @@ int main(void)
 		cmocka_unit_test(test_range_page),
 		cmocka_unit_test(test_range_page_bad),
 		cmocka_unit_test(test_range_line),
+		cmocka_unit_test(test_cut),
 	};
 
 	return cmocka_run_group_tests_name("status", tests, NULL, NULL);
