@@ -401,6 +401,25 @@ t_tls_psk() {
 	check_many 20 4
 	no_fetch_errors
 	helper_alive
+	# streamctl snapshot drains to a TLS-PSK export too
+	dd if=$IMG of=$DEV bs=$BB skip=60 seek=30 count=3 oflag=direct \
+		conv=fsync 2>/dev/null
+	truncate -s $((SZ * 512)) /tmp/target.raw
+	nbdkit -U /tmp/t.sock -P /tmp/t.pid --tls=require \
+		--tls-psk=$TLS/psk.keys file file=/tmp/target.raw
+	wait_for 10 test -S /tmp/t.sock
+	streamctl snapshot s --consumer 1 --to "nbds+unix:///?socket=/tmp/t.sock" \
+		--tls-psk-file $TLS/psk.keys --tls-username alice >/tmp/snap.out
+	grep -q "3 blocks, .* flushed and acknowledged" /tmp/snap.out ||
+		{ cat /tmp/snap.out; return 1; }
+	kill "$(cat /tmp/t.pid)"
+	for _b in 30 31 32; do
+		expect_eq "block $_b at the TLS drain target" \
+			"$(blk_sum $DEV $_b)" \
+			"$(dd if=/tmp/target.raw bs=$BB skip=$_b count=1 2>/dev/null |
+			   md5sum | cut -d' ' -f1)"
+	done
+	rm -f /tmp/target.raw
 }
 
 # X.509 (qemu-nbd --tls-creds, which also checks the client certificate).
@@ -442,6 +461,7 @@ t_tls_mistakes_exit() {
 		"nbds+unix:///?socket=$SOCK" 2>/tmp/e.log || _rc=$?
 	expect_eq "exit status, TLS client and plain server" 1 $_rc ||
 		{ cat /tmp/e.log; return 1; }
+	grep -q "TLS\|tls" /tmp/e.log || { cat /tmp/e.log; return 1; }
 	server_stop
 	tls_x509_server
 	_rc=0
