@@ -8,11 +8,21 @@ export DEBIAN_FRONTEND=noninteractive
 kver=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
 echo "$kver" >/boot/kver
 
-# dpkg, not apt: the base holds every dependency, and the build must not
-# need the network beyond mmdebstrap.
-dpkg -i /tmp/debs/dm-stream-dkms_*.deb /tmp/debs/dm-stream-tools_*.deb
+# As a user would (apt install ./*.deb); the base holds every
+# dependency, so nothing is downloaded.  The base has no initramfs
+# (mmdebstrap's hook removed it): installing must not make one, since the
+# packages change nothing an initramfs holds until dracut is asked for
+# the stream module.
+(cd /tmp/debs && apt-get install -y --no-install-recommends \
+	./dm-stream-dkms_*.deb ./dm-stream-tools_*.deb)
 dkms status
+dkms status -m dm-stream -k "$kver" | grep -q ": installed" ||
+	{ echo "DKMS did not build dm-stream for $kver"; exit 1; }
 modinfo -k "$kver" dm-stream >/dev/null
+if ls /boot/initrd.img-* >/dev/null 2>&1; then
+	echo "installing the packages made an initramfs: $(ls /boot/initrd.img-*)"
+	exit 1
+fi
 
 # Opt-in: an initramfs made with the packages installed but no
 # configuration has neither the module nor streamd.
