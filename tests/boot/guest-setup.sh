@@ -106,6 +106,8 @@ unit-volume)	# a second streamed volume, its helper streamd@.service
 	dmsetup load vol-b --table "0 $sz stream /dev/vdb /dev/vdc 128" 2>$con &&
 	step="systemctl start" &&
 	systemctl start streamd@vol-b 2>$con &&
+	step="attached once started (readiness)" &&
+	[ "$(dmsetup status --inactive vol-b | awk '{ print $8 }')" = attached ] &&
 	step=resume &&
 	dmsetup resume vol-b 2>$con &&
 	step=read &&
@@ -147,6 +149,10 @@ status) ;;
 esac
 echo "STREAMBOOT-STATUS $(dmsetup status streamroot)" >$con
 grep -h . /sys/fs/ext4/*/errors_count 2>/dev/null | sed 's/^/STREAMBOOT-EXT4-ERRORS /' >$con
+# the whole kernel log (streamd logs there too), not only the console's
+bad='I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Call Trace|dm-stream: .*(failed|refused)|streamd: .*(dropped|malformed)'
+echo "STREAMBOOT-KLOG-ERRORS $(dmesg | grep -cE "$bad")" >$con
+dmesg | grep -E "$bad" | head -n 5 | sed 's/^/STREAMBOOT-KLOG /' >$con
 echo "STREAMBOOT-DONE $run $rc" >$con
 case $(sed -n 's/.*streamboot\.after=\([^ ]*\).*/\1/p' /proc/cmdline) in
 stay) ;;

@@ -145,6 +145,10 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
 		why="${why:+$why; }ext4 counted errors"
 	fi
+	# the kernel log of the whole boot, not only what reached the
+	# console (loglevel=4 hides streamd's and dm-stream's messages)
+	grep -aq "^STREAMBOOT-KLOG-ERRORS 0" "$log" ||
+		why="${why:+$why; }kernel log: $(grep -a "^STREAMBOOT-KLOG" "$log" | head -3 | tr '\r\n' '  ')"
 	_s=$(shutdown_ok "$log") || why="${why:+$why; }$_s"
 	[ -z "$why" ] && return 0
 	echo "$why"
