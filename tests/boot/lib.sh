@@ -92,7 +92,7 @@ new_disk() {	# a blank disk a little larger than the image
 
 # One boot; the guest powers itself off after its action.  VM_CMD
 # replaces the streamed root's command line (the benchmark's local boots).  Returns QEMU's
-# status (124 when the watchdog killed it).
+# status (124 when the watchdog killed it, 125 when the machine halted).
 vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 	local log=$1 net=$2 extra=$3 boot=() pid dog rc
 	local nic="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - TCP:127.0.0.1:$PORT,guestfwd=tcp:10.0.2.100:10810-cmd:socat - TCP:127.0.0.1:$PORT2"
@@ -115,13 +115,33 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 		${VM_DISKS:+$VM_DISKS} \
 		"${boot[@]}" </dev/null >"$log.qemu" 2>&1 &
 	pid=$!
-	(sleep "${STREAM_BOOT_VM_TIMEOUT:-900}"; kill -9 $pid) >/dev/null 2>&1 &
+	# The watchdog; it also ends a machine that halted (dracut's die()
+	# halts a systemd initramfs whatever rd.emergency says), which
+	# would otherwise sit there until the timeout.
+	rm -f "$log.halted"
+	(
+		t=0
+		while [ $t -lt "${STREAM_BOOT_VM_TIMEOUT:-900}" ]; do
+			sleep 1
+			t=$((t + 1))
+			kill -0 $pid || exit 0
+			if grep -aq "reboot: System halted" "$log"; then
+				: >"$log.halted"
+				break
+			fi
+		done
+		kill -9 $pid
+	) >/dev/null 2>&1 &
 	dog=$!
 	wait $pid
 	rc=$?
 	kill $dog 2>/dev/null
 	wait $dog 2>/dev/null
-	[ $rc = 137 ] && rc=124
+	if [ -e "$log.halted" ]; then
+		rc=125
+	elif [ $rc = 137 ]; then
+		rc=124
+	fi
 	return $rc
 }
 
@@ -130,7 +150,7 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 # error, no kernel complaint.
 boot_ok() {	# boot_ok <log> <qemu status> <action>
 	local log=$1 rc=$2 why=""
-	[ "$rc" = 0 ] || why="QEMU status $rc (124: no power-off in time)"
+	[ "$rc" = 0 ] || why="QEMU status $rc (124: no power-off in time, 125: halted)"
 	grep -aq "STREAMBOOT-EMERGENCY" "$log" &&
 		why="${why:+$why; }$(grep -a "STREAMBOOT-EMERGENCY" "$log" | head -1 | tr -d '\r')"
 	grep -aq "^STREAMBOOT-READY running" "$log" ||

@@ -164,6 +164,30 @@ if want fill_then_local; then
 		echo "MEASURED fill_then_local filled $(read_bytes "$BW/fill.req") bytes of $IMG_BYTES, then booted with no server"
 	fi
 fi
+# A disk that holds something else (here an ext4 filesystem) is never
+# touched: the initramfs says so and gives up (dracut's die(): power-off
+# or halt), and the disk is byte for byte as it was.
+if want foreign_disk; then
+	new_disk
+	mkfs.ext4 -q -F -L precious "$BW/disk.raw"
+	before=$(sha256sum <"$BW/disk.raw")
+	server_start "$BW/foreign.req"
+	vm "$BW/foreign.log" 0 "rd.stream.fill=off streamboot.run=status"
+	rc=$?
+	server_stop
+	if grep -aq "^STREAMBOOT-READY" "$BW/foreign.log"; then
+		result FAIL foreign_disk "the system came up on a disk that was not blank (log $BW/foreign.log)"
+	elif ! grep -aq "dm-stream: rd.stream.disk=.* it is left as it is" "$BW/foreign.log"; then
+		result FAIL foreign_disk "no refusal on the console (log $BW/foreign.log)"
+	elif [ "$before" != "$(sha256sum <"$BW/disk.raw")" ]; then
+		result FAIL foreign_disk "the disk was written"
+	elif [ "$rc" != 0 ] && [ "$rc" != 125 ]; then
+		result FAIL foreign_disk "QEMU status $rc: the machine neither powered off nor halted after the refusal"
+	else
+		result PASS foreign_disk
+	fi
+fi
+
 # A non-root streamed volume on the running system, served by
 # streamd@.service (ready once attached: started between load and resume).
 if want unit_volume; then
