@@ -5,7 +5,10 @@
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
-kver=$(find /lib/modules -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
+# the kernel the machine boots: the one with an image in /boot (the
+# 6.12 line has headers only)
+kver=$(find /boot -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' |
+	sed 's/^vmlinuz-//' | sort -V | tail -n 1)
 echo "$kver" >/boot/kver
 
 # As a user would (apt install ./*.deb); the base holds every
@@ -15,9 +18,21 @@ echo "$kver" >/boot/kver
 # the stream module.
 (cd /tmp/debs && apt-get install -y --no-install-recommends \
 	./dm-stream-dkms_*.deb ./dm-stream-tools_*.deb)
+# DKMS builds at install time for the running (here: the newest) kernel;
+# every kernel line with headers must build, as dkms autoinstall does at
+# boot for a kernel installed later.
+for d in /lib/modules/*/; do
+	k=$(basename "$d")
+	[ -e "/lib/modules/$k/build" ] || continue
+	dkms autoinstall -k "$k"
+	dkms status -m dm-stream -k "$k" | grep -q ": installed" ||
+		{ echo "DKMS did not build dm-stream for $k"; exit 1; }
+done
 dkms status
-dkms status -m dm-stream -k "$kver" | grep -q ": installed" ||
-	{ echo "DKMS did not build dm-stream for $kver"; exit 1; }
+dkms status -m dm-stream | grep -q "6\.1\..*: installed" ||
+	{ echo "no DKMS build for the 6.1 line"; exit 1; }
+dkms status -m dm-stream | grep -q "6\.12\..*: installed" ||
+	{ echo "no DKMS build for the 6.12 line"; exit 1; }
 modinfo -k "$kver" dm-stream >/dev/null
 if ls /boot/initrd.img-* >/dev/null 2>&1; then
 	echo "installing the packages made an initramfs: $(ls /boot/initrd.img-*)"

@@ -28,10 +28,13 @@ die() { echo "mkimage: $*" >&2; exit 1; }
 exec 3>&1 1>&2
 
 # What the image holds besides dm-stream.  dkms pulls the compiler, the
-# headers let it build for the installed kernel; dracut (not
-# initramfs-tools) with its network-legacy module (dhclient).
+# headers let it build for the installed kernel (6.1) and for the 6.12
+# line, whose headers alone are there to prove the package builds for
+# both; dracut (not initramfs-tools) with its network-legacy module
+# (dhclient).
 PKGS="systemd-sysv udev dbus kmod procps iproute2 isc-dhcp-client
-linux-image-amd64 linux-headers-amd64 dkms dracut dracut-network
+linux-image-amd64 linux-headers-amd64 linux-headers-6.12-amd64 dkms
+dracut dracut-network
 dmsetup libnbd0 libnbd-bin libdevmapper1.02.1 libjson-c5 libsystemd0
 e2fsprogs fdisk util-linux passwd login"
 
