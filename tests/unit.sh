@@ -32,6 +32,8 @@ for t in "$lib"/test-*.c; do
 		# a test that stands in for libdevmapper links dm.c
 		dm=()
 		grep -q "^struct dm_task \*dm_task_create" "$t" && dm=("$lib/dm.c")
+		# ... and one of tls.c's links it (with libnbd)
+		grep -q "su_tls_keep(" "$t" && dm+=("$lib/tls.c" -lnbd)
 		if ! gcc "${cflags[@]}" "${extra[@]}" -o "$bin" "$t" "${srcs[@]}" \
 			"${dm[@]}" -lcmocka 2>"$bin.build.log"; then
 			cat "$bin.build.log" >&2
