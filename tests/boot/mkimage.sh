@@ -66,7 +66,19 @@ fi
 
 ls "$DEBS"/dm-stream-dkms_*.deb "$DEBS"/dm-stream-tools_*.deb >/dev/null ||
 	die "no dm-stream packages in $DEBS (make deb)"
-img_key=$( (echo "$base_key $IMAGE_MB"; sha256sum "$DEBS"/*.deb | cut -d' ' -f1;
+# The packages' inputs, not the .debs themselves: a build elsewhere (CI's
+# clone) embeds other paths in the binaries' debug data, and would make
+# the same image again for nothing.  Outside git: the .debs.
+pkg_inputs() {
+	if git -C "$TOP" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+		(cd "$TOP" && git ls-files -z --cached --others --exclude-standard \
+			-- debian kernel userspace dracut systemd doc Kbuild Makefile |
+			xargs -0 sha256sum 2>/dev/null)
+	else
+		sha256sum "$DEBS"/*.deb | cut -d' ' -f1
+	fi
+}
+img_key=$( (echo "$base_key $IMAGE_MB"; pkg_inputs;
 	cat "$TOP/tests/boot/guest-setup.sh") | hash_of)
 out=$CACHE/bootimg-$img_key
 if [ ! -e "$out/.done" ]; then
