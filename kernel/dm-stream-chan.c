@@ -139,7 +139,7 @@ void stream_fetch_io_done(struct stream_fetch *f)
 void stream_fetch_quiesce(struct stream_c *sc)
 {
 	mutex_lock(&sc->fq.lock);
-	sc->fq.stopped = true;
+	WRITE_ONCE(sc->fq.stopped, true);	/* read locklessly: chan_write */
 	mutex_unlock(&sc->fq.lock);
 	spin_lock_irq(&sc->lock);
 	wait_event_lock_irq(sc->fq.write_wait, !sc->fq.writing, sc->lock);
@@ -149,7 +149,7 @@ void stream_fetch_quiesce(struct stream_c *sc)
 void stream_fetch_restart(struct stream_c *sc)
 {
 	mutex_lock(&sc->fq.lock);
-	sc->fq.stopped = false;
+	WRITE_ONCE(sc->fq.stopped, false);
 	mutex_unlock(&sc->fq.lock);
 }
 
@@ -500,10 +500,15 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	a.nr_present = dsm_nr_present(found->md);
 	DMINFO("%s: helper attached",
 	       stream_name(found));
-	/* Only what the caller's (possibly older) layout has room for. */
+	mutex_unlock(&stream_chan_lock);
+	/*
+	 * No user copy under stream_chan_lock (see chan_read).  Only what
+	 * the caller's (possibly older) layout has room for.  A failed copy
+	 * leaves the helper attached; its close detaches.
+	 */
 	if (copy_to_user(argp, &a, min_t(size_t, a.size, sizeof(a))))
-		r = -EFAULT;
-	/* A failed copy leaves the helper attached; its close detaches. */
+		return -EFAULT;
+	return 0;
 out:
 	mutex_unlock(&stream_chan_lock);
 	return r;
@@ -753,7 +758,18 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	if (rep.len > MAX_PAYLOAD || !PAGE_ALIGNED(rep.len) ||
 	    count != sizeof(rep) + rep.len)
 		return -EINVAL;
-	/* The data before any lock: see chan_read. */
+	/*
+	 * The data before any lock: see chan_read.  Not for a reply that
+	 * would be refused anyway (streamd resends refused replies every
+	 * 100 ms while the device is suspended): a hint, checked again
+	 * under the locks below.
+	 */
+	down_read(&hf->sem);
+	sc = hf->sc;
+	r = !sc ? -ENODEV : READ_ONCE(sc->fq.stopped) ? -EAGAIN : 0;
+	up_read(&hf->sem);
+	if (r)
+		return r;
 	if (rep.len) {
 		payload = alloc_payload(buf + sizeof(rep), rep.len);
 		if (IS_ERR(payload))
