@@ -94,7 +94,7 @@ new_disk() {	# a blank disk a little larger than the image
 # replaces the streamed root's command line (the benchmark's local boots).  Returns QEMU's
 # status (124 when the watchdog killed it, 125 when the machine halted).
 vm() {	# vm <log> <netboot 0|1> <extra cmdline>
-	local log=$1 net=$2 extra=$3 boot=() pid dog rc
+	local log=$1 net=$2 extra=$3 boot=() pid dog rc limit
 	local nic="user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:socat - TCP:127.0.0.1:$PORT,guestfwd=tcp:10.0.2.100:10810-cmd:socat - TCP:127.0.0.1:$PORT2"
 	if [ "$net" = 1 ]; then
 		mkdir -p "$BW/tftp"
@@ -119,9 +119,15 @@ vm() {	# vm <log> <netboot 0|1> <extra cmdline>
 	# halts a systemd initramfs whatever rd.emergency says), which
 	# would otherwise sit there until the timeout.
 	rm -f "$log.halted"
+	limit=${STREAM_BOOT_VM_TIMEOUT:-900}
+	if [ -n "${BOOT_DEADLINE:-}" ] &&
+	   [ $((BOOT_DEADLINE - $(date +%s))) -lt "$limit" ]; then
+		limit=$((BOOT_DEADLINE - $(date +%s)))
+		[ "$limit" -ge 60 ] || limit=60
+	fi
 	(
 		t=0
-		while [ $t -lt "${STREAM_BOOT_VM_TIMEOUT:-900}" ]; do
+		while [ $t -lt "$limit" ]; do
 			sleep 1
 			t=$((t + 1))
 			kill -0 $pid || exit 0
@@ -159,8 +165,9 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 		why="${why:+$why; }action $3 did not finish"
 	# (case matters: "dracut Warning:" is dracut's shutdown talking)
 	local bad="I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)"
-	if grep -aE "$bad" "$log" | grep -q .; then
-		why="${why:+$why; }$(grep -aE "$bad" "$log" | head -2 | tr '\r\n' '  ')"
+	# (QEMU's empty floppy controller is not ours)
+	if grep -aE "$bad" "$log" | grep -vE "dev fd[0-9]|floppy" | grep -q .; then
+		why="${why:+$why; }$(grep -aE "$bad" "$log" | grep -vE "dev fd[0-9]|floppy" | head -2 | tr '\r\n' '  ')"
 	fi
 	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
 		why="${why:+$why; }ext4 counted errors"
