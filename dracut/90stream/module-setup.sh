@@ -26,7 +26,8 @@ installkernel() {
 # called by dracut
 install() {
 	inst_multiple streamd streamctl dmsetup sfdisk blkid blockdev nbdinfo \
-		cmp dd awk flock getent udevadm setsid wc tail sleep tr readlink
+		cmp dd awk flock getent udevadm setsid wc tail sleep tr readlink \
+		cat
 	inst_hook cmdline 90 "$moddir/parse-stream.sh"
 	inst_hook initqueue/online 90 "$moddir/stream-online.sh"
 	inst_script "$moddir/stream-start.sh" /sbin/stream-start
