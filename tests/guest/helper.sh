@@ -38,10 +38,6 @@ check_many() {
 
 parked_at_least() { [ "$(st 4)" -ge "$1" ]; }
 fill_is_on() { [ "$(st 11)" = on ]; }
-helper_alive() {
-	kill -0 "$(cat /tmp/streamd.pid)" 2>/dev/null ||
-		{ echo "# streamd exited"; return 1; }
-}
 no_fetch_errors() { expect_eq "fetch errors" 0 "$(st 9)"; }
 
 # A SIGSTOPped server holds 16 reads for 60 s: streamd notices the stall
@@ -414,6 +410,7 @@ t_tls_psk() {
 	dd if=$IMG of=$DEV bs=$BB skip=60 seek=30 count=3 oflag=direct \
 		conv=fsync 2>/dev/null
 	truncate -s $((SZ * 512)) /tmp/target.raw
+	rm -f /tmp/t.sock
 	nbdkit -U /tmp/t.sock -P /tmp/t.pid --tls=require \
 		--tls-psk=$TLS/psk.keys file file=/tmp/target.raw
 	wait_for 10 test -S /tmp/t.sock
@@ -486,32 +483,6 @@ t_tls_mistakes_exit() {
 	no_fetch_errors
 }
 
-# Replies that come back while the device is suspended are refused
-# (EAGAIN): streamd keeps them and sends them again until the resume;
-# every read completes with the image's data, each block fetched once.
-t_reply_retried() {
-	fresh
-	server_start nbdkit delay delay-read=6
-	create
-	helper_start
-	read_many 20 16
-	wait_for 10 parked_at_least 16
-	dmsetup suspend --noflush s
-	sleep 8
-	_rt=$(helper_stat reply_retries || true)
-	dmsetup resume s
-	check_many 20 16
-	[ "${_rt:-0}" -ge 1 ] ||
-		{ echo "# no reply was refused while suspended ($_rt)"; return 1; }
-	say "replies refused while suspended, then sent again: $_rt"
-	expect_eq "reads of block 20 at the server" 1 \
-		"$(server_reads_at $((20 * BB)))"
-	expect_eq "reads of block 35 at the server" 1 \
-		"$(server_reads_at $((35 * BB)))"
-	no_fetch_errors
-	helper_alive
-}
-
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run server_sigstop t_server_sigstop
 run network_drop t_network_drop
@@ -523,7 +494,6 @@ run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused
 run drain_signal_aborts t_drain_signal_aborts
 run fill_policy_kept t_fill_policy_kept
-run reply_retried t_reply_retried
 run tls_psk t_tls_psk
 run tls_x509 t_tls_x509
 run tls_mistakes_exit t_tls_mistakes_exit

@@ -173,6 +173,11 @@ streamd_log_ok() {
 	return 0
 }
 
+helper_alive() {
+	kill -0 "$(cat /tmp/streamd.pid)" 2>/dev/null ||
+		{ echo "# streamd exited"; return 1; }
+}
+
 helper_stat() {	# counter from streamd --stats (SIGUSR1 refreshes)
 	kill -USR1 "$(cat /tmp/streamd.pid)" 2>/dev/null && sleep 0.3
 	sed -n "s/^$1=//p" /tmp/stats
@@ -226,6 +231,7 @@ dirty_and_slow_target() {
 	dd if=$IMG of=$DEV bs=$BB skip=0 seek=100 count="$1" oflag=direct \
 		conv=fsync 2>/dev/null
 	truncate -s $((SZ * 512)) /tmp/target.raw
+	rm -f /tmp/t.sock	# a killed nbdkit may leave it
 	nbdkit -U /tmp/t.sock -P /tmp/t.pid --filter=delay file \
 		file=/tmp/target.raw delay-write=50ms
 	wait_for 10 test -S /tmp/t.sock

@@ -181,5 +181,54 @@ t_mempressure() {
 	dmsetup remove d
 }
 
+# streamd's own system calls under memory pressure: every sleeping
+# allocation the kernel makes in streamd's (main thread's) context fails
+# one time in five for MP_SECONDS -- replies refused with ENOMEM (the
+# payload's pages), channel reads, socket sends -- while 16 reads wait on
+# absent blocks.  streamd must keep every request (a refused reply is
+# sent again: reply_retries), stay or come back attached, and once
+# injection stops every read returns the image's data.
+t_mempressure_helper() {
+	grep -q " $FI debugfs " /proc/mounts || mount -t debugfs none $FI
+	trap 'fi_off' EXIT
+	stream_up
+	_sp=$(cat /tmp/streamd.pid)
+	fi_set verbose 0
+	fi_set times 1000000
+	fi_set space 0
+	fi_set interval 1
+	echo 0 >$FI/fail_page_alloc/min-order
+	fi_set task-filter Y
+	fi_set ignore-gfp-wait N
+	echo 1 >/proc/$_sp/make-it-fail
+	fi_set probability 20
+	_pids=""
+	for _b in $(seq 100 115); do
+		(blk_sum $DEV $_b >/tmp/mh.$_b) &
+		_pids="$_pids $!"
+	done
+	sleep $MP_SECONDS
+	fi_off
+	echo 0 >/proc/$_sp/make-it-fail 2>/dev/null || true
+	slab=$((1000000 - $(cat $FI/failslab/times)))
+	page=$((1000000 - $(cat $FI/fail_page_alloc/times)))
+	say "measured: streamd's context: injected $slab slab and $page page allocation failures"
+	[ $((slab + page)) -gt 0 ]
+	for _p in $_pids; do
+		wait $_p || true
+	done
+	for _b in $(seq 100 115); do
+		expect_eq "block $_b after the pressure" "$(blk_sum $IMG $_b)" \
+			"$(cat /tmp/mh.$_b)"
+	done
+	wait_for 30 is_attached
+	helper_alive
+	_rt=$(helper_stat reply_retries || true)
+	say "measured: replies refused and sent again: $_rt"
+	[ "${_rt:-0}" -ge 1 ] ||
+		{ echo "# no reply was refused and sent again ($_rt)"; return 1; }
+	expect_eq "fetch errors" 0 "$(st 9)"
+}
 prepare_image || echo "STREAMTEST prepare_image FAIL"
 run mempressure t_mempressure
+run mempressure_helper t_mempressure_helper
