@@ -5,10 +5,13 @@
 set -eu
 
 export DEBIAN_FRONTEND=noninteractive
-# the kernel the machine boots: the one with an image in /boot (the
-# 6.12 line has headers only)
-kver=$(find /boot -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' |
-	sed 's/^vmlinuz-//' | sort -V | tail -n 1)
+# the kernel the machine boots: bookworm's default line (6.1), the one
+# linux-image-amd64 names; the 6.12 line is there for DKMS (its headers
+# bring its image along)
+kver=$(dpkg-query -W -f='${Depends}' linux-image-amd64 |
+	sed -n 's/^linux-image-\([0-9][^ ,]*\).*/\1/p')
+[ -e "/boot/vmlinuz-$kver" ] ||
+	{ echo "no kernel image for linux-image-amd64 ($kver)"; exit 1; }
 echo "$kver" >/boot/kver
 
 # As a user would (apt install ./*.deb); the base holds every
