@@ -27,7 +27,7 @@ for t in "$lib"/test-*.c; do
 		bin=$out/$name-$v
 		# a test with the allocation-failure shim wraps these
 		# shellcheck disable=SC2054 # one linker option
-		grep -q __wrap_malloc "$t" &&
+		grep -q '^#include "test-alloc-shim.h"' "$t" &&
 			extra+=(-Wl,--wrap=malloc,--wrap=calloc)
 		# a test that stands in for libdevmapper links dm.c
 		dm=()

@@ -21,30 +21,9 @@
 #include <sys/stat.h>
 #include <cmocka.h>
 
+#include "test-alloc-shim.h"
+
 #include "tls.h"
-
-/* The shim: owned by the test cases, which run one at a time. */
-static int fail_at;		/* 0: never fail */
-static int calls;
-
-void *__real_malloc(size_t size);
-void *__wrap_malloc(size_t size);
-void *__real_calloc(size_t nmemb, size_t size);
-void *__wrap_calloc(size_t nmemb, size_t size);
-
-void *__wrap_malloc(size_t size)
-{
-	if (fail_at && ++calls == fail_at)
-		return NULL;
-	return __real_malloc(size);
-}
-
-void *__wrap_calloc(size_t nmemb, size_t size)
-{
-	if (fail_at && ++calls == fail_at)
-		return NULL;
-	return __real_calloc(nmemb, size);
-}
 
 /* A scratch tree per test: src/ (the user's files) and run/ (rundir). */
 struct scratch {
