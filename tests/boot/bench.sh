@@ -34,7 +34,9 @@ ready_ms() {	# ready_ms <log> <cmdline or "">
 	VM_CMD=$2 vm "$log" 0 "streamboot.run=none rd.stream.fill=off" &
 	local pid=$!
 	while kill -0 $pid 2>/dev/null; do
-		if grep -aq "^STREAMBOOT-READY running" "$log"; then
+		# not anchored: after the firmware's screen clear, a local
+		# boot's first console line starts with escape sequences
+		if grep -aq "STREAMBOOT-READY running" "$log"; then
 			ms=$((($(date +%s%N) - t0) / 1000000))
 			break
 		fi
