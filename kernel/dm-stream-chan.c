@@ -783,9 +783,9 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		goto out;
 	}
 	bsize = (size_t)sc->block_sectors << SECTOR_SHIFT;
+	/* (count == sizeof(rep) + rep.len: checked before the copy) */
 	if (rep.error > 0 || rep.error < -MAX_ERRNO ||
-	    rep.len != ((rep.error || zero) ? 0 : bsize) ||
-	    count != sizeof(rep) + rep.len) {
+	    rep.len != ((rep.error || zero) ? 0 : bsize)) {
 		r = -EINVAL;
 		goto out;
 	}

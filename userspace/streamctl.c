@@ -507,7 +507,6 @@ static void abort_snapshot(const char *dev, int consumer, uint64_t gen)
 			" aborted, its blocks stay dirty\n", dev, gen);
 }
 
-/* The answer to "snapshot <c>": "<id> <blocks>", strictly. */
 /*
  * Cut consumer @consumer's snapshot: suspend, message, resume, with the
  * stop signals blocked throughout (a kill cannot leave the device
