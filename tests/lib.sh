@@ -237,7 +237,7 @@ RCU_TCG="rcupdate.rcu_cpu_stall_timeout=300"
 # any dm-stream code ran.  The hung log is kept as <log>.hung and the
 # retry is said on stderr, so it shows in the run's output.
 run_vm() {
-	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc
+	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc why
 	shift 4
 	if [ "${1:-}" = --kill-on ]; then kill_on=$2; shift 2; fi
 	[ "${1:-}" = -- ] && shift
@@ -253,15 +253,12 @@ run_vm() {
 		run_vm_once "$tag" "$initrd" "$log" "$extra" "$kill_on" "${args[@]}"
 		rc=$?
 		case $rc in
-		200)
-			mv "$log" "$log.hung"
-			echo "run_vm: [$tag] boot $try hung before /init (log $log.hung)" >&2 ;;
-		201)
-			mv "$log" "$log.hung"
-			echo "run_vm: [$tag] boot $try: the kernel panicked before /init, before anything of ours ran (log $log.hung)" >&2 ;;
-		*)
-			return $rc ;;
+		200) why="hung before /init" ;;
+		201) why="the kernel panicked before /init, before anything of ours ran" ;;
+		*) return $rc ;;
 		esac
+		mv "$log" "$log.hung"
+		echo "run_vm: [$tag] boot $try: $why (log $log.hung)" >&2
 		[ $try = 1 ] && echo "run_vm: [$tag] booting again" >&2
 	done
 	return 1

@@ -182,9 +182,9 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 	# (case matters: "dracut Warning:" is dracut's shutdown talking)
 	local bad="I/O error|EXT4-fs error|Buffer I/O|blk_update_request|BUG:|WARNING:|Oops|Call Trace|dm-stream: .*(failed|refused)"
 	# (QEMU's empty floppy controller is not ours)
-	if grep -aE "$bad" "$log" | grep -vE "dev fd[0-9]|floppy" | grep -q .; then
-		why="${why:+$why; }$(grep -aE "$bad" "$log" | grep -vE "dev fd[0-9]|floppy" | head -2 | tr '\r\n' '  ')"
-	fi
+	local hits
+	hits=$(grep -aE "$bad" "$log" | grep -vE "dev fd[0-9]|floppy" | head -2 | tr '\r\n' '  ')
+	[ -z "$hits" ] || why="${why:+$why; }$hits"
 	if grep -a "^STREAMBOOT-EXT4-ERRORS" "$log" | grep -vq " 0"; then
 		why="${why:+$why; }ext4 counted errors"
 	fi
