@@ -237,7 +237,7 @@ RCU_TCG="rcupdate.rcu_cpu_stall_timeout=300"
 # any dm-stream code ran.  The hung log is kept as <log>.hung and the
 # retry is said on stderr, so it shows in the run's output.
 run_vm() {
-	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc why
+	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc why t0
 	shift 4
 	if [ "${1:-}" = --kill-on ]; then kill_on=$2; shift 2; fi
 	[ "${1:-}" = -- ] && shift
@@ -249,13 +249,17 @@ run_vm() {
 		fi
 		i=$((i + 1))
 	done
+	t0=$(date +%s)
 	for try in 1 2; do
 		run_vm_once "$tag" "$initrd" "$log" "$extra" "$kill_on" "${args[@]}"
 		rc=$?
 		case $rc in
 		200) why="hung before /init" ;;
 		201) why="the kernel panicked before /init, before anything of ours ran" ;;
-		*) return $rc ;;
+		*)	# host seconds of the boot, next to the tests' own
+			echo "boot $(basename "$log" .log) $(($(date +%s) - t0))" \
+				>>"$(dirname "$log")/times"
+			return $rc ;;
 		esac
 		mv "$log" "$log.hung"
 		echo "run_vm: [$tag] boot $try: $why (log $log.hung)" >&2
@@ -272,7 +276,7 @@ run_vm_once() {
 	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on=$5 pid dog t0 begun=0
 	shift 5
 	: >"$log"
-	qemu-system-x86_64 -accel tcg -cpu max -m "${STREAM_VM_MEM:-1024}" -smp 2 \
+	qemu-system-x86_64 -accel tcg -cpu max -m "${STREAM_VM_MEM:-1024}" -smp "${STREAM_VM_SMP:-2}" \
 		-nographic -no-reboot -serial "file:$log" -monitor none \
 		-nic none -kernel "$(kernel_image "$tag")" -initrd "$initrd" \
 		-append "console=ttyS0 panic=-1 oops=panic loglevel=5 log_buf_len=4M $RCU_TCG $extra" \

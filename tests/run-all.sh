@@ -92,6 +92,8 @@ collect() {	# collect <kernel> <boot name> <log>
 		record "$k" "$b-kernel-log-clean" PASS
 	fi
 	grep -a "^MEASURED " "$log" | tr -d '\r' | sed "s/^/[$k] /"
+	grep -a "^STREAMTEST-TIME " "$log" | tr -d '\r' |
+		sed "s/^STREAMTEST-TIME /$b /" >>"$(dirname "$log")/times"
 	echo "[$k] $b: $n results"
 }
 

@@ -277,6 +277,7 @@ run() {
 	esac
 	T=$1
 	say "--- $T"
+	_t0=$(cut -d. -f1 /proc/uptime)
 	rm -f /tmp/streamd.log /tmp/streamd.allow /tmp/streamd.rc \
 		/tmp/streamd.rcs
 	# Not inside "if": set -e must stay in force in the subshell.
@@ -309,6 +310,9 @@ run() {
 		echo "STREAMTEST $T FAIL"
 	fi
 	teardown >/dev/null 2>&1
+	# Guest seconds the test took, teardown included (run-all.sh keeps
+	# them in <log dir>/times to show where a lane's time goes).
+	echo "STREAMTEST-TIME $T $(($(cut -d. -f1 /proc/uptime) - _t0))"
 }
 
 skip() { echo "STREAMTEST $1 SKIP $2"; }
