@@ -181,18 +181,33 @@ t_mempressure() {
 	dmsetup remove d
 }
 
-# streamd's own system calls under memory pressure: every sleeping
-# allocation the kernel makes in streamd's (main thread's) context fails
-# one time in five for MP_SECONDS -- replies refused with ENOMEM (the
-# payload's pages), channel reads, socket sends -- while 16 reads wait on
-# absent blocks.  streamd must keep every request (a refused reply is
-# sent again: reply_retries), stay or come back attached, and once
-# injection stops every read returns the image's data.
+# streamd's own system calls under memory pressure: sleeping allocations
+# the kernel makes in streamd's (main thread's) context fail -- a page
+# one time in four (a refused reply: its payload's pages), a slab object
+# one time in twenty (channel reads, sockets, reconnections) -- while 16
+# reads wait on absent blocks.  The connection is made before: with it
+# down the whole window can pass in reconnection attempts, and no reply
+# is ever tried.  Injection lasts until a reply was refused and sent
+# again (reply_retries, read every 2 s) or 90 s; then streamd must have
+# kept every request, stay or come back attached, and every read returns
+# the image's data.
 t_mempressure_helper() {
 	grep -q " $FI debugfs " /proc/mounts || mount -t debugfs none $FI
 	trap 'fi_off' EXIT
-	stream_up
+	fresh
+	# the server in the foreground of a subshell that records how it
+	# ended: it is not under test, but a dead server would starve
+	# streamd of every chance to reply
+	rm -f $SOCK /tmp/nbdkit.exit
+	( nbdkit -f -U $SOCK -P /tmp/nbd.pid --filter=log file file=$SRC \
+		logfile=/tmp/nbd.log 2>/tmp/nbdkit.err
+	  echo "$?" >/tmp/nbdkit.exit ) &
+	wait_for 10 test -S $SOCK
+	create
+	helper_start
 	_sp=$(cat /tmp/streamd.pid)
+	expect_eq "block 99 before the pressure" "$(blk_sum $IMG 99)" \
+		"$(blk_sum $DEV 99)"
 	fi_set verbose 0
 	fi_set times 1000000
 	fi_set space 0
@@ -201,18 +216,30 @@ t_mempressure_helper() {
 	fi_set task-filter Y
 	fi_set ignore-gfp-wait N
 	echo 1 >/proc/$_sp/make-it-fail
-	fi_set probability 20
+	echo 5 >$FI/failslab/probability
+	echo 25 >$FI/fail_page_alloc/probability
 	_pids=""
 	for _b in $(seq 100 115); do
 		(blk_sum $DEV $_b >/tmp/mh.$_b) &
 		_pids="$_pids $!"
 	done
-	sleep $MP_SECONDS
+	_t=0 _rt=0
+	while [ $_t -lt 90 ]; do
+		sleep 2
+		_t=$((_t + 2))
+		_rt=$(helper_stat reply_retries 2>/dev/null || true)
+		[ "${_rt:-0}" -ge 1 ] 2>/dev/null && break
+	done
 	fi_off
 	echo 0 >/proc/$_sp/make-it-fail 2>/dev/null || true
+	if [ -e /tmp/nbdkit.exit ]; then
+		echo "# the server exited (status $(cat /tmp/nbdkit.exit)) under the pressure: $(tail -n 3 /tmp/nbdkit.err)"
+		tail -n 5 /tmp/nbd.log
+		return 1
+	fi
 	slab=$((1000000 - $(cat $FI/failslab/times)))
 	page=$((1000000 - $(cat $FI/fail_page_alloc/times)))
-	say "measured: streamd's context: injected $slab slab and $page page allocation failures"
+	say "measured: streamd's context: injected $slab slab and $page page allocation failures in $_t s"
 	[ $((slab + page)) -gt 0 ]
 	for _p in $_pids; do
 		wait $_p || true
@@ -226,7 +253,7 @@ t_mempressure_helper() {
 	_rt=$(helper_stat reply_retries || true)
 	say "measured: replies refused and sent again: $_rt"
 	[ "${_rt:-0}" -ge 1 ] ||
-		{ echo "# no reply was refused and sent again ($_rt)"; return 1; }
+		{ echo "# no reply was refused and sent again in 90 s of injection ($_rt)"; return 1; }
 	expect_eq "fetch errors" 0 "$(st 9)"
 }
 prepare_image || echo "STREAMTEST prepare_image FAIL"
