@@ -28,6 +28,10 @@ install() {
 	inst_multiple streamd streamctl dmsetup sfdisk blkid blockdev nbdinfo \
 		cmp dd awk flock getent udevadm setsid wc tail sleep tr readlink \
 		cat
+	# the partitions of a whole-disk image, when kpartx is installed;
+	# the host names of rd.stream.uri= from /etc/hosts too, not only DNS
+	# (resolved once, before switch_root)
+	inst_multiple -o kpartx /etc/hosts
 	inst_hook cmdline 90 "$moddir/parse-stream.sh"
 	inst_hook initqueue/online 90 "$moddir/stream-online.sh"
 	inst_script "$moddir/stream-start.sh" /sbin/stream-start

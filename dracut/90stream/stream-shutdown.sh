@@ -28,6 +28,15 @@ if [ -n "$_name" ]; then
 		case $_c in @*) _pids="$_pids ${_p#/proc/}" ;; esac
 	done
 	if dmsetup info "$_name" >/dev/null 2>&1; then
+		# What is stacked on it first: the partitions kpartx mapped
+		# (a LUKS or LVM device above would be in the same list).
+		_mm=$(dmsetup info -c --noheadings -o major,minor "$_name" 2>/dev/null)
+		dmsetup table 2>/dev/null | while read -r _dev _tbl; do
+			case " $_tbl " in
+			*" $_mm "*) dmsetup remove --noudevsync --retry "${_dev%:}" \
+				>/dev/null 2>&1 ;;
+			esac
+		done
 		[ -n "$_pids" ] ||
 			echo "dm-stream: streamd was gone before $_name was released" >/dev/console
 		# no udev here: --noudevsync, or dmsetup waits for it forever

@@ -10,7 +10,9 @@
 #     it resumed: udev's probe of the new device must find a helper;
 #  3. rd.stream.revert=1: the device is reverted to its image while no
 #     one can have opened it under its real name;
-#  4. renamed to <name>: root=/dev/mapper/<name> appears.
+#  4. renamed to <name>: root=/dev/mapper/<name> appears, and with
+#     kpartx in the initramfs the partitions of a whole-disk image as
+#     /dev/mapper/<name>p<N>.
 #
 # streamd runs from the initramfs for the life of the system, marked as a
 # root storage daemon (argv[0][0] = '@') so that systemd spares it at
@@ -328,6 +330,16 @@ if getargbool 0 rd.stream.revert; then
 fi
 
 dmsetup rename "$setup" "$name" || fail "dmsetup rename $setup $name failed"
+# An image of a whole disk: its partitions as <name>p1, <name>p2...
+# (device-mapper devices have no partition scanning of their own).  No
+# partition table, no mapping; LVM and LUKS inside are found by their own
+# dracut modules' udev rules.
+if command -v kpartx >/dev/null; then
+	kpartx -a -s -p p "/dev/mapper/$name" >"$RUN/kpartx.log" 2>&1 ||
+		fail "kpartx -a /dev/mapper/$name failed: $(cat "$RUN/kpartx.log")"
+	_p=$(kpartx -l -p p "/dev/mapper/$name" 2>/dev/null | wc -l)
+	[ "$_p" = 0 ] || say "$name: $_p partitions mapped (${name}p1...)"
+fi
 # dracut-shutdown.service restores the initramfs at shutdown, where
 # stream-shutdown.sh removes the device once the root is unmounted.
 need_shutdown
