@@ -20,7 +20,7 @@ SUDO=${SUDO:-}
 PKGS="build-essential gcc make bc flex bison libelf-dev libssl-dev cpio kmod
 xz-utils zstd pkg-config libnbd-dev libnbd-bin libdevmapper-dev dmsetup
 nbdkit qemu-utils qemu-system-x86 busybox-static sparse linux-source-6.12
-linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs procps
+linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs fdisk lvm2 procps
 shellcheck util-linux fio libcmocka-dev libjson-c-dev jq clang
 libclang-rt-dev cppcheck iproute2 openssl libsystemd-dev
 debhelper dh-dkms lintian fakeroot dpkg-dev mmdebstrap socat ipxe-qemu

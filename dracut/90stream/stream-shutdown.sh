@@ -8,6 +8,44 @@
 # shellcheck disable=SC1091 # in the initramfs
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 
+# Names of the dm devices stacked on major:minor $1 (kpartx's partitions,
+# LVM volumes on those, a LUKS mapping...), the topmost first.
+stacked_on() {
+	{
+		dmsetup info -c --noheadings -o name,major,minor --separator ' '
+		echo --
+		dmsetup table
+	} 2>/dev/null | awk -v root="$1" '
+		$0 == "--" { tables = 1; next }
+		!tables { mm[$1] = $2 ":" $3; next }
+		{
+			name = $1
+			sub(/:$/, "", name)
+			t[name] = t[name] " " $0 " "
+		}
+		END {
+			s[root] = 1
+			n = 0
+			do {
+				added = 0
+				for (d in t) {
+					if (d in seen)
+						continue
+					for (m in s)
+						if (index(t[d], " " m " ")) {
+							seen[d] = 1
+							order[++n] = d
+							s[mm[d]] = 1
+							added = 1
+							break
+						}
+				}
+			} while (added)
+			for (i = n; i >= 1; i--)
+				print order[i]
+		}'
+}
+
 oldroot_mounted() {
 	while read -r _ _mp _; do
 		[ "$_mp" = /oldroot ] && return 0
@@ -28,14 +66,11 @@ if [ -n "$_name" ]; then
 		case $_c in @*) _pids="$_pids ${_p#/proc/}" ;; esac
 	done
 	if dmsetup info "$_name" >/dev/null 2>&1; then
-		# What is stacked on it first: the partitions kpartx mapped
-		# (a LUKS or LVM device above would be in the same list).
+		# What is stacked on it first, top down: the partitions
+		# kpartx mapped, LVM volumes or LUKS mappings on those.
 		_mm=$(dmsetup info -c --noheadings -o major,minor "$_name" 2>/dev/null)
-		dmsetup table 2>/dev/null | while read -r _dev _tbl; do
-			case " $_tbl " in
-			*" $_mm "*) dmsetup remove --noudevsync --retry "${_dev%:}" \
-				>/dev/null 2>&1 ;;
-			esac
+		for _dev in $(stacked_on "$_mm"); do
+			dmsetup remove --noudevsync --retry "$_dev" >/dev/null 2>&1
 		done
 		[ -n "$_pids" ] ||
 			echo "dm-stream: streamd was gone before $_name was released" >/dev/console

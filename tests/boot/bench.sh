@@ -23,7 +23,7 @@ mkdir -p "$BW"
 . "$TOP/tests/boot/lib.sh"
 boot_image || exit 1
 trap server_stop EXIT
-LOCAL_CMD="console=ttyS0 panic=-1 root=/dev/vda systemd.show_status=0 loglevel=4 streamboot.run=none"
+LOCAL_CMD="console=ttyS0 panic=-1 root=/dev/mapper/streamvg-root systemd.show_status=0 loglevel=4 streamboot.run=none"
 COPY_CMD="$LOCAL_CMD ip=dhcp rd.neednet=1 streamboot.copy=1"
 
 # Milliseconds from QEMU's start to the ready marker; the guest then

@@ -52,23 +52,26 @@ fi
 rm -f /tmp/plain.img
 
 # Test-only dracut module for the benchmark's copy-then-boot machine:
-# with streamboot.copy=1, nbdcopy the whole image to /dev/vda before the
-# root (root=/dev/vda) is mounted.
+# with streamboot.copy=1, nbdcopy the whole image to /dev/vda once the
+# network is up, then have its partitions read (root=/dev/vda1 appears).
 mkdir -p /usr/lib/dracut/modules.d/99streambench
 cat >/usr/lib/dracut/modules.d/99streambench/module-setup.sh <<'EOF'
 #!/bin/bash
 check() { return 255; }
 depends() { echo network; }
 install() {
-	inst_multiple nbdcopy date
-	inst_hook pre-mount 50 "$moddir/copy.sh"
+	inst_multiple nbdcopy date blockdev udevadm
+	inst_hook initqueue/online 50 "$moddir/copy.sh"
 }
 EOF
 cat >/usr/lib/dracut/modules.d/99streambench/copy.sh <<'EOF'
 #!/bin/sh
-if getargbool 0 streamboot.copy; then
+if getargbool 0 streamboot.copy && [ ! -e /run/streambench.copied ]; then
+	: >/run/streambench.copied
 	t0=$(date +%s%N)
 	nbdcopy nbd://10.0.2.100:10809 /dev/vda || die "nbdcopy failed"
+	blockdev --rereadpt /dev/vda || die "re-reading the copied partition table failed"
+	udevadm settle -t 30
 	echo "STREAMBOOT-COPIED $((($(date +%s%N) - t0) / 1000000)) ms" >/dev/console
 fi
 EOF
@@ -76,15 +79,35 @@ chmod 0755 /usr/lib/dracut/modules.d/99streambench/*.sh
 
 cat >/etc/dracut.conf.d/90-stream.conf <<'EOF'
 # dm-stream streamed root (tests/boot): the module is opt-in.
-add_dracutmodules+=" stream network-legacy streambench "
+add_dracutmodules+=" stream lvm network-legacy streambench "
 omit_dracutmodules+=" systemd-networkd network-manager connman "
 EOF
+# TLS with a pre-shared key (the kiosk scenario): dracut's stream module
+# puts /etc/dm-stream/tls/* into the initramfs.  A test key, also known to
+# tests/boot/lib.sh.
+mkdir -p /etc/dm-stream/tls
+echo "streamboot:5a2b6c1e3d7f4c599e846d2f0b7a1c015a2b6c1e3d7f4c599e846d2f0b7a1c01" \
+	>/etc/dm-stream/tls/streamboot.psk
+chmod 0600 /etc/dm-stream/tls/streamboot.psk
+# The image server by name, known to the initramfs alone: after
+# switch_root streamd must reconnect to the address resolved before
+# (tests/boot/run.sh, outage).
+[ -e /etc/hosts ] && cp /etc/hosts /tmp/hosts.orig	# (minbase has none)
+echo "10.0.2.100 imageserver" >>/etc/hosts
 dracut -f --kver "$kver" "/boot/initrd.img-$kver"
+rm /etc/hosts
+[ -e /tmp/hosts.orig ] && mv /tmp/hosts.orig /etc/hosts
 lsinitrd "/boot/initrd.img-$kver" | grep -q 'bin/streamd' ||
 	{ echo "streamd is not in the initramfs"; exit 1; }
+lsinitrd "/boot/initrd.img-$kver" | grep -q 'sbin/kpartx' ||
+	{ echo "kpartx is not in the initramfs"; exit 1; }
+lsinitrd "/boot/initrd.img-$kver" | grep -q 'sbin/lvm$' ||
+	{ echo "lvm is not in the initramfs"; exit 1; }
+lsinitrd -f etc/hosts "/boot/initrd.img-$kver" | grep -q imageserver ||
+	{ echo "the initramfs has no /etc/hosts naming the image server"; exit 1; }
 
 echo streamboot >/etc/hostname
-printf '/dev/mapper/streamroot / ext4 defaults,errors=remount-ro 0 1\n' \
+printf '/dev/mapper/streamvg-root / ext4 defaults,errors=remount-ro 0 1\n' \
 	>/etc/fstab
 passwd -d root
 useradd -m -s /bin/sh alice
@@ -102,8 +125,23 @@ echo "STREAMBOOT-READY $state" >$con
 systemctl --failed --no-legend --plain | sed 's/^/STREAMBOOT-FAILED /' >$con
 run=$(sed -n 's/.*streamboot\.run=\([^ ]*\).*/\1/p' /proc/cmdline)
 rc=0
-case $run in
-"" | none) ;;
+# a comma-separated list of actions, done in turn
+for act in $(echo "$run" | tr , ' '); do
+case $act in
+none) ;;
+bounce)		# the host restarts the server on seeing the marker:
+		# streamd reconnects after switch_root, when the initramfs'
+		# resolver files are gone, then absent blocks are read
+	echo "STREAMBOOT-BOUNCE" >$con
+	sleep 15
+	if timeout 120 dd if=/dev/mapper/streamroot of=/dev/null bs=1M \
+		skip=1900 count=16 iflag=direct 2>/dev/null; then
+		echo "STREAMBOOT-LATE-READ ok" >$con
+	else
+		echo "STREAMBOOT-LATE-READ failed" >$con
+		rc=1
+	fi
+	;;
 write-file)	# a user writes a file (kiosk test)
 	su -c 'echo kiosk-session >/home/alice/session.txt && sync' alice ||
 		rc=$?
@@ -161,10 +199,11 @@ fill)		# fill to completion, the device then needs no server
 	;;
 status) ;;
 *)
-	echo "STREAMBOOT-ACTION unknown $run" >$con
+	echo "STREAMBOOT-ACTION unknown $act" >$con
 	rc=1
 	;;
 esac
+done
 echo "STREAMBOOT-STATUS $(dmsetup status streamroot)" >$con
 grep -h . /sys/fs/ext4/*/errors_count 2>/dev/null | sed 's/^/STREAMBOOT-EXT4-ERRORS /' >$con
 # the whole kernel log (streamd logs there too), not only the console's
@@ -177,6 +216,16 @@ echo "STREAMBOOT-DONE $run $rc" >$con
 case $(sed -n 's/.*streamboot\.after=\([^ ]*\).*/\1/p' /proc/cmdline) in
 stay) ;;
 reboot) systemctl reboot ;;
+reboot-once)	# reboot, and power off after the next boot (the mark
+		# is on the streamed root)
+	if [ -e /var/lib/streamboot-rebooted ]; then
+		systemctl poweroff
+	else
+		: >/var/lib/streamboot-rebooted
+		sync
+		systemctl reboot
+	fi
+	;;
 *) systemctl poweroff ;;
 esac
 EOF

@@ -16,18 +16,30 @@ boot_image() {
 	IMG_BYTES=$(stat -c %s "$IMG/image.raw")
 }
 
-PORT=$((20000 + RANDOM % 20000))
+# two ports on the host's loopback: the image, the capture's overlay
+PORT=${STREAM_BOOT_PORT:-$((20000 + RANDOM % 20000))}
 PORT2=$((PORT + 1))
 NAME=streamroot
 # rd.shell=0 rd.emergency=poweroff: an initramfs that gives up powers
 # off at once (the image does the same from emergency mode), so a broken
 # boot costs its own time, not the watchdog's.
-BASE_CMD="console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff root=/dev/mapper/$NAME rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
+BASE_CMD="console=ttyS0 panic=-1 rd.shell=0 rd.emergency=poweroff root=/dev/mapper/streamvg-root rd.stream=$NAME rd.stream.uri=nbd://10.0.2.100:10809 rd.stream.disk=/dev/vda ip=dhcp rd.neednet=1 systemd.show_status=0 loglevel=4"
+
+# TLS with a pre-shared key (the image's /etc/dm-stream/tls, made by
+# tests/boot/guest-setup.sh): SERVER_TLS=1 server_start ...
+PSK_LINE="streamboot:5a2b6c1e3d7f4c599e846d2f0b7a1c015a2b6c1e3d7f4c599e846d2f0b7a1c01"
+TLS_CMD="rd.stream.uri=nbds://imageserver:10809 rd.stream.tls.psk=/etc/dm-stream/tls/streamboot.psk rd.stream.tls.username=streamboot"
 
 SERVER_PID=
 server_start() {	# server_start <request log>
+	local tls=()
 	rm -f "$BW/nbdkit.pid"
-	nbdkit -r -i 127.0.0.1 -p "$PORT" -P "$BW/nbdkit.pid" \
+	if [ "${SERVER_TLS:-0}" = 1 ]; then
+		echo "$PSK_LINE" >"$BW/psk"
+		chmod 0600 "$BW/psk"
+		tls=(--tls=require --tls-psk="$BW/psk")
+	fi
+	nbdkit -r -i 127.0.0.1 -p "$PORT" -P "$BW/nbdkit.pid" "${tls[@]}" \
 		--filter=log file "$IMG/image.raw" logfile="$1" ||
 		return 1
 	# the daemon writes it after nbdkit returns
@@ -124,8 +136,14 @@ vm_once() {	# vm_once <log> <netboot 0|1> <extra cmdline>
 		      -append "${VM_CMD:-$BASE_CMD} $extra")
 	fi
 	: >"$log"
-	qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 -nographic \
-		-no-reboot -serial "file:$log" -monitor none \
+	# VM_REBOOT=1: a reboot restarts the machine (firmware included)
+	# instead of ending QEMU
+	local noreboot=-no-reboot
+	[ "${VM_REBOOT:-0}" = 1 ] && noreboot=
+	# one CPU: two guests share the host's two cores (tests/lib.sh)
+	qemu-system-x86_64 -accel tcg -cpu max -m 1536 \
+		-smp "${STREAM_BOOT_SMP:-1}" -nographic \
+		${noreboot:+"$noreboot"} -serial "file:$log" -monitor none \
 		-netdev "$nic" -device virtio-net-pci,netdev=n0 \
 		-drive "file=$BW/disk.raw,format=raw,if=virtio,cache=writeback" \
 		${VM_DISKS:+$VM_DISKS} \
@@ -170,7 +188,7 @@ vm_once() {	# vm_once <log> <netboot 0|1> <extra cmdline>
 # The verdict on one boot's console: powered off by itself, the system
 # "running" (no failed unit), the action done, no I/O error, no ext4
 # error, no kernel complaint.
-boot_ok() {	# boot_ok <log> <qemu status> <action>
+boot_ok() {	# boot_ok <log> <qemu status> <action> [<kernel's last word>]
 	local log=$1 rc=$2 why=""
 	[ "$rc" = 0 ] || why="QEMU status $rc (124: no power-off in time, 125: halted)"
 	grep -aq "STREAMBOOT-EMERGENCY" "$log" &&
@@ -192,7 +210,7 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 	# console (loglevel=4 hides streamd's and dm-stream's messages)
 	grep -aq "^STREAMBOOT-KLOG-ERRORS 0" "$log" ||
 		why="${why:+$why; }kernel log: $(grep -a "^STREAMBOOT-KLOG" "$log" | head -3 | tr '\r\n' '  ')"
-	_s=$(shutdown_ok "$log") || why="${why:+$why; }$_s"
+	_s=$(shutdown_ok "$log" "${4:-}") || why="${why:+$why; }$_s"
 	[ -z "$why" ] && return 0
 	echo "$why"
 	return 1
@@ -200,8 +218,9 @@ boot_ok() {	# boot_ok <log> <qemu status> <action>
 
 # Shutdown: the root unmounted and the device removed in the restored
 # initramfs (stream-shutdown.sh), streamd alive until then, power-off.
-shutdown_ok() {	# shutdown_ok <log>
-	grep -aq "reboot: Power down" "$1" || { echo "no power-down"; return 1; }
+shutdown_ok() {	# shutdown_ok <log> [<kernel's last word>]
+	grep -aq "reboot: ${2:-Power down}" "$1" ||
+		{ echo "no '${2:-Power down}'"; return 1; }
 	if grep -aq "streamd was gone before" "$1"; then
 		echo "streamd was gone before the device was released"
 		return 1

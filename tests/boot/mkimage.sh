@@ -9,7 +9,8 @@
 # Two stages, each cached outside the repository keyed by its inputs:
 #   base   mmdebstrap (package list + this script) -> $CACHE/bootbase-<h>/root
 #   image  base + the .debs + the dracut config   -> $CACHE/bootimg-<h>/
-#            image.raw     ext4 root filesystem (what the server exports)
+#            image.raw     a whole disk: GPT, LVM in partition 1, the ext4
+#                          root in streamvg/root (what the server exports)
 #            vmlinuz, initrd.img, kver
 #
 # Usage: tests/boot/mkimage.sh <dir of dm-stream .debs>
@@ -26,6 +27,11 @@ die() { echo "mkimage: $*" >&2; exit 1; }
 # stdout is for the image directory alone (mkfs.ext4 -q still says
 # "Creating regular file")
 exec 3>&1 1>&2
+# One build at a time (run-all.sh's two boot groups): the second finds
+# the first's image.
+mkdir -p "$CACHE"
+exec 8>"$CACHE/.bootimage.lock"
+flock 8
 
 # What the image holds besides dm-stream.  dkms pulls the compiler, the
 # headers let it build for the installed kernel (6.1) and for the 6.12
@@ -35,7 +41,7 @@ exec 3>&1 1>&2
 PKGS="systemd-sysv udev dbus kmod procps iproute2 isc-dhcp-client
 linux-image-amd64 linux-headers-amd64 linux-headers-6.12-amd64 dkms
 dracut dracut-network
-dmsetup libnbd0 libnbd-bin libdevmapper1.02.1 libjson-c5 libsystemd0
+dmsetup lvm2 libnbd0 libnbd-bin libdevmapper1.02.1 libjson-c5 libsystemd0
 e2fsprogs fdisk util-linux passwd login"
 
 hash_of() { sha256sum | cut -c1-16; }
@@ -79,7 +85,8 @@ pkg_inputs() {
 	fi
 }
 img_key=$( (echo "$base_key $IMAGE_MB"; pkg_inputs;
-	cat "$TOP/tests/boot/guest-setup.sh") | hash_of)
+	cat "$TOP/tests/boot/guest-setup.sh" "$TOP/tests/boot/mkimage.sh") |
+	hash_of)
 out=$CACHE/bootimg-$img_key
 if [ ! -e "$out/.done" ]; then
 	rm -rf "$out"
@@ -104,9 +111,43 @@ if [ ! -e "$out/.done" ]; then
 	cp "$out/root/boot/vmlinuz-$kver" "$out/vmlinuz"
 	cp "$out/root/boot/initrd.img-$kver" "$out/initrd.img"
 	echo "$kver" >"$out/kver"
-	mkfs.ext4 -q -F -L streamroot -d "$out/root" "$out/image.raw" \
-		"${IMAGE_MB}M" || die "mkfs.ext4 -d failed"
-	rm -rf "$out/root"
+	# A whole disk, as a fleet's images are: a GPT (fixed GUIDs), an
+	# LVM physical volume in partition 1 from 1 MiB (1 MiB at the end
+	# for the backup GPT), volume group streamvg, and the root
+	# filesystem in its one linear volume, root.  The host has no
+	# device-mapper: LVM writes its metadata through a loop device with
+	# activation off, and the filesystem goes where the volume's first
+	# extent is.
+	truncate -s $(((IMAGE_MB + 2) << 20)) "$out/image.raw"
+	printf 'label: gpt\nlabel-id: 5a2b6c1e-3d7f-4c59-9e84-6d2f0b7a1c10\nstart=2048, size=%s, type=e6d6d379-f507-44c2-a23c-238f2a3df928, uuid=5a2b6c1e-3d7f-4c59-9e84-6d2f0b7a1c11, name="streamroot"\n' \
+		$((IMAGE_MB * 2048)) | sfdisk -q "$out/image.raw" >&2 ||
+		die "sfdisk on the image failed"
+	loop=$(losetup -f --show -o $((1 << 20)) --sizelimit $((IMAGE_MB << 20)) \
+		"$out/image.raw") || die "losetup failed"
+	mkdir -p "$out/lvm"
+	lvm_cfg="global { activation = 0 } devices { filter = [ \"a|^$loop\$|\", \"r|.*|\" ] }"
+	lv() { LVM_SYSTEM_DIR=$out/lvm LVM_SUPPRESS_FD_WARNINGS=1 "$@" --config "$lvm_cfg"; }
+	if lv pvcreate -q -y "$loop" && lv vgcreate -q streamvg "$loop" &&
+	   lv lvcreate -q -an -Zn -n root -l 100%FREE streamvg; then
+		pe_start=$(lv pvs --noheadings --units b --nosuffix -o pe_start "$loop" | tr -d ' ')
+		lv_bytes=$(lv lvs --noheadings --units b --nosuffix -o lv_size streamvg/root | tr -d ' ')
+		ranges=$(lv lvs --noheadings -o seg_pe_ranges streamvg/root | tr -d ' ')
+	fi
+	losetup -d "$loop"
+	case ${ranges:-} in
+	"$loop:0-"*) ;;
+	*) die "LVM: streamvg/root is not one run of extents from the first: '${ranges:-}'" ;;
+	esac
+	[ $((pe_start % 1048576)) = 0 ] ||
+		die "LVM: data starts at $pe_start bytes, not on a MiB"
+	mkfs.ext4 -q -F -L streamroot -d "$out/root" "$out/root.ext4" \
+		"$((lv_bytes / 1024))k" || die "mkfs.ext4 -d failed"
+	rm -rf "$out/root" "$out/lvm"
+	dd if="$out/root.ext4" of="$out/image.raw" bs=1M \
+		seek=$((((1 << 20) + pe_start) / 1048576)) \
+		conv=notrunc,sparse status=none ||
+		die "copying the filesystem into the image failed"
+	rm -f "$out/root.ext4"
 	touch "$out/.done"
 fi
 echo "$out" >&3

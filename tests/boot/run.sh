@@ -40,6 +40,7 @@ want() {
 
 # shellcheck source=tests/boot/lib.sh
 . "$TOP/tests/boot/lib.sh"
+T_START=$(date +%s)
 if ! boot_image; then
 	for t in $PLAN; do want "$t" && result FAIL "$t" "the image was not built"; done
 	exit 0
@@ -51,58 +52,114 @@ BOOT_DEADLINE=$((T_START + BUDGET + 600))
 t0=$(date +%s)
 
 # 1. Blank disk, network boot (iPXE from QEMU's TFTP) -> multi-user.
+# 2. and 6. The machine reboots itself (systemctl reboot, QEMU's reset:
+#    firmware, iPXE and all): shutdown completes with streamd alive until
+#    the device is released, and the second boot fetches nothing the
+#    first fetched.  The server restarts between the two, to keep each
+#    boot's requests apart.
 if want netboot || want reboot_no_refetch; then
 	new_disk
 	server_start "$BW/net.req"
 	t=$(date +%s)
-	vm "$BW/net.log" 1 "rd.stream.fill=off streamboot.run=status"
+	after="" reboot=0
+	if want reboot_no_refetch; then
+		after="streamboot.after=reboot-once"
+		reboot=1
+	fi
+	VM_REBOOT=$reboot vm "$BW/netall.log" 1 \
+		"rd.stream.fill=off streamboot.run=status $after" &
+	vmpid=$!
+	secs="" restarted=0
+	while kill -0 $vmpid 2>/dev/null; do
+		[ -z "$secs" ] && grep -aq "STREAMBOOT-READY" "$BW/netall.log" &&
+			secs=$(($(date +%s) - t))
+		if [ $reboot = 1 ] &&
+		   grep -aq "reboot: Restarting system" "$BW/netall.log"; then
+			server_stop
+			server_start "$BW/reboot.req"
+			restarted=1
+			break
+		fi
+		sleep 0.2
+	done
+	wait $vmpid
 	rc=$?
 	server_stop
-	secs=$(($(date +%s) - t))
+	# the console of each boot
+	awk -v a="$BW/net.log" -v b="$BW/reboot.log" '
+		{ print > (n ? b : a) }
+		/reboot: Restarting system/ { n = 1 }' "$BW/netall.log"
+	[ -e "$BW/reboot.log" ] || : >"$BW/reboot.log"
 	bytes=$(read_bytes "$BW/net.req")
+	last="Power down"
+	[ $reboot = 1 ] && last="Restarting system"
 	if ! grep -aq "tftp://10.0.2.2/initrd.img.* ok" "$BW/net.log"; then
 		result FAIL netboot "iPXE did not load the initramfs over TFTP (log $BW/net.log)"
-	elif why=$(boot_ok "$BW/net.log" $rc status); then
+	elif why=$(boot_ok "$BW/net.log" $rc status "$last"); then
 		result PASS netboot
-		echo "MEASURED netboot blank disk, network boot to multi-user in $secs s; fetched $bytes of $IMG_BYTES image bytes ($((bytes * 100 / IMG_BYTES))%); present $(status_field "$BW/net.log" 5)"
+		echo "MEASURED netboot blank disk, network boot to multi-user in ${secs:-?} s; fetched $bytes of $IMG_BYTES image bytes ($((bytes * 100 / IMG_BYTES))%); present $(status_field "$BW/net.log" 5); partitions: $(grep -a "partitions mapped" "$BW/net.log" | head -1 | tr -d '\r' | sed 's/.*streamroot: //')"
 	else
 		result FAIL netboot "$why (log $BW/net.log)"
 	fi
 
-	# 2. Reboot (local kernel this time): nothing fetched before is
-	#    fetched again.
-	if want reboot_no_refetch; then
-		server_start "$BW/reboot.req"
-		vm "$BW/reboot.log" 0 "rd.stream.fill=off streamboot.run=status"
-		rc=$?
-		server_stop
+	if [ $reboot = 1 ]; then
 		again=$(comm -12 <(read_offsets "$BW/net.req" | sort -u) \
-			<(read_offsets "$BW/reboot.req" | sort -u) | wc -l)
-		if ! why=$(boot_ok "$BW/reboot.log" $rc status); then
+			<(read_offsets "$BW/reboot.req" 2>/dev/null | sort -u) | wc -l)
+		if [ $restarted = 0 ]; then
+			result FAIL reboot_no_refetch "the machine did not reboot (log $BW/netall.log)"
+		elif ! why=$(boot_ok "$BW/reboot.log" $rc status); then
 			result FAIL reboot_no_refetch "$why (log $BW/reboot.log)"
-		elif [ "$(read_bytes "$BW/net.req")" -lt $((1 << 20)) ]; then
-			result FAIL reboot_no_refetch "the first boot's request log shows $(read_bytes "$BW/net.req") bytes read: nothing to compare"
+		elif ! grep -aq "tftp://10.0.2.2/initrd.img.* ok" "$BW/reboot.log"; then
+			result FAIL reboot_no_refetch "the reboot did not go through the firmware's network boot (log $BW/reboot.log)"
+		elif [ "$bytes" -lt $((1 << 20)) ]; then
+			result FAIL reboot_no_refetch "the first boot's request log shows $bytes bytes read: nothing to compare"
 		elif [ "$again" != 0 ]; then
 			result FAIL reboot_no_refetch "$again offsets read by the first boot were read again"
 		else
 			result PASS reboot_no_refetch
-			echo "MEASURED reboot_no_refetch second boot fetched $(read_bytes "$BW/reboot.req") bytes, none fetched before"
+			echo "MEASURED reboot_no_refetch rebooted by systemctl reboot; second boot fetched $(read_bytes "$BW/reboot.req") bytes, none fetched before"
 		fi
 	fi
 fi
 
 # 4. Kiosk: a user writes a file; the next boot (rd.stream.revert=1) has
-#    the image's content again and a clean filesystem.
+#    the image's content again and a clean filesystem.  Both boots over
+#    TLS with a pre-shared key, the server named (imageserver, in the
+#    initramfs' /etc/hosts only); in the first, the server restarts
+#    after switch_root and streamd must reconnect to the address it
+#    resolved before.
 if want kiosk_revert; then
 	new_disk
+	export SERVER_TLS=1
+	VM_CMD="${BASE_CMD/rd.stream.uri=nbd:\/\/10.0.2.100:10809/$TLS_CMD}"
+	export VM_CMD
 	server_start "$BW/kiosk.req"
-	vm "$BW/kiosk1.log" 0 "rd.stream.fill=off streamboot.run=write-file"
+	vm "$BW/kiosk1.log" 0 "rd.stream.fill=off streamboot.run=bounce,write-file" &
+	vmpid=$!
+	bounced=0
+	while kill -0 $vmpid 2>/dev/null; do
+		if grep -aq "^STREAMBOOT-BOUNCE" "$BW/kiosk1.log"; then
+			server_stop
+			server_start "$BW/kiosk-late.req"
+			bounced=1
+			break
+		fi
+		sleep 0.2
+	done
+	wait $vmpid
 	rc1=$?
+	server_stop
+	server_start "$BW/kiosk2.req"
 	vm "$BW/kiosk2.log" 0 "rd.stream.fill=off rd.stream.revert=1 streamboot.run=check-file"
 	rc2=$?
 	server_stop
-	if ! why=$(boot_ok "$BW/kiosk1.log" $rc1 write-file); then
+	unset SERVER_TLS VM_CMD
+	if ! grep -aq "uri nbds://10.0.2.100:10809\|streaming nbds://10.0.2.100:10809" "$BW/kiosk1.log"; then
+		result FAIL kiosk_revert "the server's name was not resolved to its address in the initramfs: $(grep -a "dm-stream: .*streaming" "$BW/kiosk1.log" | head -1 | tr -d '\r')"
+	elif ! why=$(boot_ok "$BW/kiosk1.log" $rc1 bounce,write-file); then
 		result FAIL kiosk_revert "first boot: $why (log $BW/kiosk1.log)"
+	elif [ $bounced = 0 ] || [ "$(read_bytes "$BW/kiosk-late.req")" -lt $((1 << 20)) ]; then
+		result FAIL kiosk_revert "no reads after the server restarted ($(read_bytes "$BW/kiosk-late.req" 2>/dev/null) bytes): streamd did not reconnect after switch_root"
 	elif ! why=$(boot_ok "$BW/kiosk2.log" $rc2 check-file); then
 		result FAIL kiosk_revert "revert boot: $why (log $BW/kiosk2.log)"
 	elif ! grep -aq "^STREAMBOOT-FILE absent" "$BW/kiosk2.log"; then
@@ -111,7 +168,7 @@ if want kiosk_revert; then
 		result FAIL kiosk_revert "no revert of the written blocks on the console: $(grep -a "kiosk revert:" "$BW/kiosk2.log" | head -1 | tr -d '\r')"
 	else
 		result PASS kiosk_revert
-		echo "MEASURED kiosk_revert $(grep -a "kiosk revert:" "$BW/kiosk2.log" | head -1 | tr -d '\r' | sed 's/.*kiosk revert: //')"
+		echo "MEASURED kiosk_revert $(grep -a "kiosk revert:" "$BW/kiosk2.log" | head -1 | tr -d '\r' | sed 's/.*kiosk revert: //'); over TLS-PSK, $(read_bytes "$BW/kiosk-late.req") bytes read after a server restart past switch_root"
 	fi
 fi
 
