@@ -224,6 +224,18 @@ prepare_disk() {
 	fi
 }
 
+# An image of a whole disk: its partitions as <name>p1, <name>p2...
+# (device-mapper devices have no partition scanning of their own).  No
+# partition table, no mapping (kpartx -a again maps nothing new); LVM and
+# LUKS inside are found by their own dracut modules' udev rules.
+map_partitions() {
+	command -v kpartx >/dev/null || return 0
+	kpartx -a -s -p p "/dev/mapper/$name" >"$RUN/kpartx.log" 2>&1 ||
+		fail "kpartx -a /dev/mapper/$name failed: $(cat "$RUN/kpartx.log")"
+	_p=$(kpartx -l -p p "/dev/mapper/$name" 2>/dev/null | wc -l)
+	[ "$_p" = 0 ] || say "$name: $_p partitions mapped (${name}p1...)"
+}
+
 mkdir -p "$RUN"
 exec 9>"$RUN/lock"
 flock -n 9 || exit 0		# another interface's hook is at it
@@ -281,6 +293,7 @@ uuid="dm-stream-$name"
 
 # A device of ours already under its real name: set up by an earlier run.
 if [ "$(dmsetup info -c --noheadings -o uuid "$name" 2>/dev/null)" = "$uuid" ]; then
+	map_partitions		# (what an attempt that failed there left)
 	: >"$RUN/done"
 	exit 0
 fi
@@ -330,16 +343,7 @@ if getargbool 0 rd.stream.revert; then
 fi
 
 dmsetup rename "$setup" "$name" || fail "dmsetup rename $setup $name failed"
-# An image of a whole disk: its partitions as <name>p1, <name>p2...
-# (device-mapper devices have no partition scanning of their own).  No
-# partition table, no mapping; LVM and LUKS inside are found by their own
-# dracut modules' udev rules.
-if command -v kpartx >/dev/null; then
-	kpartx -a -s -p p "/dev/mapper/$name" >"$RUN/kpartx.log" 2>&1 ||
-		fail "kpartx -a /dev/mapper/$name failed: $(cat "$RUN/kpartx.log")"
-	_p=$(kpartx -l -p p "/dev/mapper/$name" 2>/dev/null | wc -l)
-	[ "$_p" = 0 ] || say "$name: $_p partitions mapped (${name}p1...)"
-fi
+map_partitions
 # dracut-shutdown.service restores the initramfs at shutdown, where
 # stream-shutdown.sh removes the device once the root is unmounted.
 need_shutdown

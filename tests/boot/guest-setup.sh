@@ -79,7 +79,9 @@ chmod 0755 /usr/lib/dracut/modules.d/99streambench/*.sh
 
 cat >/etc/dracut.conf.d/90-stream.conf <<'EOF'
 # dm-stream streamed root (tests/boot): the module is opt-in.
-add_dracutmodules+=" stream lvm network-legacy streambench "
+add_dracutmodules+=" stream lvm crypt network-legacy streambench "
+# the LUKS image's key (luks_root: rd.luks.key= names it)
+install_items+=" /etc/streamboot-luks.key "
 omit_dracutmodules+=" systemd-networkd network-manager connman "
 EOF
 # TLS with a pre-shared key (the kiosk scenario): dracut's stream module
@@ -89,6 +91,9 @@ mkdir -p /etc/dm-stream/tls
 echo "streamboot:5a2b6c1e3d7f4c599e846d2f0b7a1c015a2b6c1e3d7f4c599e846d2f0b7a1c01" \
 	>/etc/dm-stream/tls/streamboot.psk
 chmod 0600 /etc/dm-stream/tls/streamboot.psk
+# The key of image-luks.raw's partition (tests/boot/mkimage.sh).
+printf '%s' streamboot-luks-key >/etc/streamboot-luks.key
+chmod 0400 /etc/streamboot-luks.key
 # The image server by name, known to the initramfs alone: after
 # switch_root streamd must reconnect to the address resolved before
 # (tests/boot/run.sh, outage).
@@ -103,6 +108,10 @@ lsinitrd "/boot/initrd.img-$kver" | grep -q 'sbin/kpartx' ||
 	{ echo "kpartx is not in the initramfs"; exit 1; }
 lsinitrd "/boot/initrd.img-$kver" | grep -q 'sbin/lvm$' ||
 	{ echo "lvm is not in the initramfs"; exit 1; }
+lsinitrd "/boot/initrd.img-$kver" | grep -q 'systemd-cryptsetup$' ||
+	{ echo "systemd-cryptsetup is not in the initramfs"; exit 1; }
+lsinitrd "/boot/initrd.img-$kver" | grep -q 'etc/streamboot-luks.key$' ||
+	{ echo "the LUKS key is not in the initramfs"; exit 1; }
 lsinitrd -f etc/hosts "/boot/initrd.img-$kver" | grep -q imageserver ||
 	{ echo "the initramfs has no /etc/hosts naming the image server"; exit 1; }
 
@@ -205,6 +214,8 @@ status) ;;
 esac
 done
 echo "STREAMBOOT-STATUS $(dmsetup status streamroot)" >$con
+# what the root is stacked on, top down ("NAME TYPE" pairs)
+echo "STREAMBOOT-ROOTSTACK $(lsblk -s -n -r -o NAME,TYPE "$(findmnt -n -o SOURCE /)" | tr '\n' ' ')" >$con
 grep -h . /sys/fs/ext4/*/errors_count 2>/dev/null | sed 's/^/STREAMBOOT-EXT4-ERRORS /' >$con
 # the whole kernel log (streamd logs there too), not only the console's
 # (QEMU's empty floppy controller is not ours: its fd0 errors are left out)

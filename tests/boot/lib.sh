@@ -40,7 +40,7 @@ server_start() {	# server_start <request log>
 		tls=(--tls=require --tls-psk="$BW/psk")
 	fi
 	nbdkit -r -i 127.0.0.1 -p "$PORT" -P "$BW/nbdkit.pid" "${tls[@]}" \
-		--filter=log file "$IMG/image.raw" logfile="$1" ||
+		--filter=log file "${SERVER_IMAGE:-$IMG/image.raw}" logfile="$1" ||
 		return 1
 	# the daemon writes it after nbdkit returns
 	for _ in $(seq 100); do
@@ -97,7 +97,7 @@ read_field() {	# read_field <offset|count> <log...>
 read_bytes() { read_field count "$@" | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 read_offsets() { read_field offset "$@" | sort -n; }
 
-new_disk() {	# a blank disk a little larger than the image
+new_disk() {	# a blank disk a little larger than the image(s)
 	rm -f "$BW/disk.raw"
 	truncate -s $((IMG_BYTES + (64 << 20))) "$BW/disk.raw"
 }

@@ -11,6 +11,8 @@
 #   image  base + the .debs + the dracut config   -> $CACHE/bootimg-<h>/
 #            image.raw     a whole disk: GPT, LVM in partition 1, the ext4
 #                          root in streamvg/root (what the server exports)
+#            image-luks.raw the same, partition 1 encrypted (LUKS1)
+#            luks-uuid     its LUKS UUID
 #            vmlinuz, initrd.img, kver
 #
 # Usage: tests/boot/mkimage.sh <dir of dm-stream .debs>
@@ -148,6 +150,28 @@ if [ ! -e "$out/.done" ]; then
 		conv=notrunc,sparse status=none ||
 		die "copying the filesystem into the image failed"
 	rm -f "$out/root.ext4"
+	# The same disk with partition 1 encrypted (LUKS1, by qemu-img:
+	# the host has no dm-crypt), LVM inside: image-luks.raw, for the
+	# luks_root scenario.  The key is the image's
+	# /etc/streamboot-luks.key (tests/boot/guest-setup.sh); few PBKDF2
+	# iterations, since the guest's TCG CPU checks them.
+	dd if="$out/image.raw" of="$out/p1.raw" bs=1M skip=1 count="$IMAGE_MB" \
+		conv=sparse status=none || die "extracting partition 1 failed"
+	qemu-img convert -f raw -O luks \
+		--object secret,id=k0,data=streamboot-luks-key \
+		-o key-secret=k0,iter-time=10 "$out/p1.raw" "$out/p1.luks" ||
+		die "qemu-img convert to LUKS failed"
+	rm -f "$out/p1.raw"
+	luks_mib=$((($(stat -c %s "$out/p1.luks") + 1048575) / 1048576))
+	truncate -s $(((luks_mib + 2) << 20)) "$out/image-luks.raw"
+	printf 'label: gpt\nlabel-id: 5a2b6c1e-3d7f-4c59-9e84-6d2f0b7a1c12\nstart=2048, size=%s, type=ca7d7ccb-63ed-4c53-861c-1742536059cc, uuid=5a2b6c1e-3d7f-4c59-9e84-6d2f0b7a1c13, name="streamroot"\n' \
+		$((luks_mib * 2048)) | sfdisk -q "$out/image-luks.raw" >&2 ||
+		die "sfdisk on the LUKS image failed"
+	dd if="$out/p1.luks" of="$out/image-luks.raw" bs=1M seek=1 \
+		conv=notrunc status=none || die "copying the LUKS partition failed"
+	blkid -p -s UUID -o value "$out/p1.luks" >"$out/luks-uuid"
+	rm -f "$out/p1.luks"
+	[ -s "$out/luks-uuid" ] || die "no LUKS UUID in the encrypted partition"
 	touch "$out/.done"
 fi
 echo "$out" >&3

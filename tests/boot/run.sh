@@ -66,6 +66,7 @@ if want netboot || want reboot_no_refetch; then
 		after="streamboot.after=reboot-once"
 		reboot=1
 	fi
+	: >"$BW/netall.log"	# polled below before QEMU opens it
 	VM_REBOOT=$reboot vm "$BW/netall.log" 1 \
 		"rd.stream.fill=off streamboot.run=status $after" &
 	vmpid=$!
@@ -134,6 +135,7 @@ if want kiosk_revert; then
 	VM_CMD="${BASE_CMD/rd.stream.uri=nbd:\/\/10.0.2.100:10809/$TLS_CMD}"
 	export VM_CMD
 	server_start "$BW/kiosk.req"
+	: >"$BW/kiosk1.log"
 	vm "$BW/kiosk1.log" 0 "rd.stream.fill=off streamboot.run=bounce,write-file" &
 	vmpid=$!
 	bounced=0
@@ -245,6 +247,27 @@ if want foreign_disk; then
 		result FAIL foreign_disk "QEMU status $rc: the machine neither powered off nor halted after the refusal"
 	else
 		result PASS foreign_disk
+	fi
+fi
+
+# LVM on LUKS inside the image (image-luks.raw, partition 1 encrypted):
+# dm-stream maps the partition, dracut's crypt module unlocks it with
+# the key named by rd.luks.key= and its lvm module finds the root in it.
+if want luks_root; then
+	new_disk
+	uuid=$(cat "$IMG/luks-uuid")
+	SERVER_IMAGE=$IMG/image-luks.raw server_start "$BW/luks.req"
+	vm "$BW/luks.log" 0 "rd.stream.fill=off rd.luks.uuid=$uuid rd.luks.key=$uuid=/etc/streamboot-luks.key streamboot.run=status"
+	rc=$?
+	server_stop
+	stack=$(grep -a "^STREAMBOOT-ROOTSTACK" "$BW/luks.log" | tr -d '\r' | cut -d' ' -f2-)
+	if ! why=$(boot_ok "$BW/luks.log" $rc status); then
+		result FAIL luks_root "$why (log $BW/luks.log)"
+	elif ! echo " $stack" | grep -q " crypt .*streamroot "; then
+		result FAIL luks_root "the root is not on LUKS on the stream device: '$stack'"
+	else
+		result PASS luks_root
+		echo "MEASURED luks_root root stacked on: $stack; fetched $(read_bytes "$BW/luks.req") bytes"
 	fi
 fi
 
