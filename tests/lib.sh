@@ -277,11 +277,12 @@ run_vm_once() {
 	shift 5
 	: >"$log"
 	# CPUs: two for the debug kernel, whose lockdep and KASAN profit
-	# most from real parallelism; one for the stock kernels.  The host
-	# has two cores for two guests at a time, and a two-CPU guest on an
-	# oversubscribed host spins on locks whose holder's thread is not
-	# running: 6.12's main suite took 360 s with one CPU, 510 s with two,
-	# side by side.  STREAM_VM_SMP overrides.
+	# most from real parallelism, and for the regress suite's races
+	# (run-all.sh); one otherwise.  The host has two cores for two
+	# guests at a time, and a two-CPU guest on an oversubscribed host
+	# spins on locks whose holder's thread is not running: 6.12's main
+	# suite took 360 s with one CPU, 510 s with two, side by side.
+	# STREAM_VM_SMP overrides.
 	local smp=1
 	[ "$tag" = debug ] && smp=2
 	qemu-system-x86_64 -accel tcg -cpu max -m "${STREAM_VM_MEM:-1024}" -smp "${STREAM_VM_SMP:-$smp}" \
