@@ -160,13 +160,13 @@ if [ ! -e "$out/.done" ]; then
 	# (qemu-img calibrates PBKDF2 on the thread's CPU clock and gives
 	# up, "Unable to get accurate CPU usage", when its first round reads
 	# 0 ms: seen here once in three builds; the next try measures anew)
-	for try in 1 2 3 4 5; do
+	for try in $(seq 10); do
 		qemu-img convert -f raw -O luks \
 			--object secret,id=k0,data=streamboot-luks-key \
 			-o key-secret=k0,iter-time=10 "$out/p1.raw" "$out/p1.luks" &&
 			break
 		rm -f "$out/p1.luks"
-		[ $try = 5 ] && die "qemu-img convert to LUKS failed 5 times"
+		[ "$try" = 10 ] && die "qemu-img convert to LUKS failed 10 times"
 	done
 	rm -f "$out/p1.raw"
 	luks_mib=$((($(stat -c %s "$out/p1.luks") + 1048575) / 1048576))
