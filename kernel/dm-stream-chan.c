@@ -11,6 +11,15 @@
  *   QUEUED/SENT  --fetch_timeout-->  dropped, waiters failed
  *   completed  --worker: stream_fetch_retire()-->  gone (present if ok)
  *
+ * Ranges: chan_read() sends a queued fetch together with the queued
+ * fetches of the blocks around it, up to the helper's max_blocks, as one
+ * request under one tag; each stays a fetch of its own.  A reply names
+ * a sub-range of one request: every block of it must be FETCH_SENT to the
+ * replying file under that tag, or nothing is done; then its blocks are
+ * written to the data device with one bio (struct range_write) and each
+ * fetch completes on its own.  A miss costs a helper round trip and a
+ * data write per range, not per block.
+ *
  * The ABI is described in uapi/dm-stream.h.  One helper file attaches to one
  * target; requests it has read but not answered go back to the queue when
  * it closes.  Replies are validated against the outstanding request (tag,
@@ -35,6 +44,11 @@
 
 #define DM_MSG_PREFIX "stream chan"
 #define MAX_BATCH 256
+/*
+ * The largest reply payload: one block of the largest block size, so a
+ * range's bio has at most BIO_MAX_VECS pages.
+ */
+#define MAX_PAYLOAD	(MAX_BLOCK_SECTORS << SECTOR_SHIFT)
 
 /* Guards stream_targets, every sc->active, and attach/detach. */
 DEFINE_MUTEX(stream_chan_lock);
@@ -68,11 +82,6 @@ static struct stream_fetch *alloc_fetch(struct stream_c *sc, u64 block)
 
 void stream_fetch_free(struct stream_fetch *f)
 {
-	unsigned int i;
-
-	for (i = 0; i < f->nr_pages; i++)
-		__free_page(f->pages[i]);
-	kfree(f->pages);
 	kmem_cache_free(fetch_cache, f);
 }
 
@@ -120,6 +129,41 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		wake_up_interruptible(&sc->fq.helper->wait);
 	mutex_unlock(&sc->fq.lock);
 	return STREAM_PARK_WAITING;
+}
+
+unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
+				    u64 count)
+{
+	const unsigned long *present = dsm_present_map(sc->md);
+	unsigned int n = 0;
+	struct stream_fetch *f;
+	u64 b, end;
+
+	if (first >= sc->nr_blocks)
+		return 0;
+	end = min(first + count, sc->nr_blocks);
+	mutex_lock(&sc->fq.lock);
+	if (READ_ONCE(sc->requeue) || sc->fq.stopped)
+		goto out;
+	for (b = first; b < end; b++) {
+		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
+			continue;
+		f = alloc_fetch(sc, b);
+		if (!f)
+			break;
+		if (xa_insert(&sc->fq.fetches, b, f, GFP_NOIO)) {
+			stream_fetch_free(f);
+			break;
+		}
+		f->state = FETCH_QUEUED;
+		list_add_tail(&f->list, &sc->fq.pending);
+		n++;
+	}
+	if (n && sc->fq.helper)
+		wake_up_interruptible(&sc->fq.helper->wait);
+out:
+	mutex_unlock(&sc->fq.lock);
+	return n;
 }
 
 void stream_fetch_io_done(struct stream_fetch *f)
@@ -226,14 +270,20 @@ void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 				continue;
 			list_move_tail(&f->list, &expired);
 			xa_erase(&sc->fq.fetches, f->block);
+			/* A readahead fetch nobody waits for goes quietly. */
+			if (!bio_list_empty(&f->waiters))
+				f->status = BLK_STS_TIMEOUT;
 			bio_list_merge(dead, &f->waiters);
+			bio_list_init(&f->waiters);
 		}
 	mutex_unlock(&sc->fq.lock);
 
 	list_for_each_entry_safe(f, tmp, &expired, list) {
-		DMERR_LIMIT("%s: block %llu not fetched within %lus",
-			    stream_name(sc), f->block, limit / HZ);
-		atomic64_inc(&sc->nr_fetch_errors);
+		if (f->status) {
+			DMERR_LIMIT("%s: block %llu not fetched within %lus",
+				    stream_name(sc), f->block, limit / HZ);
+			atomic64_inc(&sc->nr_fetch_errors);
+		}
 		stream_fetch_free(f);
 	}
 }
@@ -412,6 +462,10 @@ static long copy_ioctl_struct(void *dst, size_t ksize, size_t min,
 
 	if (copy_from_user(head, argp, sizeof(head)))
 		return -EFAULT;
+	if (head[0] == DM_STREAM_MAGIC && head[1] != DM_STREAM_VERSION)
+		DMERR_LIMIT("%s (pid %d) speaks channel ABI version %u, this module %u: refused",
+			    current->comm, task_pid_nr(current), head[1],
+			    DM_STREAM_VERSION);
 	if (head[0] != DM_STREAM_MAGIC || head[1] != DM_STREAM_VERSION ||
 	    head[2] < min || head[2] > PAGE_SIZE)
 		return -EPROTO;
@@ -466,7 +520,7 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	if (r)
 		return r;
 	if (!all_zero(a.pad, sizeof(a.pad)) ||
-	    !all_zero(a.reserved, sizeof(a.reserved)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)) || a.reserved3 ||
 	    strnlen(a.image_id, sizeof(a.image_id)) == sizeof(a.image_id))
 		return -EINVAL;
 	by_uuid = a.flags & DM_STREAM_ATTACH_BY_UUID;
@@ -488,10 +542,14 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	r = check_image(found, a.image_size, a.image_id);
 	if (r)
 		goto out;
+	a.max_blocks = clamp_t(u32, a.max_blocks, 1,
+			       MAX_PAYLOAD >> (found->block_shift +
+					       SECTOR_SHIFT));
 	down_write(&hf->sem);
 	mutex_lock(&found->fq.lock);
 	found->fq.helper = hf;
 	hf->sc = found;
+	hf->max_blocks = a.max_blocks;
 	mutex_unlock(&found->fq.lock);
 	up_write(&hf->sem);
 
@@ -580,17 +638,75 @@ static void requeue_sent(struct stream_c *sc, struct stream_file *hf,
 	struct stream_fetch *f;
 	size_t i;
 
+	u32 j;
+
 	mutex_lock(&sc->fq.lock);
 	for (i = n; i-- > 0; ) {
-		f = xa_load(&sc->fq.fetches, reqs[i].block);
-		if (!f || f->state != FETCH_SENT || f->owner != hf ||
-		    f->tag != reqs[i].tag)
-			continue;
-		f->state = FETCH_QUEUED;
-		f->owner = NULL;
-		list_move(&f->list, &sc->fq.pending);
+		for (j = reqs[i].nr_blocks; j-- > 0; ) {
+			f = xa_load(&sc->fq.fetches, reqs[i].block + j);
+			if (!f || f->state != FETCH_SENT || f->owner != hf ||
+			    f->tag != reqs[i].tag)
+				continue;
+			f->state = FETCH_QUEUED;
+			f->owner = NULL;
+			list_move(&f->list, &sc->fq.pending);
+		}
 	}
 	mutex_unlock(&sc->fq.lock);
+}
+
+/* Move queued fetch @f to the sent list as part of request @tag. */
+static void __send_fetch(struct stream_c *sc, struct stream_file *hf,
+			 struct stream_fetch *f, u64 tag)
+{
+	lockdep_assert_held(&sc->fq.lock);
+	f->state = FETCH_SENT;
+	f->owner = hf;
+	f->tag = tag;
+	list_move_tail(&f->list, &sc->fq.sent);
+}
+
+/* The queued fetch of @block, if any. */
+static struct stream_fetch *__queued(struct stream_c *sc, u64 block)
+{
+	struct stream_fetch *f = xa_load(&sc->fq.fetches, block);
+
+	lockdep_assert_held(&sc->fq.lock);
+	return f && f->state == FETCH_QUEUED ? f : NULL;
+}
+
+/*
+ * Build one request from the first queued fetch and the queued fetches
+ * adjacent to it, at most hf->max_blocks of them.
+ */
+static void __make_request(struct stream_c *sc, struct stream_file *hf,
+			   struct dm_stream_request *req)
+{
+	struct stream_fetch *f = list_first_entry(&sc->fq.pending,
+						  struct stream_fetch, list);
+	u64 tag = ++sc->fq.next_tag, first = f->block;
+	u32 n = 1;
+
+	lockdep_assert_held(&sc->fq.lock);
+	__send_fetch(sc, hf, f, tag);
+	while (n < hf->max_blocks && first > 0 &&
+	       (f = __queued(sc, first - 1))) {
+		__send_fetch(sc, hf, f, tag);
+		first--;
+		n++;
+	}
+	while (n < hf->max_blocks && (f = __queued(sc, first + n))) {
+		__send_fetch(sc, hf, f, tag);
+		n++;
+	}
+	memset(req, 0, sizeof(*req));
+	req->magic = DM_STREAM_MAGIC;
+	req->version = DM_STREAM_VERSION;
+	req->size = sizeof(*req);
+	req->type = DM_STREAM_REQ_FETCH;
+	req->tag = tag;
+	req->block = first;
+	req->nr_blocks = n;
 }
 
 static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
@@ -598,7 +714,6 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 {
 	struct stream_file *hf = file->private_data;
 	struct dm_stream_request *reqs;
-	struct stream_fetch *f, *tmp;
 	struct stream_c *sc;
 	size_t max = min_t(size_t, count / sizeof(*reqs), MAX_BATCH);
 	size_t n = 0;
@@ -618,21 +733,8 @@ static ssize_t chan_read(struct file *file, char __user *buf, size_t count,
 	}
 	for (;;) {
 		mutex_lock(&sc->fq.lock);
-		list_for_each_entry_safe(f, tmp, &sc->fq.pending, list) {
-			if (n == max)
-				break;
-			f->state = FETCH_SENT;
-			f->owner = hf;
-			f->tag = ++sc->fq.next_tag;
-			list_move_tail(&f->list, &sc->fq.sent);
-			reqs[n].magic = DM_STREAM_MAGIC;
-			reqs[n].version = DM_STREAM_VERSION;
-			reqs[n].size = sizeof(*reqs);
-			reqs[n].type = DM_STREAM_REQ_FETCH;
-			reqs[n].tag = f->tag;
-			reqs[n].block = f->block;
-			n++;
-		}
+		while (n < max && !list_empty(&sc->fq.pending))
+			__make_request(sc, hf, &reqs[n++]);
 		mutex_unlock(&sc->fq.lock);
 		if (n)
 			break;
@@ -673,17 +775,17 @@ out:
 	return r;
 }
 
-static void fetch_write_endio(struct bio *bio)
-{
-	struct stream_fetch *f = bio->bi_private;
-
-	f->status = bio->bi_status;
-	bio_put(bio);
-	stream_fetch_io_done(f);
-}
-
-/* The largest reply payload: one block of the largest block size. */
-#define MAX_PAYLOAD	(MAX_BLOCK_SECTORS << SECTOR_SHIFT)
+/*
+ * The data write of one reply: its fetches (adjacent blocks, in order)
+ * and the payload pages, which it owns (NULL pages: zero blocks, written
+ * from the zero page).
+ */
+struct range_write {
+	struct page **pages;
+	unsigned int nr_pages;
+	unsigned int nr;
+	struct stream_fetch *f[];
+};
 
 static void free_page_array(struct page **pages, unsigned int nr)
 {
@@ -697,11 +799,32 @@ static void free_page_array(struct page **pages, unsigned int nr)
 	kfree(pages);
 }
 
+static void free_range_write(struct range_write *w)
+{
+	free_page_array(w->pages, w->nr_pages);
+	kfree(w);
+}
+
+/* Each fetch completes on its own; nothing touches w->f[i] after. */
+static void range_write_endio(struct bio *bio)
+{
+	struct range_write *w = bio->bi_private;
+	blk_status_t status = bio->bi_status;
+	unsigned int i;
+
+	bio_put(bio);
+	for (i = 0; i < w->nr; i++) {
+		w->f[i]->status = status;
+		stream_fetch_io_done(w->f[i]);
+	}
+	free_range_write(w);
+}
+
 /*
- * Pages for a @len byte payload: copied from @src, or zeroed when @src is
- * NULL.  Called without hf->sem when it copies (see chan_read).
+ * Pages holding a @len byte payload copied from @src.  Called without
+ * hf->sem (see chan_read).
  */
-static struct page **alloc_payload(const char __user *src, size_t len)
+static struct page **copy_payload(const char __user *src, size_t len)
 {
 	unsigned int i, nr = len >> PAGE_SHIFT;
 	struct page **pages;
@@ -710,13 +833,13 @@ static struct page **alloc_payload(const char __user *src, size_t len)
 	if (!pages)
 		return ERR_PTR(-ENOMEM);
 	for (i = 0; i < nr; i++) {
-		pages[i] = alloc_page(GFP_KERNEL | (src ? 0 : __GFP_ZERO));
+		pages[i] = alloc_page(GFP_KERNEL);
 		if (!pages[i]) {
 			free_page_array(pages, nr);
 			return ERR_PTR(-ENOMEM);
 		}
-		if (src && copy_from_user(page_address(pages[i]),
-					  src + i * PAGE_SIZE, PAGE_SIZE)) {
+		if (copy_from_user(page_address(pages[i]),
+				   src + i * PAGE_SIZE, PAGE_SIZE)) {
 			free_page_array(pages, nr);
 			return ERR_PTR(-EFAULT);
 		}
@@ -724,11 +847,90 @@ static struct page **alloc_payload(const char __user *src, size_t len)
 	return pages;
 }
 
-static void free_pages_of(struct stream_fetch *f)
+/* Move the reads among @waiters to @reads. */
+static void take_reads(struct bio_list *waiters, struct bio_list *reads)
 {
-	free_page_array(f->pages, f->nr_pages);
-	f->pages = NULL;
-	f->nr_pages = 0;
+	struct bio_list keep = BIO_EMPTY_LIST;
+	struct bio *bio;
+
+	while ((bio = bio_list_pop(waiters)))
+		bio_list_add(bio_op(bio) == REQ_OP_READ ? reads : &keep, bio);
+	*waiters = keep;
+}
+
+/*
+ * Take the fetches of @rep's blocks for writing: every one must be sent
+ * to @hf under @rep->tag.  Returns 0 with them in @w, FETCH_WRITING, or
+ * -ENOENT / -EAGAIN with nothing changed.  With @reads, the reads parked
+ * on them move there, to be served from the reply.
+ */
+static int take_range(struct stream_c *sc, struct stream_file *hf,
+		      const struct dm_stream_reply *rep, struct range_write *w,
+		      struct bio_list *reads)
+{
+	struct stream_fetch *f;
+	unsigned int i;
+
+	mutex_lock(&sc->fq.lock);
+	for (i = 0; i < rep->nr_blocks; i++) {
+		f = xa_load(&sc->fq.fetches, rep->block + i);
+		if (!f || f->state != FETCH_SENT || f->owner != hf ||
+		    f->tag != rep->tag) {
+			mutex_unlock(&sc->fq.lock);
+			return -ENOENT;
+		}
+		w->f[i] = f;
+	}
+	if (sc->fq.stopped) {
+		/* Suspended: nothing is written; the request stays sent. */
+		mutex_unlock(&sc->fq.lock);
+		return -EAGAIN;
+	}
+	/* Ours now: no timeout or detach can touch a FETCH_WRITING entry. */
+	for (i = 0; i < rep->nr_blocks; i++) {
+		f = w->f[i];
+		f->state = FETCH_WRITING;
+		f->owner = NULL;
+		list_del_init(&f->list);
+		if (reads)
+			take_reads(&f->waiters, reads);
+	}
+	w->nr = rep->nr_blocks;
+	spin_lock_irq(&sc->lock);
+	sc->fq.writing += w->nr;
+	spin_unlock_irq(&sc->lock);
+	mutex_unlock(&sc->fq.lock);
+	return 0;
+}
+
+/*
+ * Complete a read parked on a block of the reply starting at @first from
+ * the reply itself (@pages, or zeroes when NULL): its data is the image's,
+ * whether or not the data device has it yet, and it saves a read of the
+ * data device after the write.  The bio is within one block (stream_map).
+ */
+static void serve_read(struct stream_c *sc, struct bio *bio,
+		       struct page **pages, u64 first)
+{
+	size_t off = (dm_target_offset(sc->ti, bio->bi_iter.bi_sector) -
+		      (first << sc->block_shift)) << SECTOR_SHIFT;
+	struct bvec_iter iter;
+	struct bio_vec bv;
+	unsigned int done, n;
+
+	if (!pages) {
+		zero_fill_bio(bio);
+		return;
+	}
+	bio_for_each_segment(bv, bio, iter) {
+		for (done = 0; done < bv.bv_len; done += n, off += n) {
+			n = min_t(unsigned int, bv.bv_len - done,
+				  PAGE_SIZE - offset_in_page(off));
+			memcpy_to_page(bv.bv_page, bv.bv_offset + done,
+				       page_address(pages[off >> PAGE_SHIFT]) +
+				       offset_in_page(off), n);
+		}
+	}
 }
 
 static ssize_t chan_write(struct file *file, const char __user *buf,
@@ -736,13 +938,14 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 {
 	struct stream_file *hf = file->private_data;
 	struct page **payload = NULL;
+	struct bio_list reads = BIO_EMPTY_LIST;
+	struct range_write *w = NULL;
 	struct dm_stream_reply rep;
-	struct stream_fetch *f;
 	struct stream_c *sc;
+	unsigned int i, nr_pages;
+	struct bio *bio, *rbio;
 	size_t bsize;
-	struct bio *bio;
 	bool zero;
-	unsigned int i;
 	ssize_t r;
 
 	if (count < sizeof(rep))
@@ -752,7 +955,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	if (rep.magic != DM_STREAM_MAGIC || rep.version != DM_STREAM_VERSION ||
 	    rep.size != sizeof(rep))
 		return -EPROTO;
-	if (rep.flags & ~DM_STREAM_REPLY_ZERO)
+	if (rep.flags & ~DM_STREAM_REPLY_ZERO || rep.reserved || !rep.nr_blocks)
 		return -EINVAL;
 	zero = rep.flags & DM_STREAM_REPLY_ZERO;
 	if (rep.len > MAX_PAYLOAD || !PAGE_ALIGNED(rep.len) ||
@@ -771,7 +974,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	if (r)
 		return r;
 	if (rep.len) {
-		payload = alloc_payload(buf + sizeof(rep), rep.len);
+		payload = copy_payload(buf + sizeof(rep), rep.len);
 		if (IS_ERR(payload))
 			return PTR_ERR(payload);
 	}
@@ -785,84 +988,66 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	bsize = (size_t)sc->block_sectors << SECTOR_SHIFT;
 	/* (count == sizeof(rep) + rep.len: checked before the copy) */
 	if (rep.error > 0 || rep.error < -MAX_ERRNO ||
-	    rep.len != ((rep.error || zero) ? 0 : bsize)) {
+	    rep.nr_blocks > hf->max_blocks ||
+	    rep.len != ((rep.error || zero) ? 0 : rep.nr_blocks * bsize)) {
 		r = -EINVAL;
 		goto out;
 	}
-
-	mutex_lock(&sc->fq.lock);
-	f = rep.block < sc->nr_blocks ? xa_load(&sc->fq.fetches, rep.block) :
-		NULL;
-	if (!f || f->state != FETCH_SENT || f->owner != hf ||
-	    f->tag != rep.tag) {
-		mutex_unlock(&sc->fq.lock);
+	if (rep.block >= sc->nr_blocks ||
+	    rep.nr_blocks > sc->nr_blocks - rep.block) {
 		r = -ENOENT;
 		goto out;
 	}
-	if (sc->fq.stopped) {
-		/* Suspended: nothing is written; the request stays sent. */
-		mutex_unlock(&sc->fq.lock);
-		r = -EAGAIN;
+	w = kzalloc(struct_size(w, f, rep.nr_blocks), GFP_KERNEL);
+	if (!w) {
+		r = -ENOMEM;
 		goto out;
 	}
-	/* Ours now: no timeout or detach can touch a FETCH_WRITING entry. */
-	f->state = FETCH_WRITING;
-	list_del_init(&f->list);
-	spin_lock_irq(&sc->lock);
-	sc->fq.writing++;
-	spin_unlock_irq(&sc->lock);
-	mutex_unlock(&sc->fq.lock);
+	r = take_range(sc, hf, &rep, w, rep.error ? NULL : &reads);
+	if (r)
+		goto out;
 
 	if (rep.error) {
-		DMERR_LIMIT("%s: helper could not fetch block %llu: %d",
-			    stream_name(sc),
-			    rep.block, rep.error);
-		f->status = BLK_STS_IOERR;
-		stream_fetch_io_done(f);
+		DMERR_LIMIT("%s: helper could not fetch blocks %llu+%u: %d",
+			    stream_name(sc), rep.block, rep.nr_blocks,
+			    rep.error);
+		for (i = 0; i < w->nr; i++) {
+			w->f[i]->status = BLK_STS_IOERR;
+			stream_fetch_io_done(w->f[i]);
+		}
 		r = count;
 		goto out;
 	}
 
-	if (zero) {
-		payload = alloc_payload(NULL, bsize);
-		if (IS_ERR(payload)) {
-			r = PTR_ERR(payload);
-			payload = NULL;
-			goto out_requeue;
-		}
-	}
-	f->pages = payload;
-	f->nr_pages = bsize >> PAGE_SHIFT;
+	nr_pages = (rep.nr_blocks * bsize) >> PAGE_SHIFT;
+	w->pages = payload;
+	w->nr_pages = payload ? nr_pages : 0;
 	payload = NULL;
-	bio = bio_alloc(sc->data_dev->bdev, f->nr_pages, REQ_OP_WRITE,
-			GFP_NOIO);
-	bio->bi_iter.bi_sector = f->block << sc->block_shift;
-	for (i = 0; i < f->nr_pages; i++)
-		__bio_add_page(bio, f->pages[i], PAGE_SIZE, 0);
-	bio->bi_private = f;
-	bio->bi_end_io = fetch_write_endio;
-	f->owner = NULL;
-	atomic64_inc(&sc->nr_fetched);
+	bio = bio_alloc(sc->data_dev->bdev, nr_pages, REQ_OP_WRITE, GFP_NOIO);
+	bio->bi_iter.bi_sector = rep.block << sc->block_shift;
+	for (i = 0; i < nr_pages; i++)
+		__bio_add_page(bio, w->pages ? w->pages[i] : ZERO_PAGE(0),
+			       PAGE_SIZE, 0);
+	bio->bi_private = w;
+	bio->bi_end_io = range_write_endio;
+	atomic64_add(rep.nr_blocks, &sc->nr_fetched);
 	if (zero)
-		atomic64_inc(&sc->nr_zero);
+		atomic64_add(rep.nr_blocks, &sc->nr_zero);
+	/* Before the write: its end frees the pages. */
+	while ((rbio = bio_list_pop(&reads))) {
+		serve_read(sc, rbio, w->pages, rep.block);
+		atomic_dec(&sc->parked);
+		bio_endio(rbio);
+	}
+	w = NULL;
 	submit_bio(bio);
 	r = count;
-	goto out;
-
-out_requeue:
-	free_pages_of(f);
-	mutex_lock(&sc->fq.lock);
-	f->state = FETCH_SENT;
-	list_add_tail(&f->list, &sc->fq.sent);
-	spin_lock_irq(&sc->lock);
-	if (!--sc->fq.writing)
-		wake_up(&sc->fq.write_wait);
-	spin_unlock_irq(&sc->lock);
-	mutex_unlock(&sc->fq.lock);
 out:
 	up_read(&hf->sem);
 	if (payload)
 		free_page_array(payload, rep.len >> PAGE_SHIFT);
+	if (w)
+		free_range_write(w);
 	return r;
 }
 

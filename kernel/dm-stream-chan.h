@@ -32,7 +32,8 @@ struct stream_file;
 /*
  * One block being made present, by a fetch or by a whole-block write.
  * Lives in sc->fetches (indexed by block) from creation until the worker
- * retires it; I/O to the block meanwhile waits on @waiters.
+ * retires it; I/O to the block meanwhile waits on @waiters (none for a
+ * readahead fetch).  Adjacent fetches sent in one request share @tag.
  */
 struct stream_fetch {
 	struct stream_c *sc;
@@ -44,9 +45,6 @@ struct stream_fetch {
 	struct list_head list;		/* pending/sent, then completed */
 	struct bio_list waiters;
 	blk_status_t status;
-	bool zero;
-	struct page **pages;		/* FETCH_WRITING payload */
-	unsigned int nr_pages;
 };
 
 /*
@@ -73,6 +71,7 @@ struct stream_file {
 	/* Held for read by file operations using @sc, for write to change it. */
 	struct rw_semaphore sem;
 	struct stream_c *sc;
+	u32 max_blocks;			/* per request; set with @sc */
 	wait_queue_head_t wait;		/* requests pending or target gone */
 };
 
@@ -113,6 +112,14 @@ enum stream_park {
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, bool fill,
 				   struct stream_fetch **f);
+/*
+ * Worker: readahead.  Queue a fetch, with nobody waiting, for every block
+ * of [@first, @first + @count) that is absent and not being made present
+ * already.  Returns how many were queued; fewer (maybe none) when
+ * suspended or out of memory, which only costs a later miss.
+ */
+unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
+				    u64 count);
 /* Any context: the data write of a fetch or fill has ended. */
 void stream_fetch_io_done(struct stream_fetch *f);
 /*

@@ -107,6 +107,24 @@ struct stream_c {
 
 	struct stream_snap snap;	/* dm-stream-snap.c */
 
+	/*
+	 * Sequential readahead.  ra_max (blocks, 0: off) is the table's;
+	 * ra_last, ra_start, ra_end and ra_size belong to the worker: the
+	 * block the last read miss was in, where the running sequence of
+	 * windows starts and ends, and the size of the next window.
+	 * ra_mark is the first block of the last window queued (-1: none);
+	 * the first read reaching it (seen in map) takes it and sets ra_hit,
+	 * and the worker queues the next window, so readahead stays a
+	 * window ahead of a sequential reader.
+	 */
+	u32 ra_sectors;			/* table: readahead, sectors */
+	bool ra_set;			/* ... given in the table */
+	u32 ra_max;
+	u32 ra_size;
+	u64 ra_last, ra_start, ra_end;
+	atomic64_t ra_mark;
+	bool ra_hit;			/* map -> worker: READ_ONCE */
+
 	atomic_t parked;		/* bios waiting for a block */
 	atomic64_t nr_fetched;
 	atomic64_t nr_zero;

@@ -48,6 +48,13 @@
  * most 8 MiB per region in use dirty again.
  */
 #define DEFAULT_INTENT_SECTORS	16384
+/*
+ * Default readahead: the largest window queued ahead of a sequential
+ * reader (a miss, then a miss in the next block).  Windows start at a
+ * quarter of it and double.  Fetched blocks are stored, so readahead costs
+ * bandwidth once, and only on a sequential pattern.
+ */
+#define DEFAULT_RA_SECTORS	4096
 
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
@@ -187,6 +194,56 @@ static sector_t present_run(struct stream_c *sc, struct bio *bio,
 	return b == first ? 0 : (b << sc->block_shift) - off;
 }
 
+/*
+ * Worker: queue the next readahead window after ra_end; a read of its
+ * first block queues the one after.
+ */
+static void ra_queue_window(struct stream_c *sc)
+{
+	u64 start = sc->ra_end;
+
+	if (start >= sc->nr_blocks) {
+		atomic64_set(&sc->ra_mark, -1);
+		return;
+	}
+	stream_fetch_readahead(sc, start, sc->ra_size);
+	sc->ra_end = start + sc->ra_size;
+	atomic64_set(&sc->ra_mark, start);
+	sc->ra_size = min(sc->ra_size * 2, sc->ra_max);
+}
+
+/*
+ * Worker: a read missed @block.  A miss right after the previous one
+ * starts a window after it (unless one runs already).
+ */
+static void ra_miss(struct stream_c *sc, u64 block)
+{
+	bool seq = block == sc->ra_last + 1;
+
+	sc->ra_last = block;
+	if (!sc->ra_max || !seq ||
+	    (block >= sc->ra_start && block < sc->ra_end))
+		return;
+	sc->ra_size = max(sc->ra_max / 4, 1U);
+	sc->ra_start = block + 1;
+	sc->ra_end = block + 1;
+	ra_queue_window(sc);
+}
+
+/* Map: a read of sectors [@off, @off + @len) may have reached ra_mark. */
+static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
+{
+	s64 m = atomic64_read(&sc->ra_mark);
+
+	if (likely(m < 0 || (u64)m < (off >> sc->block_shift) ||
+		   (u64)m > ((off + len - 1) >> sc->block_shift)))
+		return;
+	if (atomic64_cmpxchg(&sc->ra_mark, m, -1) != m)
+		return;
+	WRITE_ONCE(sc->ra_hit, true);
+	stream_wake_worker(sc);
+}
+
 static int stream_map(struct dm_target *ti, struct bio *bio)
 {
 	struct stream_c *sc = ti->private;
@@ -217,10 +274,22 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	}
 
 	/*
+	 * Every block present: a read is a bare remap.  (Only a suspended
+	 * device loses present blocks: revert, invalidate.)
+	 */
+	if (bio_op(bio) == REQ_OP_READ &&
+	    dsm_nr_present(sc->md) == sc->nr_blocks) {
+		remap(sc, bio);
+		return DM_MAPIO_REMAPPED;
+	}
+
+	/*
 	 * A run of present blocks goes down whole; otherwise never let a
 	 * bio span two blocks.
 	 */
 	off = dm_target_offset(ti, bio->bi_iter.bi_sector);
+	if (bio_op(bio) == REQ_OP_READ && bio_sectors(bio))
+		ra_check(sc, off, bio_sectors(bio));
 	end = round_down(off, sc->block_sectors) + sc->block_sectors;
 	if (off + bio_sectors(bio) > end) {
 		sector_t len = present_run(sc, bio, off);
@@ -331,6 +400,8 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		submit_bio_noacct(bio);
 		break;
 	case STREAM_PARK_WAITING:
+		if (bio_op(bio) == REQ_OP_READ)
+			ra_miss(sc, block);
 		break;
 	}
 }
@@ -485,6 +556,11 @@ static void do_worker(struct work_struct *ws)
 	while ((bio = bio_list_pop(&bios)))
 		process_parked(sc, bio);
 
+	if (READ_ONCE(sc->ra_hit)) {
+		WRITE_ONCE(sc->ra_hit, false);
+		ra_queue_window(sc);
+	}
+
 	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions) &&
 	    bio_list_empty(&dirty_bios))
 		return;
@@ -593,15 +669,18 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
  *                preserve_mb <MiB>   memory for snapshot copies (64)
  *                intent_region <sectors>  write-intent region (16384):
  *                    a power of two, at least the block size; 0: off
+ *                readahead <sectors>  largest readahead window (4096),
+ *                    rounded down to blocks; 0: off
  */
 static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 			  char **error)
 {
 	static const struct dm_arg _args[] = {
-		{0, 6, "Invalid number of feature arguments"},
+		{0, 8, "Invalid number of feature arguments"},
 		{0, 86400, "Invalid fetch_timeout (0-86400 seconds)"},
 		{1, 65536, "Invalid preserve_mb (1-65536 MiB)"},
 		{0, UINT_MAX, "Invalid intent_region"},
+		{0, 65536, "Invalid readahead (0-65536 sectors)"},
 	};
 	unsigned int argc, v;
 	const char *arg;
@@ -646,6 +725,17 @@ static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 			argc--;
 			sc->intent_sectors = v;
 			sc->intent_set = true;
+		} else if (!strcasecmp(arg, "readahead")) {
+			if (!argc) {
+				*error = "readahead needs a value";
+				return -EINVAL;
+			}
+			r = dm_read_arg(&_args[4], as, &v, error);
+			if (r)
+				return r;
+			argc--;
+			sc->ra_sectors = v;
+			sc->ra_set = true;
 		} else {
 			*error = "Unknown feature argument";
 			return -EINVAL;
@@ -770,6 +860,10 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	r = intent_geometry(sc, &ti->error);
 	if (r)
 		goto out_free;
+	sc->ra_max = (sc->ra_set ? sc->ra_sectors : DEFAULT_RA_SECTORS) >>
+		sc->block_shift;
+	sc->ra_last = U64_MAX - 1;	/* no miss yet: nothing follows it */
+	atomic64_set(&sc->ra_mark, -1);
 
 	r = dm_get_device(ti, argv[0], dm_table_get_mode(ti->table),
 			  &sc->metadata_dev);
@@ -1025,15 +1119,19 @@ static void stream_status(struct dm_target *ti, status_type_t type,
 		DMEMIT("%s %s %u", sc->metadata_dev->name, sc->data_dev->name,
 		       sc->block_sectors);
 		budget = sc->snap.budget != (u64)DEFAULT_PRESERVE_MB << 20;
-		if (sc->fetch_timeout || budget || sc->intent_set)
+		if (sc->fetch_timeout || budget || sc->intent_set ||
+		    sc->ra_set)
 			DMEMIT(" %u", (sc->fetch_timeout ? 2 : 0) +
-			       (budget ? 2 : 0) + (sc->intent_set ? 2 : 0));
+			       (budget ? 2 : 0) + (sc->intent_set ? 2 : 0) +
+			       (sc->ra_set ? 2 : 0));
 		if (sc->fetch_timeout)
 			DMEMIT(" fetch_timeout %u", sc->fetch_timeout);
 		if (budget)
 			DMEMIT(" preserve_mb %llu", sc->snap.budget >> 20);
 		if (sc->intent_set)
 			DMEMIT(" intent_region %u", sc->intent_sectors);
+		if (sc->ra_set)
+			DMEMIT(" readahead %u", sc->ra_sectors);
 		break;
 	case STATUSTYPE_IMA:
 		*result = '\0';
@@ -1437,8 +1535,19 @@ static void stream_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
 	struct stream_c *sc = ti->private;
 
+	u32 bsize = sc->block_sectors << SECTOR_SHIFT;
+
+	/*
+	 * The data device's limits are stacked by dm core.  Ask for whole
+	 * blocks (a partial write to an absent block waits for its fetch),
+	 * unless the stacked io_opt is already a multiple of one.
+	 */
+	if (limits->io_opt < bsize || limits->io_opt % bsize) {
+		limits->io_min = max(limits->io_min, bsize);
+		limits->io_opt = bsize;
+	}
 	if (sc->discard_zeroes)
-		limits->discard_granularity = sc->block_sectors << SECTOR_SHIFT;
+		limits->discard_granularity = bsize;
 }
 
 static struct target_type stream_target = {

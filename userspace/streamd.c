@@ -7,18 +7,23 @@
  * Design: one thread, one poll(2) loop over two descriptors, the target's
  * channel (/dev/dm-stream, see kernel/uapi/dm-stream.h) and the libnbd
  * connection.  Requests read from the kernel become libnbd asynchronous
- * preads, up to --queue-depth in flight; each completion writes the block
+ * preads, up to --queue-depth in flight; each completion writes the blocks
  * back to the kernel in a single write(2) (header then payload, contiguous:
- * the channel takes exactly one reply per write).
+ * the channel takes exactly one reply per write).  A request names a run
+ * of adjacent blocks (at most --max-request bytes, agreed at attach), read
+ * with one pread.
  *
  * Blocks that the server's base:allocation metadata reports as reading as
  * zero are answered with DM_STREAM_REPLY_ZERO and never transferred.  The
  * zero map is built once per connection, by asynchronous block-status
  * requests interleaved with the reads (a short reply moves the cursor by
  * what it covered); a request for a block it does not cover yet waits in
- * the queue until it does (or the map fails), others go on.
+ * the queue until it does (or the map fails), others go on.  The zero
+ * blocks at either end of a request are answered apart, untransferred;
+ * zero blocks between data blocks are read with them.
  *
- * Requests: a pool of --queue-depth requests, each with its block buffer,
+ * Requests: a pool of --queue-depth requests, each with a buffer of
+ * --max-request bytes,
  * is allocated at start-up; the channel is read only for as many requests
  * as the pool has free, so a request taken from the kernel always has
  * somewhere to go and nothing is allocated while serving.  A reply the
@@ -98,7 +103,8 @@
 #define PR_SET_IO_FLUSHER 57
 #endif
 
-#define DEFAULT_DEPTH	64
+#define DEFAULT_DEPTH	32
+#define DEFAULT_MAX_REQUEST	(512 << 10)
 #define MAX_RETRIES	3
 #define BATCH		64
 #define BACKOFF_MIN_MS	100
@@ -128,6 +134,8 @@ struct streamd {
 	const char *uri;
 	const char *stats_path;
 	unsigned int depth;
+	uint64_t max_request;		/* bytes, --max-request */
+	uint32_t max_blocks;		/* per request, agreed at attach */
 	unsigned int io_timeout;	/* s, 0: never */
 	unsigned int connect_timeout;	/* s */
 	bool verbose;
@@ -311,14 +319,37 @@ static int attach(struct streamd *sd)
 	a.image_size = sd->image_size;
 	if (sd->image_id)
 		snprintf(a.image_id, sizeof(a.image_id), "%s", sd->image_id);
+	/*
+	 * Blocks per request: before the first attach the block size is
+	 * not known, so ask as if blocks were 4 KiB (the smallest) and
+	 * attach again below if that gave more than --max-request.
+	 */
+	a.max_blocks = sd->max_blocks ? sd->max_blocks :
+		(uint32_t)(sd->max_request / 4096);
 	if (ioctl(fd, DM_STREAM_IOC_ATTACH, &a) < 0) {
 		r = -errno;
 		if (r == -EMEDIUMTYPE)
 			err("%s: the device refuses image %s (%s%s): see the kernel log",
 			    sd->name, sd->uri, sd->image_id ? "id " : "size",
 			    sd->image_id ? sd->image_id : "");
+		if (r == -EPROTO)
+			err("/dev/%s refuses channel ABI version %d: the dm-stream module and streamd are from different releases",
+			    DM_STREAM_DEVNAME, DM_STREAM_VERSION);
 		close(fd);
 		return r;
+	}
+	if (!sd->max_blocks && a.max_blocks > 1 &&
+	    (uint64_t)a.max_blocks * a.block_size > sd->max_request) {
+		sd->max_blocks = sd->max_request / a.block_size ?
+			(uint32_t)(sd->max_request / a.block_size) : 1;
+		close(fd);
+		return attach(sd);
+	}
+	if (sd->max_blocks && a.max_blocks != sd->max_blocks) {
+		err("%s: the kernel takes %u blocks per request, not %u",
+		    sd->name, a.max_blocks, sd->max_blocks);
+		close(fd);
+		return -EINVAL;
 	}
 	if (sd->block_size && (a.block_size != sd->block_size ||
 			       a.nr_blocks != sd->nr_blocks)) {
@@ -331,9 +362,10 @@ static int attach(struct streamd *sd)
 	sd->fd = fd;
 	sd->block_size = a.block_size;
 	sd->nr_blocks = a.nr_blocks;
-	info("attached to %s: %llu blocks of %u bytes, %llu present",
+	sd->max_blocks = a.max_blocks;
+	info("attached to %s: %llu blocks of %u bytes, %llu present, up to %u blocks a request",
 	     sd->name, (unsigned long long)a.nr_blocks, a.block_size,
-	     (unsigned long long)a.nr_present);
+	     (unsigned long long)a.nr_present, a.max_blocks);
 	/*
 	 * Ready once the device's misses have someone to go to (Type=notify
 	 * units); a no-op without $NOTIFY_SOCKET.  Reattaches only update
@@ -345,11 +377,15 @@ static int attach(struct streamd *sd)
 	return 0;
 }
 
-/* Send one reply; the payload (if any) is already in r->buf. */
-static int reply(struct streamd *sd, struct su_req *r, int error, bool zero)
+/*
+ * Send one reply for @count blocks from @block of request @tag; the
+ * payload (if any) follows the header in @buf.
+ */
+static int reply_to(struct streamd *sd, void *buf, uint64_t tag,
+		    uint64_t block, uint32_t count, int error, bool zero)
 {
-	struct dm_stream_reply *h = (struct dm_stream_reply *)r->buf;
-	size_t len = (error || zero) ? 0 : sd->block_size;
+	struct dm_stream_reply *h = buf;
+	size_t len = (error || zero) ? 0 : (size_t)count * sd->block_size;
 	ssize_t n;
 
 	if (sd->fd < 0)
@@ -360,15 +396,22 @@ static int reply(struct streamd *sd, struct su_req *r, int error, bool zero)
 	h->size = sizeof(*h);
 	h->flags = zero ? DM_STREAM_REPLY_ZERO : 0;
 	h->error = error;
-	h->tag = r->tag;
-	h->block = r->block;
+	h->tag = tag;
+	h->block = block;
+	h->nr_blocks = count;
 	h->len = len;
-	n = write(sd->fd, r->buf, sizeof(*h) + len);
+	n = write(sd->fd, buf, sizeof(*h) + len);
 	if (n < 0)
 		return -errno;
 	if ((size_t)n != sizeof(*h) + len)
 		return -EIO;
 	return 0;
+}
+
+/* Send @r's reply; its payload (if any) is already in r->buf. */
+static int reply(struct streamd *sd, struct su_req *r, int error, bool zero)
+{
+	return reply_to(sd, r->buf, r->tag, r->block, r->count, error, zero);
 }
 
 /*
@@ -381,14 +424,14 @@ static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
 
 	if (!e || e == -ENOENT || e == -ENODEV) {
 		if (e == -ENOENT)
-			info("block %" PRIu64 ": the kernel gave up on it (fetch_timeout)",
-			     r->block);
+			info("block %" PRIu64 "+%u: the kernel gave up on it (fetch_timeout)",
+			     r->block, r->count);
 		su_req_put(&sd->pool, r);
 		return;
 	}
 	if (!r->retries++)
-		err("reply block %" PRIu64 " tag %" PRIu64 ": %s; will retry",
-		    r->block, r->tag, strerror(-e));
+		err("reply block %" PRIu64 "+%u tag %" PRIu64 ": %s; will retry",
+		    r->block, r->count, r->tag, strerror(-e));
 	sd->st.reply_retries++;
 	r->reply_error = error;
 	r->reply_zero = zero;
@@ -410,6 +453,54 @@ static void retry_replies(struct streamd *sd)
 static bool block_is_zero(struct streamd *sd, uint64_t block)
 {
 	return sd->zero_map && (sd->zero_map[block / 8] & (1U << (block % 8)));
+}
+
+/*
+ * Answer the zero blocks at the ends of @r apart, and leave in @r the
+ * blocks to read (first and last not zero).  Returns false when nothing
+ * is left to read (all zero, answered; or the request is gone).  A zero
+ * answer the kernel does not take now stays in @r, read with the rest.
+ */
+static bool trim_zero(struct streamd *sd, struct su_req *r)
+{
+	struct dm_stream_reply h;
+	uint32_t lead = 0, tail = 0;
+	int e;
+
+	while (lead < r->count && block_is_zero(sd, r->block + lead))
+		lead++;
+	if (lead == r->count) {
+		sd->st.zero += r->count;
+		answer(sd, r, 0, true);
+		return false;
+	}
+	while (block_is_zero(sd, r->block + r->count - 1 - tail))
+		tail++;
+	if (lead) {
+		e = reply_to(sd, &h, r->tag, r->block, lead, 0, true);
+		if (e == -ENOENT || e == -ENODEV) {
+			su_req_put(&sd->pool, r);
+			return false;
+		}
+		if (!e) {
+			sd->st.zero += lead;
+			r->block += lead;
+			r->count -= lead;
+		}
+	}
+	if (tail) {
+		e = reply_to(sd, &h, r->tag, r->block + r->count - tail, tail,
+			     0, true);
+		if (e == -ENOENT || e == -ENODEV) {
+			su_req_put(&sd->pool, r);
+			return false;
+		}
+		if (!e) {
+			sd->st.zero += tail;
+			r->count -= tail;
+		}
+	}
+	return true;
 }
 
 /* Take as many requests as the pool has room for. */
@@ -434,23 +525,21 @@ static int read_requests(struct streamd *sd)
 		if (q->magic != DM_STREAM_MAGIC ||
 		    q->version != DM_STREAM_VERSION ||
 		    q->size != sizeof(*q) || q->type != DM_STREAM_REQ_FETCH ||
-		    q->block >= sd->nr_blocks) {
-			err("malformed request from kernel (magic %x version %u type %u block %llu)",
+		    q->block >= sd->nr_blocks || !q->nr_blocks ||
+		    q->nr_blocks > sd->max_blocks ||
+		    q->nr_blocks > sd->nr_blocks - q->block) {
+			err("malformed request from kernel (magic %x version %u type %u block %llu+%u)",
 			    q->magic, q->version, q->type,
-			    (unsigned long long)q->block);
+			    (unsigned long long)q->block, q->nr_blocks);
 			continue;
 		}
 		r = su_req_get(&sd->pool);	/* cannot fail: want <= nr_free */
 		r->tag = q->tag;
 		r->block = q->block;
+		r->count = q->nr_blocks;
 		sd->st.requests++;
-		dbg(sd, "request block %" PRIu64 " tag %" PRIu64, r->block,
-		    r->tag);
-		if (block_is_zero(sd, r->block)) {
-			sd->st.zero++;
-			answer(sd, r, 0, true);
-			continue;
-		}
+		dbg(sd, "request block %" PRIu64 "+%u tag %" PRIu64, r->block,
+		    r->count, r->tag);
 		su_reqq_push(&sd->queue, r);
 	}
 	return 0;
@@ -794,29 +883,27 @@ static void issue(struct streamd *sd)
 		 * the requests behind it go on.
 		 */
 		if (!sd->zmap_done &&
-		    r->block * (uint64_t)sd->block_size >= sd->zmap_off) {
+		    (r->block + r->count) * (uint64_t)sd->block_size >
+		    sd->zmap_off) {
 			su_reqq_push(&held, r);
 			continue;
 		}
-		if (block_is_zero(sd, r->block)) {
-			sd->st.zero++;
-			answer(sd, r, 0, true);
+		if (!trim_zero(sd, r))
 			continue;
-		}
 		r->done = false;
 		r->error = 0;
 		r->conn_gen = sd->conn_gen;
 		c = nbd_aio_pread(sd->nbd,
 				  r->buf + sizeof(struct dm_stream_reply),
-				  sd->block_size,
+				  (size_t)r->count * sd->block_size,
 				  r->block * (uint64_t)sd->block_size,
 				  (nbd_completion_callback) {
 					.callback = pread_done,
 					.user_data = r },
 				  0);
 		if (c == -1) {
-			err("pread block %" PRIu64 ": %s", r->block,
-			    nbd_get_error());
+			err("pread block %" PRIu64 "+%u: %s", r->block,
+			    r->count, nbd_get_error());
 			/* Back to the front; the connection is checked next. */
 			su_reqq_push_front(&sd->queue, r);
 			sd->conn_lost = true;
@@ -876,26 +963,27 @@ static void reap(struct streamd *sd)
 			continue;
 		}
 		if (!r->error) {
-			sd->st.fetched++;
-			sd->st.bytes += sd->block_size;
+			sd->st.fetched += r->count;
+			sd->st.bytes += (uint64_t)r->count * sd->block_size;
 			/* The server works: the next reconnect starts fast. */
 			sd->backoff_ms = 0;
 			r->retries = 0;
 			answer(sd, r, 0, false);
 		} else if (is_connection_error(r->error)) {
 			/* Not the block's fault: reconnect and reissue. */
-			dbg(sd, "block %" PRIu64 ": %s; will reissue",
-			    r->block, strerror(r->error));
+			dbg(sd, "block %" PRIu64 "+%u: %s; will reissue",
+			    r->block, r->count, strerror(r->error));
 			sd->conn_lost = true;
 			su_reqq_push(&sd->queue, r);
 		} else if (++r->retries > MAX_RETRIES) {
 			sd->st.read_errors++;
-			err("read block %" PRIu64 ": %s; reporting EIO",
-			    r->block, strerror(r->error));
+			err("read block %" PRIu64 "+%u: %s; reporting EIO",
+			    r->block, r->count, strerror(r->error));
 			r->retries = 0;
 			answer(sd, r, -EIO, false);
 		} else {
-			dbg(sd, "retry block %" PRIu64, r->block);
+			dbg(sd, "retry block %" PRIu64 "+%u", r->block,
+			    r->count);
 			su_reqq_push(&sd->queue, r);
 		}
 	}
@@ -927,12 +1015,13 @@ static int try_attach(struct streamd *sd, bool *warned)
 	if (!r) {
 		*warned = false;
 		if (!sd->pool.reqs) {
+			size_t len = (size_t)sd->max_blocks * sd->block_size;
+
 			r = su_reqpool_init(&sd->pool, sd->depth,
-					    sizeof(struct dm_stream_reply) +
-					    sd->block_size);
+					    sizeof(struct dm_stream_reply) + len);
 			if (r) {
-				err("no memory for %u requests of %u bytes",
-				    sd->depth, sd->block_size);
+				err("no memory for %u requests of %zu bytes",
+				    sd->depth, len);
 				return r;
 			}
 		}
@@ -1381,6 +1470,9 @@ static void usage(FILE *f)
 "Fetch absent blocks of a dm-stream device from an NBD server.\n"
 "\n"
 "  -q, --queue-depth N   reads in flight to the server (default %d)\n"
+"  -m, --max-request B   the most bytes one read asks for (K, M suffixes;\n"
+"                        default 512K; at least one block, at most 1M or\n"
+"                        one block); each of the N reads has a buffer of B\n"
 "  -t, --io-timeout S    reconnect when reads are outstanding and none\n"
 "                        completed for S seconds (default %d, 0: never)\n"
 "  -c, --connect-timeout S\n"
@@ -1424,6 +1516,7 @@ int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "queue-depth", required_argument, NULL, 'q' },
+		{ "max-request", required_argument, NULL, 'm' },
 		{ "io-timeout", required_argument, NULL, 't' },
 		{ "connect-timeout", required_argument, NULL, 'c' },
 		{ "fill", no_argument, NULL, 'f' },
@@ -1444,6 +1537,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	struct streamd sd = { .depth = DEFAULT_DEPTH,
+			      .max_request = DEFAULT_MAX_REQUEST,
 			      .io_timeout = DEFAULT_IO_TIMEOUT,
 			      .connect_timeout = DEFAULT_CONNECT_TIMEOUT };
 	struct filler fl = { 0 };
@@ -1454,13 +1548,22 @@ int main(int argc, char **argv)
 	struct timespec seed;
 	int c, r;
 
-	while ((c = getopt_long(argc, argv, "q:t:c:fr:xui:s:dp:RvhV", opts,
+	while ((c = getopt_long(argc, argv, "q:m:t:c:fr:xui:s:dp:RvhV", opts,
 				NULL)) != -1) {
 		switch (c) {
 		case 'q':
 			if (su_parse_uint(optarg, 4096, &sd.depth) ||
 			    !sd.depth) {
 				err("invalid queue depth '%s' (1-4096)",
+				    optarg);
+				return 2;
+			}
+			break;
+		case 'm':
+			if (su_parse_size(optarg, &sd.max_request) ||
+			    sd.max_request < 4096 ||
+			    sd.max_request > (64U << 20)) {
+				err("invalid max request '%s' (4K-64M)",
 				    optarg);
 				return 2;
 			}

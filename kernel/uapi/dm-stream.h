@@ -46,6 +46,11 @@
  *   2: dm_stream_attach carries the image's size and identity, checked
  *      against the device (-EMEDIUMTYPE); structures may grow; reserved
  *      fields must be zero.
+ *   3: ranges.  A request names a run of adjacent blocks (nr_blocks), and
+ *      a reply answers any sub-range of one request; the helper says at
+ *      attach how many blocks it takes in one request (max_blocks).  The
+ *      request and reply structures grew by 8 bytes.  A version 2 helper
+ *      is refused at attach (-EPROTO, and a line in the kernel log).
  */
 #ifndef _UAPI_DM_STREAM_H
 #define _UAPI_DM_STREAM_H
@@ -54,7 +59,7 @@
 #include <linux/ioctl.h>
 
 #define DM_STREAM_MAGIC		0x4d525453	/* "STRM" */
-#define DM_STREAM_VERSION	2
+#define DM_STREAM_VERSION	3
 #define DM_STREAM_DEVNAME	"dm-stream"
 
 #define DM_STREAM_NAME_LEN	128	/* DM_NAME_LEN */
@@ -72,7 +77,11 @@
  *      image_id: the image's identity if the helper knows it (streamd
  *      --image-id), else empty; when the device has recorded one (the
  *      last image update's), they MUST be equal (-EMEDIUMTYPE).
- * out: block_size (bytes), nr_blocks, nr_present.
+ *      max_blocks (version 3): the most blocks the helper takes in one
+ *      request, 0 meaning 1.
+ * out: block_size (bytes), nr_blocks, nr_present; max_blocks: the most
+ *      blocks a request will name (the helper's, capped by the kernel's
+ *      largest reply payload, 1 MiB or one block if larger).
  */
 struct dm_stream_attach {
 	__u32 magic;
@@ -88,6 +97,9 @@ struct dm_stream_attach {
 	/* version 2 */
 	__u64 image_size;
 	char image_id[DM_STREAM_IMAGE_ID_LEN];
+	/* version 3 */
+	__u32 max_blocks;
+	__u32 reserved3;
 };
 
 #define DM_STREAM_IOC_ATTACH	_IOWR('S', 0x01, struct dm_stream_attach)
@@ -121,11 +133,15 @@ struct dm_stream_snap_read {
 #define DM_STREAM_IOC_SNAP_READ	_IOW('S', 0x02, struct dm_stream_snap_read)
 
 /* dm_stream_request.type */
-#define DM_STREAM_REQ_FETCH	1	/* fetch one whole block */
+#define DM_STREAM_REQ_FETCH	1	/* fetch a run of whole blocks */
 
 /*
- * Kernel -> helper.  FETCH: send block @block (byte offset
- * block * block_size, block_size bytes) back with tag @tag.
+ * Kernel -> helper.  FETCH: send blocks @block .. @block + @nr_blocks - 1
+ * (byte offset block * block_size, nr_blocks * block_size bytes) back
+ * with tag @tag.  nr_blocks is at least 1 and at most the max_blocks
+ * agreed at attach.  The blocks are adjacent absent blocks that I/O (or
+ * the target's readahead) asked for; the helper SHOULD read them with one
+ * request to its server.
  */
 struct dm_stream_request {
 	__u32 magic;
@@ -135,17 +151,26 @@ struct dm_stream_request {
 	__u32 flags;		/* none defined, 0 */
 	__u64 tag;
 	__u64 block;
+	/* version 3 */
+	__u32 nr_blocks;
+	__u32 reserved;		/* 0 */
 };
 
 /* dm_stream_reply.flags */
-#define DM_STREAM_REPLY_ZERO	(1U << 0)	/* block reads as zeroes, no payload */
+#define DM_STREAM_REPLY_ZERO	(1U << 0)	/* blocks read as zeroes, no payload */
 
 /*
- * Helper -> kernel.  Followed in the same write by @len payload bytes:
- * block_size bytes when error == 0 and ZERO is clear, otherwise none.
- * error is 0 or a negative errno; an error fails the I/O waiting for this
- * block with -EIO (the helper retries transient failures itself and only
- * reports what it cannot recover from).
+ * Helper -> kernel.  Answers @nr_blocks blocks from @block, all of them
+ * named by one request (@tag): the whole request, or any sub-range of it,
+ * so that a helper can answer a run of zero blocks apart from the data
+ * around it.  Every block of a request MUST be answered exactly once; a
+ * reply naming a block that is not outstanding under @tag for this file
+ * is refused whole (-ENOENT) and changes nothing.
+ * Followed in the same write by @len payload bytes: nr_blocks * block_size
+ * bytes when error == 0 and ZERO is clear, otherwise none.  error is 0 or
+ * a negative errno; an error fails the I/O waiting for these blocks with
+ * -EIO (the helper retries transient failures itself and only reports what
+ * it cannot recover from).
  */
 struct dm_stream_reply {
 	__u32 magic;
@@ -156,6 +181,9 @@ struct dm_stream_reply {
 	__u64 tag;
 	__u64 block;
 	__u64 len;
+	/* version 3 */
+	__u32 nr_blocks;	/* at least 1 */
+	__u32 reserved;		/* 0 */
 };
 
 #endif /* _UAPI_DM_STREAM_H */

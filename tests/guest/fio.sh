@@ -61,10 +61,16 @@ fio_verify() {
 write_a() { fio_write $FIO_A_OFF $FIO_A_SIZE $FIO_A_IO 7 "$@"; }
 verify_a() { fio_verify $FIO_A_OFF $FIO_A_SIZE $FIO_A_IO 7; }
 
-# Blocks 0-63 present before fio starts.
+# Blocks 0-63 present before fio starts (and the target's readahead
+# window after them), the rest absent.
 read_some() {
 	dd if=$DEV of=/dev/null bs=$BB count=64 iflag=direct 2>/dev/null
-	expect_eq "present before fio" 64 "$(present)"
+	_p=$(present)
+	say "present before fio: $_p"
+	if [ "$_p" -lt 64 ] || [ "$_p" -gt $((64 + 64)) ]; then
+		echo "# present before fio: $_p, want 64-128"
+		return 1
+	fi
 }
 
 # Blocks 256.. (outside region A) equal the image.

@@ -6,8 +6,14 @@ t_read_whole() {
 	stream_up
 	expect_eq "device checksum" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 	expect_eq "present" "$NBLOCKS" "$(present)"
-	# Every block fetched exactly once, no duplicate fetches.
-	expect_eq "helper requests" "$NBLOCKS" "$(helper_stat requests)"
+	# Every block fetched exactly once, no duplicate fetches; the zero
+	# region answered without a transfer; requests carry ranges.
+	expect_eq "blocks fetched + zero" "$NBLOCKS" \
+		"$(( $(helper_stat fetched) + $(helper_stat zero) ))"
+	expect_eq "bytes" $(( $(helper_stat fetched) * BB )) "$(helper_stat bytes)"
+	_rq=$(helper_stat requests)
+	say "$NBLOCKS blocks in $_rq requests"
+	[ "$_rq" -lt $((NBLOCKS / 2)) ] || { echo "# ranges not merged"; return 1; }
 	expect_eq "errors" 0 "$(st 9)"
 }
 
@@ -42,7 +48,8 @@ t_concurrent_random() {
 	stream_up
 	stream-io verify $DEV $IMG 8 300 262144 42
 	# Concurrent misses on one block wait behind a single fetch.
-	expect_eq "no duplicate fetches" "$(present)" "$(helper_stat requests)"
+	expect_eq "no duplicate fetches" "$(present)" \
+		"$(( $(helper_stat fetched) + $(helper_stat zero) ))"
 }
 
 t_whole_block_write_no_fetch() {
@@ -128,7 +135,8 @@ disrupt_mid_stream() {
 		file file=$SRC logfile=/tmp/nbd.log rdelay=20ms
 	wait_for 10 test -S $SOCK
 	create
-	helper_start -q 16
+	# one block a request: 512 server reads of 20 ms, 10 s in all
+	helper_start -q 16 -m $BB
 	md5=$(dev_sum $IMG)
 	(dev_sum $DEV >/tmp/sum) &
 	reader=$!
@@ -151,7 +159,7 @@ kill_helper() {
 	wait_for 10 test -f /tmp/streamd.rc
 }
 
-restart_helper() { helper_start -q 16; }
+restart_helper() { helper_start -q 16 -m $BB; }
 
 restart_server() { server_start nbdkit; }
 
@@ -234,7 +242,8 @@ t_write_intent_recovery() {
 	fresh
 	server_start nbdkit
 	dmsetup create m --table "0 $(blockdev --getsz $META) linear $META 0"
-	_tbl="0 $SZ stream /dev/mapper/m $DATA $BS 2 intent_region $((BS * 8))"
+	# readahead off: exactly the 32 blocks read below are present
+	_tbl="0 $SZ stream /dev/mapper/m $DATA $BS 4 intent_region $((BS * 8)) readahead 0"
 	dmsetup create s --table "$_tbl"
 	helper_start
 	dd if=$DEV of=/dev/null bs=$BB count=32 iflag=direct 2>/dev/null
@@ -308,10 +317,10 @@ t_status_table() {
 	expect_eq "status (fill, image, consumers)" \
 		"off 0 - 0:0:0 0:0:0 0:0:0 0:0:0 0" "$*"
 	dmsetup remove s
-	create 2 intent_region 0
+	create 4 intent_region 0 readahead 256
 	# shellcheck disable=SC2046 # split the table into words
 	set -- $(dmsetup table s)
-	expect_eq "table, write intent off" "$BS 2 intent_region 0" "$6 $7 $8 $9"
+	expect_eq "table, write intent off" "$BS 4 intent_region 0 readahead 256" "$6 $7 $8 $9 ${10} ${11}"
 }
 
 is_mode() { [ "$(st 6)" = "$1" ]; }
@@ -373,6 +382,69 @@ t_mode_fail() {
 	fi
 	dmsetup remove s
 	dmsetup remove d
+}
+
+# Adjacent misses travel as one request and one server read (at most
+# streamd's --max-request, 512 KiB by default); the zero blocks at a
+# request's end are answered apart, untransferred.  A sequential reader
+# gets readahead ahead of it, random reads do not, readahead 0 turns it
+# off.  The data is the image's throughout.
+t_range_readahead() {
+	fresh
+	server_start nbdkit
+	create 2 readahead 0
+	helper_start
+	# With the helper stopped, misses queue up; then it takes them.
+	# 8 data blocks, then 8 zero blocks (the zero region starts at 128).
+	parked_read $((120 * BB)) $((16 * BB)) 16
+	expect_eq "present" 16 "$(present)"
+	expect_eq "requests" 2 "$(helper_stat requests)"
+	expect_eq "server reads" 1 "$(server_requests)"
+	expect_eq "server read at block 120" 1 "$(server_reads_at $((120 * BB)))"
+	expect_eq "zero" 8 "$(helper_stat zero)"
+	expect_eq "bytes" $((8 * BB)) "$(helper_stat bytes)"
+	# 4 zero blocks, then 4 data blocks: the data alone is read
+	parked_read $((188 * BB)) $((8 * BB)) 8
+	expect_eq "server read at block 192" 1 "$(server_reads_at $((192 * BB)))"
+	expect_eq "server reads" 2 "$(server_requests)"
+	expect_eq "zero" 12 "$(helper_stat zero)"
+	# readahead 0: 8 one-block sequential reads fetch 8 blocks
+	dd if=$DEV of=/dev/null bs=$BB skip=300 count=8 iflag=direct 2>/dev/null
+	expect_eq "present, readahead off" 32 "$(present)"
+	dmsetup table s | grep -q " 2 readahead 0$" ||
+		{ echo "# table: $(dmsetup table s)"; return 1; }
+	helper_stop
+	dmsetup remove s
+	create
+	helper_start
+	# random single-block reads: no readahead
+	for b in 400 20 350 260 5; do
+		stream-io pread $DEV $((b * BB)) 4096
+	done
+	expect_eq "present, random reads" 37 "$(present)"
+	# Sequential: windows of 8, then 16 blocks (readahead 4096 sectors,
+	# 32 blocks) run ahead: reads of 200..207 leave 200..225 present.
+	dd if=$DEV of=/dev/null bs=$BB skip=200 count=8 iflag=direct 2>/dev/null
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -ge 63 ]" ||
+		{ echo "# present $(present), want 63"; return 1; }
+	expect_eq "block 225" "$(blk_sum $IMG 225)" "$(blk_sum $DEV 225)"
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+	expect_eq "errors" 0 "$(st 9)"
+}
+
+# Read requests the server saw (server_reads counts their replies too).
+server_requests() { grep -c "Read id=[0-9]* offset=" /tmp/nbd.log || true; }
+
+# parked_read <offset> <length> <blocks>: one read of <blocks> absent
+# blocks, parked whole while streamd is stopped, then served.
+parked_read() {
+	kill -STOP "$(cat /tmp/streamd.pid)"
+	stream-io pread $DEV "$1" "$2" &
+	_pr=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge $3 ]" ||
+		echo "# parked: $(st 4), want $3"
+	kill -CONT "$(cat /tmp/streamd.pid)"
+	wait $_pr
 }
 
 # A confused or hostile helper (tests/tools/stream-chan.c) gets an error
@@ -491,7 +563,7 @@ bad_tables() {
 	expect_refused table_no_data "Cannot open data device" \
 		"$tbl $META /dev/nonexistent $BS"
 	expect_refused table_feature_count "Invalid number of feature arguments" \
-		"$tbl $META $DATA $BS 7 a b c d e f g"
+		"$tbl $META $DATA $BS 9 a b c d e f g h i"
 	expect_refused table_preserve_missing "preserve_mb needs a value" \
 		"$tbl $META $DATA $BS 1 preserve_mb"
 	expect_refused table_preserve_range "Invalid preserve_mb" \
@@ -504,6 +576,10 @@ bad_tables() {
 		"$tbl $META $DATA $BS 2 fetch_timeout 99999"
 	expect_refused table_too_many "Too many arguments" \
 		"$tbl $META $DATA $BS 2 fetch_timeout 5 extra"
+	expect_refused table_readahead_missing "readahead needs a value" \
+		"$tbl $META $DATA $BS 1 readahead"
+	expect_refused table_readahead_range "Invalid readahead" \
+		"$tbl $META $DATA $BS 2 readahead 70000"
 	expect_refused table_intent_missing "intent_region needs a value" \
 		"$tbl $META $DATA $BS 1 intent_region"
 	for r in 1000 $((BS / 2)) abc -8; do
@@ -616,6 +692,7 @@ run read_before_helper t_read_before_helper
 run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
+run range_readahead t_range_readahead
 run revert t_revert
 run revert_interrupted t_revert_interrupted
 run torn_superblock t_torn_superblock

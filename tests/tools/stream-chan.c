@@ -46,6 +46,7 @@ static void init_attach(struct dm_stream_attach *a, const char *name)
 	a->magic = DM_STREAM_MAGIC;
 	a->version = DM_STREAM_VERSION;
 	a->size = sizeof(*a);
+	a->max_blocks = 4;
 	snprintf(a->id, sizeof(a->id), "%s", name);
 }
 
@@ -72,6 +73,7 @@ int main(int argc, char **argv)
 	char *data;
 	int fd, fd2, img;
 	size_t bs;
+	unsigned int maxb;
 	pid_t pid;
 	int st;
 
@@ -119,6 +121,12 @@ int main(int argc, char **argv)
 	a.version = 99;
 	expect("attach with unknown version", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
 	init_attach(&a, argv[1]);
+	a.version = DM_STREAM_VERSION - 1;
+	expect("attach with the previous ABI version", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
+	init_attach(&a, argv[1]);
+	a.reserved3 = 1;
+	expect("attach with reserved3 set", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EINVAL);
+	init_attach(&a, argv[1]);
 	a.size = 16;
 	expect("attach with a size below version 1's", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EPROTO);
 	{
@@ -148,6 +156,12 @@ int main(int argc, char **argv)
 	init_attach(&a, argv[1]);
 	expect("attach", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), 0);
 	bs = a.block_size;
+	maxb = a.max_blocks;
+	if (a.max_blocks != 4 && a.max_blocks != (1u << 20) / bs) {
+		printf("FAIL: attach agreed on %u blocks a request, asked 4\n",
+		       a.max_blocks);
+		failures++;
+	}
 	expect("attach twice on one file", ioctl(fd, DM_STREAM_IOC_ATTACH, &a), EISCONN);
 	fd2 = open("/dev/" DM_STREAM_DEVNAME, O_RDWR);
 	init_attach(&a, argv[1]);
@@ -162,9 +176,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	expect("read request", read(fd, &req, sizeof(req)) == sizeof(req) ? 0 : -1, 0);
-	if (req.block != strtoull(argv[3], NULL, 0)) {
-		printf("FAIL: request for block %llu, expected %s\n",
-		       (unsigned long long)req.block, argv[3]);
+	if (req.block != strtoull(argv[3], NULL, 0) || req.nr_blocks != 1 ||
+	    req.reserved) {
+		printf("FAIL: request for block %llu+%u, expected %s+1\n",
+		       (unsigned long long)req.block, req.nr_blocks, argv[3]);
 		return 1;
 	}
 
@@ -180,6 +195,7 @@ int main(int argc, char **argv)
 	good.size = sizeof(good);
 	good.tag = req.tag;
 	good.block = req.block;
+	good.nr_blocks = 1;
 	good.len = bs;
 
 	h = good;
@@ -197,6 +213,32 @@ int main(int argc, char **argv)
 	h = good;
 	h.block = ~0ULL;
 	expect("reply beyond the device", send_reply(fd, &h, data, bs), ENOENT);
+	h = good;
+	h.nr_blocks = 0;
+	expect("reply for no block", send_reply(fd, &h, data, bs), EINVAL);
+	h = good;
+	h.reserved = 1;
+	expect("reply with reserved set", send_reply(fd, &h, data, bs), EINVAL);
+	{
+		/* Two blocks: the request's and one never asked for. */
+		char *two = calloc(2, bs);
+
+		h = good;
+		h.nr_blocks = 2;
+		h.len = 2 * bs;
+		expect("reply past the request", send_reply(fd, &h, two, 2 * bs), ENOENT);
+		h.block = good.block ? good.block - 1 : 0;
+		expect("reply before the request", good.block ? send_reply(fd, &h, two, 2 * bs) : (errno = ENOENT, -1), ENOENT);
+		h = good;
+		h.nr_blocks = maxb + 1;
+		h.len = 0;
+		h.flags = DM_STREAM_REPLY_ZERO;
+		expect("reply over max_blocks", send_reply(fd, &h, NULL, 0), EINVAL);
+		h = good;
+		h.nr_blocks = 2;
+		expect("reply whose len is not nr_blocks blocks", send_reply(fd, &h, data, bs), EINVAL);
+		free(two);
+	}
 	h = good;
 	h.len = bs / 2;
 	expect("reply with a short payload", send_reply(fd, &h, data, bs / 2), EINVAL);

@@ -15,6 +15,9 @@
  *   stream-io nbdrand <uri> <block bytes> <count> <seed>
  *       the same random reads (same seed, same offsets) straight from an
  *       NBD server through libnbd: the physical limit for cold reads.
+ *   stream-io pread <dev> <offset> <length>
+ *       one O_DIRECT read of <length> bytes at byte <offset>: one bio
+ *       over several blocks, at any aligned offset.
  *   stream-io now
  *       CLOCK_MONOTONIC in microseconds, for the benchmark's timings
  *       (/proc/uptime counts 10 ms, too coarse for runs of 100 ms).
@@ -187,6 +190,26 @@ static int cmd_tail(char **argv)
 	return 0;
 }
 
+static int cmd_pread(char **argv)
+{
+	int fd = open(argv[0], O_RDONLY | O_DIRECT);
+	uint64_t off = strtoull(argv[1], NULL, 0);
+	size_t len = strtoull(argv[2], NULL, 0);
+	void *buf;
+
+	if (fd < 0 || !len || posix_memalign(&buf, 4096, len)) {
+		perror(argv[0]);
+		return 2;
+	}
+	if (pread(fd, buf, len, off) != (ssize_t)len) {
+		perror("pread");
+		return 1;
+	}
+	free(buf);
+	close(fd);
+	return 0;
+}
+
 static int cmd_nbdrand(char **argv)
 {
 	struct nbd_handle *h = nbd_create();
@@ -238,6 +261,8 @@ int main(int argc, char **argv)
 		return cmd_rand(argv + 2);
 	if (argc == 5 && !strcmp(argv[1], "tail"))
 		return cmd_tail(argv + 2);
+	if (argc == 5 && !strcmp(argv[1], "pread"))
+		return cmd_pread(argv + 2);
 	fprintf(stderr, "usage: see the comment at the top of stream-io.c\n");
 	return 2;
 }

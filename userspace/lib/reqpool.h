@@ -15,6 +15,7 @@ struct su_req {
 	struct su_req *next;		/* free list, a queue or a list */
 	uint64_t tag;
 	uint64_t block;
+	uint32_t count;			/* blocks from @block */
 	unsigned int retries;
 	uint64_t conn_gen;		/* connection it was issued on */
 	bool done;			/* completion seen */
