@@ -414,15 +414,28 @@ struct drain {
 
 static int snap_read(struct drain *d, uint64_t block)
 {
+	int i;
+
 	d->rd.block = block;
 	if (ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd) == 0)
 		return 0;
 	if (errno != ENODATA)
 		return -errno;
-	/* Absent: its content is the image's; reading it fetches it. */
-	if (pread(d->devfd, d->buf, d->bs, (off_t)block * d->bs) != d->bs)
-		return errno ? -errno : -EIO;
-	return ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd) ? -errno : 0;
+	/*
+	 * Absent: its content is the image's; reading it fetches it.  A
+	 * read served from the helper's reply can complete a moment before
+	 * the block is marked present; a second read waits for that (it
+	 * parks behind the block's fetch until then).
+	 */
+	for (i = 0; i < 2; i++) {
+		if (pread(d->devfd, d->buf, d->bs, (off_t)block * d->bs) != d->bs)
+			return errno ? -errno : -EIO;
+		if (!ioctl(d->chan, DM_STREAM_IOC_SNAP_READ, &d->rd))
+			return 0;
+		if (errno != ENODATA)
+			return -errno;
+	}
+	return -ENODATA;
 }
 
 /*

@@ -113,7 +113,9 @@ struct dm_stream_attach {
  * or lost by a reload), -ENOENT the block is not in the snapshot or no
  * such device, -ENODATA the block is absent (its content is the image's:
  * read it through the device, which fetches it, and retry), -ERANGE block
- * beyond the device, -EINVAL bad consumer or length, -EIO.
+ * beyond the device, -EINVAL bad consumer or length, -EIO.  A read served
+ * from the helper's reply can complete just before its block is marked
+ * present: after -ENODATA again, read again (that read waits for it).
  */
 struct dm_stream_snap_read {
 	__u32 magic;

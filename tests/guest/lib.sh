@@ -40,7 +40,19 @@ prepare_image() {
 # errors generation -> st <n> (1-based after the target name)
 st() { dmsetup status s | awk -v n="$1" '{print $(3 + n)}'; }
 
-present() { st 2 | cut -d/ -f1; }
+# Present blocks, once the count holds still for 50 ms: a read served
+# from the helper's reply completes a moment before its block is marked
+# present, and readahead lands in the background.
+present() {
+	_p=$(st 2 | cut -d/ -f1) _i=0
+	while [ $_i -lt 100 ]; do
+		sleep 0.05
+		_q=$(st 2 | cut -d/ -f1)
+		[ "$_q" = "$_p" ] && break
+		_p=$_q _i=$((_i + 1))
+	done
+	echo "$_p"
+}
 
 wait_for() {	# wait_for <seconds> <command...>
 	_t=$(($1 * 10))

@@ -121,10 +121,10 @@ t_module_reload() {
 	expect_eq "dirty" 2 "$(st 3)"
 }
 
-# Start a slow whole-device read (1 MiB reads: 16 misses at a time, up to
-# 16 fetches in flight in streamd, served one at a time, 20 ms each: ~10
-# s), call $1 two seconds in, with 16 fetches in flight, call $2 two
-# seconds later, and check that the read completes with the image's data
+# Start a slow whole-device read (1 MiB reads plus readahead, up to 16
+# one-block requests in flight in streamd, served one at a time, 20 ms
+# each: ~10 s), call $1 once 32 blocks are present, call $2 two seconds
+# later, and check that the read completes with the image's data
 # and no I/O error.  nbdkit -t 1: with several threads, Debian's nbdkit
 # 1.32 can die of an assertion (raw_send_socket: sock >= 0) when a client
 # is killed with reads in flight.
@@ -140,9 +140,10 @@ disrupt_mid_stream() {
 	md5=$(dev_sum $IMG)
 	(dev_sum $DEV >/tmp/sum) &
 	reader=$!
-	sleep 2
-	# the disruption hits 16 requests in flight
-	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 16 ]"
+	# The disruption hits the stream mid-way, reads and readahead in
+	# flight: after 32 blocks of 512, at 50 a second.
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -ge 32 ]"
+	say "parked $(st 4)"
 	"$1"
 	say "$1 with $(present) blocks present"
 	[ "$(present)" -lt "$NBLOCKS" ]
