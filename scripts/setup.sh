@@ -24,7 +24,7 @@ linux-headers-amd64 linux-headers-6.12-amd64 e2fsprogs fdisk lvm2 procps
 shellcheck util-linux fio libcmocka-dev libjson-c-dev jq clang
 libclang-rt-dev cppcheck iproute2 openssl libsystemd-dev
 debhelper dh-dkms lintian fakeroot dpkg-dev mmdebstrap socat ipxe-qemu
-seabios"
+seabios nbd-client"
 
 missing=""
 for p in $PKGS; do

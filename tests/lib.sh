@@ -146,17 +146,81 @@ copy_lib() {
 	done
 }
 
+# dm-clone for the benchmark's comparison (STREAM_BENCH_CLONE=1), built
+# for stock kernel $1 out of tree: Debian does not build it
+# (CONFIG_DM_CLONE is off), so its sources and the private headers they
+# include are taken from Debian's linux-source-6.12 tarball into $WORK,
+# never into the tree, and built against the headers build_module uses.
+# It needs dm-persistent-data and dm-bufio, which Debian builds as
+# modules.  Cached by source package version and kernel version; prints
+# the path of dm-clone.ko.
+build_dm_clone() {
+	local tag=$1 kver kdir pv tarball="" t dir out
+	[ "$tag" != debug ] ||
+		die "dm-clone is built for the stock kernels only (the debug kernel has no dm-persistent-data)"
+	kver=$(kernel_kver "$tag")
+	kdir=$(kernel_kdir "$tag")
+	pv=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null) ||
+		die "linux-source-6.12 missing (run scripts/setup.sh)"
+	out=$CACHE/dm-clone/$pv-$kver
+	if [ -e "$out/dm-clone.ko" ]; then
+		echo "$out/dm-clone.ko"
+		return 0
+	fi
+	for t in /usr/src/linux-source-6.12.tar.*; do
+		[ -e "$t" ] && tarball=$t
+	done
+	[ -n "$tarball" ] || die "linux-source-6.12 missing (run scripts/setup.sh)"
+	dir=$WORK/dm-clone-$tag
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	# dm-clone-target.c includes dm.h (and dm.h dm-stats.h); the
+	# metadata code includes persistent-data's headers.
+	tar -xf "$tarball" -C "$dir" --strip-components=3 --wildcards \
+		--no-wildcards-match-slash \
+		linux-source-6.12/drivers/md/dm-clone-target.c \
+		linux-source-6.12/drivers/md/dm-clone-metadata.c \
+		linux-source-6.12/drivers/md/dm-clone-metadata.h \
+		linux-source-6.12/drivers/md/dm.h \
+		linux-source-6.12/drivers/md/dm-stats.h \
+		'linux-source-6.12/drivers/md/persistent-data/*.h' ||
+		die "extracting dm-clone from $tarball failed"
+	printf '%s\n' "obj-m := dm-clone.o" \
+		"dm-clone-y := dm-clone-target.o dm-clone-metadata.o" >"$dir/Kbuild"
+	make -s -C "$kdir" M="$dir" modules >"$dir/build.log" 2>&1 ||
+		{ cat "$dir/build.log" >&2; die "dm-clone build for $tag failed"; }
+	if grep -E "warning:|error:" "$dir/build.log" >&2; then
+		die "dm-clone build for $tag has warnings"
+	fi
+	mkdir -p "$out"
+	# Without its debug information: 100 KiB in the initramfs, not 900.
+	strip --strip-debug -o "$out/dm-clone.ko.tmp" "$dir/dm-clone.ko"
+	mv "$out/dm-clone.ko.tmp" "$out/dm-clone.ko"
+	echo "$out/dm-clone.ko"
+}
+
 # Modules the guest loads, in order, for a stock kernel.  crc32c_generic
 # first: busybox ignores the soft dependency libcrc32c has on it.
 # dm-log-writes records the replay suite's workload (built into the debug
 # kernel).
 GUEST_MODULES="crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-bufio
 dm-flakey dm-delay dm-log-writes loop ext4 sch_netem"
+# And for dm-clone (STREAM_BENCH_CLONE=1): its dependency, and the kernel's
+# NBD client for its source device.
+CLONE_MODULES="dm-persistent-data nbd"
 
 # Build the initramfs for kernel $1 with module $2; prints its path.
+# STREAM_BENCH_CLONE=1 (make bench, stock kernels): with dm-clone, the
+# modules it needs and nbd-client (tests/guest/bench-clone.sh).
 build_initramfs() {
-	local tag=$1 ko=$2 root=$WORK/initramfs-$1 kver mroot m f
+	local tag=$1 ko=$2 root=$WORK/initramfs-$1 kver mroot m f clone_ko="" mods=$GUEST_MODULES
 	kver=$(kernel_kver "$tag")
+	if [ "${STREAM_BENCH_CLONE:-0}" = 1 ]; then
+		clone_ko=$(build_dm_clone "$tag") || exit 1
+		command -v nbd-client >/dev/null ||
+			die "nbd-client missing (run scripts/setup.sh)"
+		mods="$mods $CLONE_MODULES"
+	fi
 	rm -rf "$root"
 	mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,mnt,lib/modules,tests}
 	cp /bin/busybox "$root/bin/busybox"
@@ -187,7 +251,7 @@ build_initramfs() {
 	: >"$root/etc/modules.load"
 	if [ "$tag" != debug ]; then
 		mroot=$CACHE/kernel-$tag/root
-		for m in $GUEST_MODULES; do
+		for m in $mods; do
 			modprobe -d "$mroot" -S "$kver" --show-depends "$m" |
 				awk '$1 == "insmod" {print $2}'
 		done | awk '!seen[$0]++' | while read -r f; do
@@ -196,6 +260,12 @@ build_initramfs() {
 			install -D -m 0644 "$f" "$root${f#"$mroot"}"
 			echo "${f#"$mroot"}" >>"$root/etc/modules.load"
 		done
+	fi
+	if [ -n "$clone_ko" ]; then
+		install -m 0644 "$clone_ko" "$root/lib/modules/dm-clone.ko"
+		echo /lib/modules/dm-clone.ko >>"$root/etc/modules.load"
+		# /sbin: busybox's nbd-client applet (TCP only) is in /bin.
+		copy_bin "$root" "$(command -v nbd-client)" /sbin
 	fi
 	install -m 0644 "$ko" "$root/lib/modules/dm-stream.ko"
 	# KUnit kernels: the test cases are a module of their own.

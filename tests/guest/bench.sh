@@ -1,12 +1,19 @@
 # shellcheck shell=sh
 # shellcheck disable=SC2086 # device paths and numbers never hold spaces
-# Benchmark suite (make bench): every figure is a ratio of two runs made
-# side by side in this one boot, never an absolute time.
+# Benchmark suite (make bench).  Every figure is a pair of timings made
+# side by side in this one boot, the order alternating from run to run:
+# the guest prints "BENCHRUN <metric> <run> <stream us> <reference us>"
+# and tests/bench.sh prints the median ratio and every run's.  Nothing
+# here asserts on a time.
 now_us() { stream-io now; }	# microseconds, monotonic
 
 # The benchmark image has no zero region (read by prepare_image).
 # shellcheck disable=SC2034
 ZERO_FIRST=0 ZERO_END=0
+
+RUNS=${BENCH_RUNS:-5}
+N=${BENCH_N:-2000}
+URI="nbd+unix:///?socket=$SOCK"
 
 timed() {	# timed <command...>: prints elapsed microseconds
 	_t0=$(now_us)
@@ -14,131 +21,223 @@ timed() {	# timed <command...>: prints elapsed microseconds
 	echo $(( $(now_us) - _t0 ))
 }
 
-ratio() {	# ratio <name> <ms a> <ms b>: a/b with two decimals
-	echo "BENCH $1 $(( $2 * 100 / ($3 > 0 ? $3 : 1) / 100 )).$(printf '%02d' $(( $2 * 100 / ($3 > 0 ? $3 : 1) % 100 )))"
-}
+pair() { echo "BENCHRUN $1 $2 $3 $4"; }	# <metric> <run> <stream> <ref>
 
-N=${BENCH_N:-2000}
 seq_read() { dd if="$1" of=/dev/null bs=1M iflag=direct; }
 seq_write() { dd if=/dev/zero of="$1" bs=1M count=$((SZ / 2048)) oflag=direct conv=fsync; }
 rand_read() { stream-io rand "$1" r 4096 $N 7; }
 rand_write() { stream-io rand "$1" w 4096 $N 9; }
 
+# cold <block sectors>: fresh metadata, a fresh server and helper, every
+# block absent.
+cold() {
+	fresh
+	server_start nbdkit
+	dmsetup create s --table "0 $SZ stream $META $DATA $1"
+	helper_start
+}
+
+# on_linear <command...>: run it against dm-linear over the same data
+# device, the stream table suspended meanwhile ($LIN is the device).
+LIN=/dev/mapper/lin
+linear_up() {
+	dmsetup suspend s
+	dmsetup create lin --table "0 $SZ linear $DATA 0"
+}
+linear_down() {
+	dmsetup remove lin
+	dmsetup resume s
+}
+
+# first <run>: true on odd runs, when the stream side goes first.
+first() { [ $(($1 % 2)) = 1 ]; }
+
 prepare_image
-fresh
-server_start nbdkit
-create
-helper_start
-# Cold reads: the stream device against the same ranges straight from
-# the server (physical limit).
-c_seq=$(timed seq_read $DEV)
-n_seq=$(timed nbdcopy "$URI" null:)
-ratio cold_seq_read_stream_vs_nbdcopy "$c_seq" "$n_seq"
-teardown
-fresh
-server_start nbdkit
-create
-helper_start
-c_rand=$(timed rand_read $DEV)
-n_rand=$(timed stream-io nbdrand "$URI" 4096 $N 7)
-ratio cold_rand4k_read_stream_vs_libnbd "$c_rand" "$n_rand"
-teardown
+
+# Cold sequential 1 MiB reads of the whole device against nbdcopy of the
+# whole image to null: (the network and server limit), 64 KiB and 4 KiB
+# blocks.
+for bs in 128 8; do
+	i=1
+	while [ $i -le $RUNS ]; do
+		cold $bs
+		if first $i; then
+			a=$(timed seq_read $DEV)
+			b=$(timed nbdcopy "$URI" null:)
+		else
+			b=$(timed nbdcopy "$URI" null:)
+			a=$(timed seq_read $DEV)
+		fi
+		pair cold_seq1m_bs$bs $i "$a" "$b"
+		i=$((i + 1))
+	done
+done
+
+# Cold random 4 KiB reads, 4 KiB blocks, against libnbd reads of the
+# same offsets; then the same reads again (now present) against
+# dm-linear on the same data device.
+i=1
+while [ $i -le $RUNS ]; do
+	cold 8
+	if first $i; then
+		a=$(timed rand_read $DEV)
+		b=$(timed stream-io nbdrand "$URI" 4096 $N 7)
+	else
+		b=$(timed stream-io nbdrand "$URI" 4096 $N 7)
+		a=$(timed rand_read $DEV)
+	fi
+	pair cold_rand4k_bs8 $i "$a" "$b"
+	if first $i; then
+		a=$(timed rand_read $DEV)
+		linear_up
+		b=$(timed rand_read $LIN)
+		linear_down
+	else
+		linear_up
+		b=$(timed rand_read $LIN)
+		linear_down
+		a=$(timed rand_read $DEV)
+	fi
+	pair second_rand4k_bs8_vs_linear $i "$a" "$b"
+	i=$((i + 1))
+done
+
+# Whole-image fill (streamd --fill --exit-when-complete, from start to
+# exit, attach and connect included) against nbdcopy of the whole image.
+fill_all() {
+	streamd --fill -x s "$URI" 2>>/tmp/streamd.log
+	[ "$(present)" = "$NBLOCKS" ] || echo "# fill left $(present) present" >&2
+}
+for bs in 128 8; do
+	i=1
+	while [ $i -le $RUNS ]; do
+		fresh
+		server_start nbdkit
+		dmsetup create s --table "0 $SZ stream $META $DATA $bs"
+		NBLOCKS=$((SZ / bs))
+		if first $i; then
+			a=$(timed fill_all)
+			b=$(timed nbdcopy "$URI" null:)
+		else
+			b=$(timed nbdcopy "$URI" null:)
+			a=$(timed fill_all)
+		fi
+		[ "$(present)" = "$NBLOCKS" ] ||
+			echo "BENCHNOTE fill_bs$bs run $i: $(present) of $NBLOCKS present"
+		pair fill_whole_bs$bs $i "$a" "$b"
+		i=$((i + 1))
+	done
+done
+NBLOCKS=$((SZ / BS))
+
 # Demand-miss latency while the background fill runs: the same 200 cold
 # reads from the end of the device, with the fill off and with it on at
-# full speed (the fill works upwards from block 0 and does not reach them).
-fresh
-server_start nbdkit
-create
-helper_start
-idle=$(timed stream-io tail $DEV $BB 200)
-teardown
-fresh
-server_start nbdkit
-create
-helper_start --fill
-wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
-busy=$(timed stream-io tail $DEV $BB 200)
-filled=$(present)
-ratio demand_miss_while_filling_vs_idle "$busy" "$idle"
-echo "BENCHNOTE the fill made $filled of $NBLOCKS blocks present meanwhile"
-teardown
-fresh
-server_start nbdkit
-create
-helper_start --fill --fill-rate 4M
-wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
-busy=$(timed stream-io tail $DEV $BB 200)
-ratio demand_miss_while_filling_4MiBps_vs_idle "$busy" "$idle"
-teardown
-fresh
-server_start nbdkit
-create
-helper_start
-# The first write over present, clean blocks waits one metadata commit
-# for its dirty bits (see the commit protocol).  FW_RUNS times: fresh
-# metadata, every block made present through the helper, then the same
-# sequential write on the stream device and on dm-linear over the same
-# data device, in alternating order; the median ratio and the range.
-# Fresh metadata, every block present (read through the helper), then no
-# helper nor server: present, clean blocks.
-all_present_clean() {
+# full speed (the fill works upwards from block 0 and does not reach
+# them), then limited to 4 MiB/s.
+i=1
+while [ $i -le $RUNS ]; do
+	cold $BS
+	idle=$(timed stream-io tail $DEV $BB 200)
 	teardown
 	fresh
 	server_start nbdkit
 	create
-	helper_start
+	helper_start --fill
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
+	busy=$(timed stream-io tail $DEV $BB 200)
+	pair demand_miss_while_filling_vs_idle $i "$busy" "$idle"
+	teardown
+	fresh
+	server_start nbdkit
+	create
+	helper_start --fill --fill-rate 4M
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 0 ]"
+	busy=$(timed stream-io tail $DEV $BB 200)
+	pair demand_miss_while_filling_4MiBps_vs_idle $i "$busy" "$idle"
+	i=$((i + 1))
+done
+
+# Fresh metadata, every block present (read through the helper), then no
+# helper nor server: present, clean blocks.
+all_present_clean() {
+	cold $BS
 	seq_read $DEV >/dev/null 2>&1
 	helper_stop
 	server_stop
 }
 
-FW_RUNS=${FW_RUNS:-5}
-fw_ratios="" fw_lin=""
+# The first write over present, clean blocks waits one metadata commit
+# for its dirty bits (see the commit protocol).
 i=1
-while [ $i -le $FW_RUNS ]; do
+while [ $i -le $RUNS ]; do
 	all_present_clean
-	if [ $((i % 2)) = 1 ]; then
-		s_w=$(timed seq_write $DEV)
+	if first $i; then
+		a=$(timed seq_write $DEV)
 	fi
-	dmsetup suspend s
-	dmsetup create lin --table "0 $SZ linear $DATA 0"
-	l_w=$(timed seq_write /dev/mapper/lin)
-	dmsetup remove lin
-	dmsetup resume s
-	if [ $((i % 2)) = 0 ]; then
-		s_w=$(timed seq_write $DEV)
+	linear_up
+	b=$(timed seq_write $LIN)
+	linear_down
+	if ! first $i; then
+		a=$(timed seq_write $DEV)
 	fi
-	fw_ratios="$fw_ratios $((s_w * 100 / (l_w > 0 ? l_w : 1)))"
-	fw_lin="$fw_lin $((l_w / 1000))"
+	pair first_seq_write_present_clean_vs_linear $i "$a" "$b"
 	i=$((i + 1))
 done
-# shellcheck disable=SC2046 # min, median and max as three words
-set -- $(echo $fw_ratios | tr ' ' '\n' | sort -n |
-	awk '{ a[NR] = $1 } END { print a[1], a[int((NR + 1) / 2)], a[NR] }')
-fw_min=$1 fw_med=$2 fw_max=$3
-pct() { echo "$(($1 / 100)).$(printf '%02d' $(($1 % 100)))"; }
-echo "BENCH first_seq_write_present_clean_vs_linear_median $(pct $fw_med)"
-echo "BENCHNOTE first write over present clean blocks: $FW_RUNS runs, ratios$(for r in $fw_ratios; do printf ' %s' "$(pct $r)"; done), range $(pct $fw_min)-$(pct $fw_max)"
-echo "BENCHNOTE (dm-linear wrote the $((SZ / 2048)) MiB in$(for t in $fw_lin; do printf ' %s' "$t"; done) ms)"
-# Make every block present, then compare with dm-linear on the same data
-# device (only one table is live at a time).
+
+# Every block present: the four patterns against dm-linear on the same
+# data device (only one table is live at a time).
 all_present_clean
-for r in 1 2; do
-	s_seq=$(timed seq_read $DEV)
-	s_rand=$(timed rand_read $DEV)
-	s_wseq=$(timed seq_write $DEV)
-	s_wrand=$(timed rand_write $DEV)
-	dmsetup suspend s
-	dmsetup create lin --table "0 $SZ linear $DATA 0"
-	l_seq=$(timed seq_read /dev/mapper/lin)
-	l_rand=$(timed rand_read /dev/mapper/lin)
-	l_wseq=$(timed seq_write /dev/mapper/lin)
-	l_wrand=$(timed rand_write /dev/mapper/lin)
-	dmsetup remove lin
-	dmsetup resume s
-	ratio "present_seq_read_stream_vs_linear_run$r" "$s_seq" "$l_seq"
-	ratio "present_rand4k_read_stream_vs_linear_run$r" "$s_rand" "$l_rand"
-	ratio "present_seq_write_stream_vs_linear_run$r" "$s_wseq" "$l_wseq"
-	ratio "present_rand4k_write_stream_vs_linear_run$r" "$s_wrand" "$l_wrand"
+i=1
+while [ $i -le $RUNS ]; do
+	for p in seq_read rand_read seq_write rand_write; do
+		if first $i; then
+			a=$(timed $p $DEV)
+			linear_up
+			b=$(timed $p $LIN)
+			linear_down
+		else
+			linear_up
+			b=$(timed $p $LIN)
+			linear_down
+			a=$(timed $p $DEV)
+		fi
+		pair "present_${p}_vs_linear" $i "$a" "$b"
+	done
+	i=$((i + 1))
 done
+teardown
+
+# In-core memory per block: slab, vmalloc and per-cpu memory before and
+# after creating a target of 1048576 blocks (64 GiB of 64 KiB blocks, 4
+# GiB of 4 KiB blocks) on the sparse 64 GiB disk, fresh metadata.
+mem_kb() {
+	awk '/^(Slab|VmallocUsed|Percpu):/ { s += $2 } END { print s }' \
+		/proc/meminfo
+}
+teardown
+for geo in "134217728 128" "8388608 8"; do
+	# shellcheck disable=SC2086 # two words
+	set -- $geo
+	dd if=/dev/zero of=$BIGMETA bs=64k count=16 conv=fsync 2>/dev/null
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+	m0=$(mem_kb)
+	if dmsetup create big --table "0 $1 stream $BIGMETA $BIG $2"; then
+		m1=$(mem_kb)
+		echo "BENCHMEM bs$2 $(($1 / $2)) $((m1 - m0))"
+		dmsetup remove big
+	else
+		echo "BENCHNOTE memory: cannot create $1 sectors of $2-sector blocks"
+	fi
+done
+
+# dm-clone over nbd.ko on the same image and server, when the bench
+# built it (tests/bench.sh).
+if [ -e /lib/modules/dm-clone.ko ] && [ -e /tests/bench-clone.sh ]; then
+	# shellcheck source=bench-clone.sh
+	. /tests/bench-clone.sh
+	clone_bench
+else
+	echo "BENCHNOTE dm-clone: not built, no peer column"
+fi
 teardown
