@@ -109,14 +109,15 @@ struct stream_c {
 
 	/*
 	 * Sequential readahead.  ra_max (blocks, 0: off) is the table's;
-	 * ra_last, ra_start, ra_end and ra_size belong to the worker: the
-	 * block the last read miss was in, where the running sequence of
-	 * windows starts and ends, and the size of the next window.
+	 * ra_lock guards ra_last, ra_start, ra_end and ra_size: the block
+	 * the last read miss was in, where the running sequence of windows
+	 * starts and ends, and the size of the next window.
 	 * ra_mark is the first block of the last window queued (-1: none);
 	 * the first read reaching it (seen in map) takes it and sets ra_hit,
 	 * and the worker queues the next window, so readahead stays a
 	 * window ahead of a sequential reader.
 	 */
+	spinlock_t ra_lock;		/* see above; never with others */
 	u32 ra_sectors;			/* table: readahead, sectors */
 	bool ra_set;			/* ... given in the table */
 	u32 ra_max;

@@ -195,39 +195,61 @@ static sector_t present_run(struct stream_c *sc, struct bio *bio,
 }
 
 /*
- * Worker: queue the next readahead window after ra_end; a read of its
- * first block queues the one after.
+ * The next readahead window after ra_end, in *@start and *@count (0: none);
+ * a read of its first block queues the one after.
  */
-static void ra_queue_window(struct stream_c *sc)
+static void __ra_next_window(struct stream_c *sc, u64 *start, u32 *count)
 {
-	u64 start = sc->ra_end;
-
-	if (start >= sc->nr_blocks) {
+	lockdep_assert_held(&sc->ra_lock);
+	*start = sc->ra_end;
+	*count = 0;
+	if (*start >= sc->nr_blocks) {
 		atomic64_set(&sc->ra_mark, -1);
 		return;
 	}
-	stream_fetch_readahead(sc, start, sc->ra_size);
-	sc->ra_end = start + sc->ra_size;
-	atomic64_set(&sc->ra_mark, start);
+	*count = sc->ra_size;
+	sc->ra_end = *start + sc->ra_size;
+	atomic64_set(&sc->ra_mark, *start);
 	sc->ra_size = min(sc->ra_size * 2, sc->ra_max);
 }
 
+/* Worker: a read reached ra_mark; queue the next window. */
+static void ra_advance(struct stream_c *sc)
+{
+	u32 count;
+	u64 start;
+
+	spin_lock(&sc->ra_lock);
+	__ra_next_window(sc, &start, &count);
+	spin_unlock(&sc->ra_lock);
+	if (count)
+		stream_fetch_readahead(sc, start, count);
+}
+
 /*
- * Worker: a read missed @block.  A miss right after the previous one
- * starts a window after it (unless one runs already).
+ * Process context (map or worker): a read missed @block.  A miss right
+ * after the previous one starts a window after it (unless one runs
+ * already).
  */
 static void ra_miss(struct stream_c *sc, u64 block)
 {
-	bool seq = block == sc->ra_last + 1;
+	u32 count = 0;
+	u64 start;
 
-	sc->ra_last = block;
-	if (!sc->ra_max || !seq ||
-	    (block >= sc->ra_start && block < sc->ra_end))
+	if (!sc->ra_max)
 		return;
-	sc->ra_size = max(sc->ra_max / 4, 1U);
-	sc->ra_start = block + 1;
-	sc->ra_end = block + 1;
-	ra_queue_window(sc);
+	spin_lock(&sc->ra_lock);
+	if (block == sc->ra_last + 1 &&
+	    !(block >= sc->ra_start && block < sc->ra_end)) {
+		sc->ra_size = max(sc->ra_max / 4, 1U);
+		sc->ra_start = block + 1;
+		sc->ra_end = block + 1;
+		__ra_next_window(sc, &start, &count);
+	}
+	sc->ra_last = block;
+	spin_unlock(&sc->ra_lock);
+	if (count)
+		stream_fetch_readahead(sc, start, count);
 }
 
 /* Map: a read of sectors [@off, @off + @len) may have reached ra_mark. */
@@ -242,6 +264,34 @@ static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
 		return;
 	WRITE_ONCE(sc->ra_hit, true);
 	stream_wake_worker(sc);
+}
+
+/*
+ * Map: a read of absent @block (counted in sc->parked) parks behind the
+ * block's fetch here, without a worker hop (map may sleep: the fetch
+ * queue's lock is a mutex, allocations are GFP_NOIO).  Out of memory, it
+ * goes to the worker, which parks it on the starved list.
+ */
+static int park_read(struct stream_c *sc, struct bio *bio, u64 block)
+{
+	struct stream_fetch *f;
+
+	switch (stream_fetch_park(sc, bio, block, false, &f)) {
+	case STREAM_PARK_PRESENT:
+		atomic_dec(&sc->parked);
+		remap(sc, bio);
+		return DM_MAPIO_REMAPPED;
+	case STREAM_PARK_REQUEUE:
+		atomic_dec(&sc->parked);
+		return DM_MAPIO_REQUEUE;
+	case STREAM_PARK_WAITING:
+		ra_miss(sc, block);
+		return DM_MAPIO_SUBMITTED;
+	default:
+		/* STREAM_PARK_NOMEM (a read never starts a fill) */
+		defer_bio(sc, &sc->deferred, bio);
+		return DM_MAPIO_SUBMITTED;
+	}
 }
 
 static int stream_map(struct dm_target *ti, struct bio *bio)
@@ -332,6 +382,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	if (READ_ONCE(sc->requeue))
 		return DM_MAPIO_REQUEUE;
 	atomic_inc(&sc->parked);
+	if (bio_op(bio) == REQ_OP_READ)
+		return park_read(sc, bio, block);
 	defer_bio(sc, &sc->deferred, bio);
 	return DM_MAPIO_SUBMITTED;
 }
@@ -558,7 +610,7 @@ static void do_worker(struct work_struct *ws)
 
 	if (READ_ONCE(sc->ra_hit)) {
 		WRITE_ONCE(sc->ra_hit, false);
-		ra_queue_window(sc);
+		ra_advance(sc);
 	}
 
 	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions) &&
@@ -900,6 +952,7 @@ static int stream_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	}
 
 	spin_lock_init(&sc->lock);
+	spin_lock_init(&sc->ra_lock);
 	bio_list_init(&sc->deferred);
 	bio_list_init(&sc->deferred_flush);
 	bio_list_init(&sc->flush_completions);

@@ -54,9 +54,10 @@
  * sets PR_SET_IO_FLUSHER and locks its pages.
  *
  * Background fill: a second thread (struct filler) makes every absent
- * block present by reading it through the dm device with O_DIRECT, one
- * block at a time, so each of its reads becomes an ordinary miss that the
- * main loop serves; a demand miss waits behind at most one fill block.
+ * block present by reading it through the dm device with O_DIRECT, 4 MiB
+ * at a time, so each of its reads becomes ordinary misses that the main
+ * loop serves; a demand miss waits behind at most that read and the
+ * target's readahead window after it (the rate limit bounds the rest).
  * The switch and the rate limit live in the kernel target ("fill on|off",
  * "fill rate", shown in the status line), so streamctl can change them at
  * run time and they survive a helper restart; the thread reads them
@@ -1246,18 +1247,25 @@ struct fill_pass {
 
 /*
  * Read every block of one absent range; a block that fails is skipped.
- * Reads up to FILL_CHUNK blocks (at most 1 MiB) at a time: the target splits the read at block
- * boundaries and parks each block, so the chunk's fetches are in flight
- * together instead of one round trip after the other.  A chunk that
- * fails is read again block by block, to skip only the failing ones.
+ * Reads FILL_BYTES (or one block if larger; under a rate limit, a quarter
+ * of a second's worth) at a time: the target parks
+ * each block of the read and sends adjacent ones as one request, its
+ * readahead keeps the next window in flight, so the chunk's fetches go
+ * together instead of one round trip after the other.  (1 MiB chunks, and
+ * 16 blocks at most, made a 64 MiB fill of 4 KiB blocks 2.5 times as long
+ * as nbdcopy.)  A chunk that fails is read again block by block, to skip
+ * only the failing ones.
  */
-#define FILL_CHUNK	16
+#define FILL_BYTES	(4u << 20)
 
-static uint64_t fill_chunk(uint32_t bs)
+static uint64_t fill_chunk(uint32_t bs, uint64_t rate)
 {
-	uint64_t n = (1u << 20) / bs;
+	uint64_t bytes = FILL_BYTES;
 
-	return n < 1 ? 1 : n > FILL_CHUNK ? FILL_CHUNK : n;
+	/* Under a rate limit, a quarter of a second's worth at most. */
+	if (rate && rate / 4 < bytes)
+		bytes = rate / 4;
+	return bytes / bs ? bytes / bs : 1;
 }
 
 static int fill_range(void *ctx, uint64_t first, uint64_t count)
@@ -1272,8 +1280,8 @@ static int fill_range(void *ctx, uint64_t first, uint64_t count)
 		ssize_t n;
 
 		n_blocks = first + count - b;
-		if (n_blocks > fill_chunk(p->bs))
-			n_blocks = fill_chunk(p->bs);
+		if (n_blocks > fill_chunk(p->bs, p->fs->rate))
+			n_blocks = fill_chunk(p->bs, p->fs->rate);
 		if (p->single_until > b)
 			n_blocks = 1;
 		errno = 0;
@@ -1392,7 +1400,7 @@ static void *fill_main(void *arg)
 			free(buf);
 			buf = NULL;
 			if (posix_memalign(&buf, 4096,
-					   (size_t)bs * fill_chunk(bs))) {
+					   (size_t)bs * fill_chunk(bs, 0))) {
 				buf = NULL;
 				sleep_ms(fl, 1000);
 				continue;
