@@ -103,7 +103,26 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		return STREAM_PARK_REQUEUE;
 	}
 	f = xa_load(&sc->fq.fetches, block);
+	if (f && bio_list_empty(&f->waiters) && f->state == FETCH_QUEUED) {
+		/*
+		 * A readahead fetch nobody waited for: a whole-block write
+		 * takes it over as a fill (it needs nothing from the
+		 * server); anything else makes it a demand, which goes to
+		 * the head of the queue and whose age starts now.
+		 */
+		if (fill) {
+			list_del_init(&f->list);
+			f->state = FETCH_FILLING;
+			mutex_unlock(&sc->fq.lock);
+			*fp = f;
+			return STREAM_PARK_FILL;
+		}
+		f->queued_at = jiffies;
+		list_move(&f->list, &sc->fq.pending);
+	}
 	if (f) {
+		if (bio_list_empty(&f->waiters))
+			f->queued_at = jiffies;
 		bio_list_add(&f->waiters, bio);
 		mutex_unlock(&sc->fq.lock);
 		return STREAM_PARK_WAITING;
@@ -143,7 +162,9 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 		return 0;
 	end = min(first + count, sc->nr_blocks);
 	mutex_lock(&sc->fq.lock);
-	if (READ_ONCE(sc->requeue) || sc->fq.stopped)
+	/* Nothing new in ro mode, nor while suspending or suspended. */
+	if (READ_ONCE(sc->mode) != STREAM_MODE_RW || READ_ONCE(sc->requeue) ||
+	    sc->fq.stopped)
 		goto out;
 	for (b = first; b < end; b++) {
 		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
@@ -250,9 +271,36 @@ unsigned long stream_fetch_oldest(struct stream_c *sc)
 	mutex_lock(&sc->fq.lock);
 	for (i = 0; i < ARRAY_SIZE(lists); i++)
 		list_for_each_entry(f, lists[i], list)
-			age = max(age, now - f->queued_at);
+			if (!bio_list_empty(&f->waiters))
+				age = max(age, now - f->queued_at);
 	mutex_unlock(&sc->fq.lock);
 	return age;
+}
+
+/*
+ * @f, sent, is being dropped: the other blocks of its request (same file
+ * and tag, within max_blocks of it) go back to the head of the queue.
+ */
+static void __requeue_siblings(struct stream_c *sc, struct stream_fetch *f)
+{
+	struct stream_file *hf = f->owner;
+	struct stream_fetch *g;
+	u32 d;
+	int dir;
+
+	lockdep_assert_held(&sc->fq.lock);
+	for (dir = -1; dir <= 1; dir += 2)
+		for (d = 1; d < hf->max_blocks; d++) {
+			if (dir < 0 && d > f->block)
+				break;
+			g = xa_load(&sc->fq.fetches, f->block + dir * (s64)d);
+			if (!g || g->state != FETCH_SENT || g->owner != hf ||
+			    g->tag != f->tag)
+				continue;
+			g->state = FETCH_QUEUED;
+			g->owner = NULL;
+			list_move(&g->list, &sc->fq.pending);
+		}
 }
 
 void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
@@ -276,6 +324,15 @@ void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 			bio_list_merge(dead, &f->waiters);
 			bio_list_init(&f->waiters);
 		}
+	/*
+	 * The other blocks of an expired fetch's request go out again under
+	 * a new tag: the helper's reply, which names the expired one too,
+	 * will be refused whole.  (A second pass: this moves fetches between
+	 * the lists walked above.)
+	 */
+	list_for_each_entry(f, &expired, list)
+		if (f->state == FETCH_SENT)
+			__requeue_siblings(sc, f);
 	mutex_unlock(&sc->fq.lock);
 
 	list_for_each_entry_safe(f, tmp, &expired, list) {

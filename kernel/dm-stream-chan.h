@@ -105,9 +105,10 @@ enum stream_park {
 };
 
 /*
- * Worker: park @bio (to absent @block) behind the block's fetch, queueing
- * one for the helper if there is none, or with @fill (a whole-block write
- * a snapshot does not need) start a fill instead.
+ * Worker, or map for a read: park @bio (to absent @block) behind the
+ * block's fetch, queueing one for the helper if there is none, or with
+ * @fill (a whole-block write a snapshot does not need) start a fill
+ * instead, taking over a queued readahead fetch if there is one.
  */
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, bool fill,

@@ -47,7 +47,8 @@ enum stream_mode {
  *   - Only the worker (and the waker, on the same single-threaded
  *     workqueue) retires or expires fetches; a fetch being written
  *     (FETCH_WRITING, FETCH_FILLING) comes back to it through
- *     sc->completed; idle fetches are dropped only while suspended.
+ *     sc->completed; idle fetches are dropped while suspended, and readahead
+ *     fetches by fetch_timeout.
  */
 struct stream_c {
 	struct dm_target *ti;

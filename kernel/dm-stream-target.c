@@ -413,7 +413,7 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	u64 block = bio_block(sc, bio);
 	struct stream_fetch *f;
 	unsigned long flags;
-	bool fill;
+	bool fill, read;
 
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
 		atomic_dec(&sc->parked);
@@ -423,6 +423,8 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	/* A block a snapshot still needs is fetched before it is written. */
 	fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
+	/* Not bio_op() after parking: the bio may be completed by then. */
+	read = bio_op(bio) == REQ_OP_READ;
 	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
 	case STREAM_PARK_PRESENT:
 		atomic_dec(&sc->parked);
@@ -452,7 +454,7 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		submit_bio_noacct(bio);
 		break;
 	case STREAM_PARK_WAITING:
-		if (bio_op(bio) == REQ_OP_READ)
+		if (read)
 			ra_miss(sc, block);
 		break;
 	}

@@ -433,6 +433,30 @@ t_range_readahead() {
 	expect_eq "errors" 0 "$(st 9)"
 }
 
+# A whole-block write to a block that readahead queued (nobody waiting)
+# needs nothing from the server: it takes the fetch over as a fill and
+# completes while the helper is stopped.
+t_write_over_readahead() {
+	stream_up
+	kill -STOP "$(cat /tmp/streamd.pid)"
+	# one read of blocks 0 and 1: a sequential miss, a window queued
+	# after them
+	stream-io pread $DEV 0 $((2 * BB)) &
+	_rd=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 2 ]" ||
+		{ kill -CONT "$(cat /tmp/streamd.pid)"; echo "# reads not parked"; return 1; }
+	if ! timeout 10 dd if=$IMG of=$DEV bs=$BB skip=40 seek=5 count=1 \
+		oflag=direct conv=fsync 2>/dev/null; then
+		kill -CONT "$(cat /tmp/streamd.pid)"
+		echo "# the write waited for the stopped helper"
+		return 1
+	fi
+	kill -CONT "$(cat /tmp/streamd.pid)"
+	wait $_rd
+	expect_eq "block 5" "$(blk_sum $IMG 40)" "$(blk_sum $DEV 5)"
+	expect_eq "errors" 0 "$(st 9)"
+}
+
 # Read requests the server saw (server_reads counts their replies too).
 server_requests() { grep -c "Read id=[0-9]* offset=" /tmp/nbd.log || true; }
 
@@ -694,6 +718,7 @@ run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
 run range_readahead t_range_readahead
+run write_over_readahead t_write_over_readahead
 run revert t_revert
 run revert_interrupted t_revert_interrupted
 run torn_superblock t_torn_superblock
