@@ -35,6 +35,8 @@ BEGIN {
 	target["cold_rand4k_bs8"] = "<= 1.20 vs libnbd"
 	target["fill_whole_bs128"] = "<= 1.10 vs nbdcopy"
 	target["fill_whole_bs8"] = "<= 1.10 vs nbdcopy"
+	target["fill_whole_bs128_vs_nbdcopy_to_disk"] = "<= 1.10"
+	target["fill_whole_bs8_vs_nbdcopy_to_disk"] = "<= 1.10"
 	target["second_rand4k_bs8_vs_linear"] = "<= 1.10"
 	target["present_seq_read_vs_linear"] = "<= 1.02"
 	target["present_rand_read_vs_linear"] = "<= 1.02"

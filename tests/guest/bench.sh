@@ -103,7 +103,9 @@ while [ $i -le $RUNS ]; do
 done
 
 # Whole-image fill (streamd --fill --exit-when-complete, from start to
-# exit, attach and connect included) against nbdcopy of the whole image.
+# exit, attach and connect included) against nbdcopy of the whole image
+# to null: (the network and server limit) and to a local disk like the
+# data device (what a copy before use costs: the same reads and writes).
 fill_all() {
 	streamd --fill -x s "$URI" 2>>/tmp/streamd.log
 	[ "$(present)" = "$NBLOCKS" ] || echo "# fill left $(present) present" >&2
@@ -118,13 +120,16 @@ for bs in 128 8; do
 		if first $i; then
 			a=$(timed fill_all)
 			b=$(timed nbdcopy "$URI" null:)
+			c=$(timed nbdcopy "$URI" $SCRATCH)
 		else
+			c=$(timed nbdcopy "$URI" $SCRATCH)
 			b=$(timed nbdcopy "$URI" null:)
 			a=$(timed fill_all)
 		fi
 		[ "$(present)" = "$NBLOCKS" ] ||
 			echo "BENCHNOTE fill_bs$bs run $i: $(present) of $NBLOCKS present"
 		pair fill_whole_bs$bs $i "$a" "$b"
+		pair fill_whole_bs${bs}_vs_nbdcopy_to_disk $i "$a" "$c"
 		i=$((i + 1))
 	done
 done
@@ -218,7 +223,8 @@ teardown
 for geo in "134217728 128" "8388608 8"; do
 	# shellcheck disable=SC2086 # two words
 	set -- $geo
-	dd if=/dev/zero of=$BIGMETA bs=64k count=16 conv=fsync 2>/dev/null
+	# all of it: a larger device's journal lies past the first MiB
+	dd if=/dev/zero of=$BIGMETA bs=1M count=32 conv=fsync 2>/dev/null
 	sync
 	echo 3 >/proc/sys/vm/drop_caches
 	m0=$(mem_kb)
