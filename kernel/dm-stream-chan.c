@@ -108,7 +108,7 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		 * A readahead fetch nobody waited for: a whole-block write
 		 * takes it over as a fill (it needs nothing from the
 		 * server); anything else makes it a demand, which goes to
-		 * the head of the queue and whose age starts now.
+		 * the head of the queue (and, below, whose age starts now).
 		 */
 		if (fill) {
 			list_del_init(&f->list);
@@ -117,10 +117,10 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 			*fp = f;
 			return STREAM_PARK_FILL;
 		}
-		f->queued_at = jiffies;
 		list_move(&f->list, &sc->fq.pending);
 	}
 	if (f) {
+		/* The first waiter: the fetch's age starts now. */
 		if (bio_list_empty(&f->waiters))
 			f->queued_at = jiffies;
 		bio_list_add(&f->waiters, bio);
