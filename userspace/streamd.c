@@ -462,9 +462,33 @@ static bool block_is_zero(struct streamd *sd, uint64_t block)
  * is left to read (all zero, answered; or the request is gone).  A zero
  * answer the kernel does not take now stays in @r, read with the rest.
  */
-static bool trim_zero(struct streamd *sd, struct su_req *r)
+/*
+ * Answer @n zero blocks from @block of request @r apart.  1: answered;
+ * 0: nothing to answer, or not taken now (they are read with the rest);
+ * -1: the request is gone (timed out, detached) and @r went back to the
+ * pool.
+ */
+static int zero_run(struct streamd *sd, struct su_req *r, uint64_t block,
+		    uint32_t n)
 {
 	struct dm_stream_reply h;
+	int e;
+
+	if (!n)
+		return 0;
+	e = reply_to(sd, &h, r->tag, block, n, 0, true);
+	if (e == -ENOENT || e == -ENODEV) {
+		su_req_put(&sd->pool, r);
+		return -1;
+	}
+	if (e)
+		return 0;
+	sd->st.zero += n;
+	return 1;
+}
+
+static bool trim_zero(struct streamd *sd, struct su_req *r)
+{
 	uint32_t lead = 0, tail = 0;
 	int e;
 
@@ -477,30 +501,18 @@ static bool trim_zero(struct streamd *sd, struct su_req *r)
 	}
 	while (block_is_zero(sd, r->block + r->count - 1 - tail))
 		tail++;
-	if (lead) {
-		e = reply_to(sd, &h, r->tag, r->block, lead, 0, true);
-		if (e == -ENOENT || e == -ENODEV) {
-			su_req_put(&sd->pool, r);
-			return false;
-		}
-		if (!e) {
-			sd->st.zero += lead;
-			r->block += lead;
-			r->count -= lead;
-		}
+	e = zero_run(sd, r, r->block, lead);
+	if (e < 0)
+		return false;
+	if (e) {
+		r->block += lead;
+		r->count -= lead;
 	}
-	if (tail) {
-		e = reply_to(sd, &h, r->tag, r->block + r->count - tail, tail,
-			     0, true);
-		if (e == -ENOENT || e == -ENODEV) {
-			su_req_put(&sd->pool, r);
-			return false;
-		}
-		if (!e) {
-			sd->st.zero += tail;
-			r->count -= tail;
-		}
-	}
+	e = zero_run(sd, r, r->block + r->count - tail, tail);
+	if (e < 0)
+		return false;
+	if (e)
+		r->count -= tail;
 	return true;
 }
 
