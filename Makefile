@@ -7,6 +7,7 @@
 #   make unit            host-side unit tests of userspace/lib
 #   make lint            checkpatch --strict, sparse, shellcheck
 #   make bench           benchmark ratios in one VM run
+#   make profile         perf profile of the miss path in one VM run
 #   make demo            stream a filesystem image into a VM and read it
 #   make deb [DEB_OUT=]  Debian packages (dm-stream-dkms, dm-stream-tools)
 #                        in build/deb, checked with lintian
@@ -32,7 +33,7 @@ LIB_SRCS := $(filter-out userspace/lib/test-%.c userspace/lib/fuzz-%.c,$(LIB_SRC
 LIB_HDRS := $(wildcard userspace/lib/*.h)
 LIB := userspace/lib/libstream.a
 
-.PHONY: all modules programs install clean check lint bench demo setup unit deb
+.PHONY: all modules programs install clean check lint bench profile demo setup unit deb
 
 all: modules programs
 
@@ -83,6 +84,9 @@ lint: setup
 
 bench: setup
 	tests/bench.sh
+
+profile: setup
+	tests/profile.sh
 
 demo: setup
 	scripts/demo.sh

@@ -267,6 +267,10 @@ build_initramfs() {
 		# /sbin: busybox's nbd-client applet (TCP only) is in /bin.
 		copy_bin "$root" "$(command -v nbd-client)" /sbin
 	fi
+	# make profile (tests/profile.sh): perf, for cpu-clock sampling.
+	if [ "${STREAM_PROFILE:-0}" = 1 ]; then
+		copy_bin "$root" "$(command -v perf)"
+	fi
 	install -m 0644 "$ko" "$root/lib/modules/dm-stream.ko"
 	# KUnit kernels: the test cases are a module of their own.
 	if [ -e "$(dirname "$ko")/dm-stream-test.ko" ]; then

@@ -1,0 +1,87 @@
+# shellcheck shell=sh
+# shellcheck disable=SC2086 # device paths and numbers never hold spaces
+# profile suite (make profile): where the guest's one CPU goes in the
+# benchmark's miss-path scenarios, from perf's cpu-clock sampling of the
+# whole system (no PMU under TCG).  Prints perf's report per scenario,
+# by process and by symbol; nothing is asserted.
+URI="nbd+unix:///?socket=$SOCK"
+# The image has no zero region (read by prepare_image).
+# shellcheck disable=SC2034
+ZERO_FIRST=0 ZERO_END=0
+echo -1 >/proc/sys/kernel/perf_event_paranoid
+echo 0 >/proc/sys/kernel/kptr_restrict
+
+prepare_image
+
+# profiled <name> <command...>: the command under perf record -a -g,
+# then its report.
+profiled() {
+	_n=$1
+	shift
+	_t0=$(stream-io now)
+	perf record -q -a -g -F 997 -o /tmp/perf.$_n -- "$@" >/dev/null 2>&1 ||
+		echo "# $_n: command failed: $*"
+	echo "PROFILE $_n $(( $(stream-io now) - _t0 )) us"
+	perf report -i /tmp/perf.$_n --stdio --no-children -g none \
+		--sort comm,dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -16
+	perf report -i /tmp/perf.$_n --stdio --no-children -g none \
+		--sort comm,sym --percent-limit 0.7 2>/dev/null |
+		grep -v '^#' | grep -v '^$' | head -60
+	perf report -i /tmp/perf.$_n --stdio --children -g none \
+		--sort sym --percent-limit 3 2>/dev/null |
+		grep -v '^#' | grep -v '^$' | head -50
+	for _c in ${PROFILE_COMMS:-}; do
+		echo "PROFILE $_n: $_c alone, inclusive"
+		perf report -i /tmp/perf.$_n --stdio --children -g none \
+			--comms $_c --sort sym --percent-limit 1.5 2>/dev/null |
+			grep -v '^#' | grep -v '^$' | head -60
+	done
+	for _s in ${PROFILE_SYMS:-}; do
+		echo "PROFILE $_n: callers of $_s"
+		perf report -i /tmp/perf.$_n --stdio --no-children \
+			--symbols=$_s -G 2>&1 | grep -v '^#' | grep -v '^$' |
+			head -80
+	done
+	rm -f /tmp/perf.$_n
+}
+
+
+for what in $(echo "${PROFILE_WHAT:-rand,nbdrand,fill,nbdcopy}" | tr , " "); do
+	fresh
+	server_start nbdkit
+	case $what in
+	rand)
+		dmsetup create s --table "0 $SZ stream $META $DATA 8"
+		helper_start
+		PROFILE_COMMS="streamd stream-io" \
+			profiled cold_rand4k_bs8 stream-io rand $DEV r 4096 2000 7 ;;
+	nbdrand)
+		profiled libnbd_rand4k stream-io nbdrand "$URI" 4096 2000 7 ;;
+	fill)
+		dmsetup create s --table "0 $SZ stream $META $DATA 128"
+		PROFILE_SYMS="clear_page_erms __mm_populate" \
+			profiled fill_whole_bs128 streamd --fill -x s "$URI" ;;
+	fill_ra0)
+		dmsetup create s --table "0 $SZ stream $META $DATA 128 2 readahead 0"
+		profiled fill_whole_bs128_readahead0 streamd --fill -x s "$URI" ;;
+	filltime)
+		# When the last block became present, against when the fill
+		# ended (streamd --fill -x exits once it sees every block
+		# present).
+		dmsetup create s --table "0 $SZ stream $META $DATA 128"
+		_t0=$(stream-io now)
+		streamd --fill -x s "$URI" 2>/tmp/fill.log &
+		_p=$!
+		_all=""
+		while kill -0 $_p 2>/dev/null; do
+			if [ -z "$_all" ] && [ "$(st 2 | cut -d/ -f1)" = $((SZ / 128)) ]; then
+				_all=$(( $(stream-io now) - _t0 ))
+			fi
+			sleep 0.02
+		done
+		echo "PROFILE filltime: all present at $_all us, streamd exited at $(( $(stream-io now) - _t0 )) us" ;;
+	nbdcopy)
+		profiled nbdcopy_whole nbdcopy "$URI" null: ;;
+	esac
+	teardown
+done
