@@ -712,6 +712,30 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	return DM_ENDIO_INCOMPLETE;
 }
 
+/* The feature arguments that take a value, as parse_features() reads them. */
+enum {
+	FEAT_FETCH_TIMEOUT,
+	FEAT_PRESERVE_MB,
+	FEAT_INTENT_REGION,
+	FEAT_READAHEAD,
+	NR_FEATURES
+};
+
+static const struct stream_feature {
+	const char *name;
+	const char *missing;		/* ti->error without a value */
+	struct dm_arg arg;		/* range and ti->error out of it */
+} stream_features[NR_FEATURES] = {
+	[FEAT_FETCH_TIMEOUT] = { "fetch_timeout", "fetch_timeout needs a value",
+		{0, 86400, "Invalid fetch_timeout (0-86400 seconds)"} },
+	[FEAT_PRESERVE_MB] = { "preserve_mb", "preserve_mb needs a value",
+		{1, 65536, "Invalid preserve_mb (1-65536 MiB)"} },
+	[FEAT_INTENT_REGION] = { "intent_region", "intent_region needs a value",
+		{0, UINT_MAX, "Invalid intent_region"} },
+	[FEAT_READAHEAD] = { "readahead", "readahead needs a value",
+		{0, 65536, "Invalid readahead (0-65536 sectors)"} },
+};
+
 /*
  * Construct a stream mapping:
  *
@@ -729,71 +753,50 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 static int parse_features(struct stream_c *sc, struct dm_arg_set *as,
 			  char **error)
 {
-	static const struct dm_arg _args[] = {
-		{0, 8, "Invalid number of feature arguments"},
-		{0, 86400, "Invalid fetch_timeout (0-86400 seconds)"},
-		{1, 65536, "Invalid preserve_mb (1-65536 MiB)"},
-		{0, UINT_MAX, "Invalid intent_region"},
-		{0, 65536, "Invalid readahead (0-65536 sectors)"},
+	static const struct dm_arg nr_args = {
+		0, 2 * NR_FEATURES, "Invalid number of feature arguments"
 	};
-	unsigned int argc, v;
+	unsigned int argc, v[NR_FEATURES];
+	bool set[NR_FEATURES] = { };
 	const char *arg;
-	int r;
+	int i, r;
 
 	if (!as->argc)
 		return 0;
-	r = dm_read_arg_group(_args, as, &argc, error);
+	r = dm_read_arg_group(&nr_args, as, &argc, error);
 	if (r)
 		return r;
 	while (argc) {
 		arg = dm_shift_arg(as);
 		argc--;
-		if (!strcasecmp(arg, "fetch_timeout")) {
-			if (!argc) {
-				*error = "fetch_timeout needs a value";
-				return -EINVAL;
-			}
-			r = dm_read_arg(&_args[1], as, &v, error);
-			if (r)
-				return r;
-			argc--;
-			sc->fetch_timeout = v;
-		} else if (!strcasecmp(arg, "preserve_mb")) {
-			if (!argc) {
-				*error = "preserve_mb needs a value";
-				return -EINVAL;
-			}
-			r = dm_read_arg(&_args[2], as, &v, error);
-			if (r)
-				return r;
-			argc--;
-			sc->snap.budget = (u64)v << 20;
-		} else if (!strcasecmp(arg, "intent_region")) {
-			if (!argc) {
-				*error = "intent_region needs a value";
-				return -EINVAL;
-			}
-			r = dm_read_arg(&_args[3], as, &v, error);
-			if (r)
-				return r;
-			argc--;
-			sc->intent_sectors = v;
-			sc->intent_set = true;
-		} else if (!strcasecmp(arg, "readahead")) {
-			if (!argc) {
-				*error = "readahead needs a value";
-				return -EINVAL;
-			}
-			r = dm_read_arg(&_args[4], as, &v, error);
-			if (r)
-				return r;
-			argc--;
-			sc->ra_sectors = v;
-			sc->ra_set = true;
-		} else {
+		for (i = 0; i < NR_FEATURES; i++)
+			if (!strcasecmp(arg, stream_features[i].name))
+				break;
+		if (i == NR_FEATURES) {
 			*error = "Unknown feature argument";
 			return -EINVAL;
 		}
+		if (!argc) {
+			*error = (char *)stream_features[i].missing;
+			return -EINVAL;
+		}
+		r = dm_read_arg(&stream_features[i].arg, as, &v[i], error);
+		if (r)
+			return r;
+		argc--;
+		set[i] = true;		/* given twice: the last one counts */
+	}
+	if (set[FEAT_FETCH_TIMEOUT])
+		sc->fetch_timeout = v[FEAT_FETCH_TIMEOUT];
+	if (set[FEAT_PRESERVE_MB])
+		sc->snap.budget = (u64)v[FEAT_PRESERVE_MB] << 20;
+	if (set[FEAT_INTENT_REGION]) {
+		sc->intent_sectors = v[FEAT_INTENT_REGION];
+		sc->intent_set = true;
+	}
+	if (set[FEAT_READAHEAD]) {
+		sc->ra_sectors = v[FEAT_READAHEAD];
+		sc->ra_set = true;
 	}
 	return 0;
 }
