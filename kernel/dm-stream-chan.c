@@ -280,11 +280,14 @@ unsigned long stream_fetch_oldest(struct stream_c *sc)
 /*
  * @f, sent, is being dropped: the other blocks of its request (same file
  * and tag, within max_blocks of it) go back to the head of the queue.
+ * Returns how many did; the caller wakes the helper.
  */
-static void __requeue_siblings(struct stream_c *sc, struct stream_fetch *f)
+static unsigned int __requeue_siblings(struct stream_c *sc,
+				       struct stream_fetch *f)
 {
 	struct stream_file *hf = f->owner;
 	struct stream_fetch *g;
+	unsigned int n = 0;
 	u32 d;
 	int dir;
 
@@ -300,7 +303,9 @@ static void __requeue_siblings(struct stream_c *sc, struct stream_fetch *f)
 			g->state = FETCH_QUEUED;
 			g->owner = NULL;
 			list_move(&g->list, &sc->fq.pending);
+			n++;
 		}
+	return n;
 }
 
 void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
@@ -308,6 +313,7 @@ void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 {
 	struct list_head *lists[] = { &sc->fq.pending, &sc->fq.sent };
 	struct stream_fetch *f, *tmp;
+	unsigned int requeued = 0;
 	LIST_HEAD(expired);
 	int i;
 
@@ -328,11 +334,14 @@ void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 	 * The other blocks of an expired fetch's request go out again under
 	 * a new tag: the helper's reply, which names the expired one too,
 	 * will be refused whole.  (A second pass: this moves fetches between
-	 * the lists walked above.)
+	 * the lists walked above.)  The helper may be asleep in read(2) or
+	 * poll(2): wake it, as for any fetch queued.
 	 */
 	list_for_each_entry(f, &expired, list)
 		if (f->state == FETCH_SENT)
-			__requeue_siblings(sc, f);
+			requeued += __requeue_siblings(sc, f);
+	if (requeued && sc->fq.helper)
+		wake_up_interruptible(&sc->fq.helper->wait);
 	mutex_unlock(&sc->fq.lock);
 
 	list_for_each_entry_safe(f, tmp, &expired, list) {

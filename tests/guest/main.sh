@@ -490,6 +490,29 @@ t_channel_validation() {
 	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 }
 
+# Two adjacent blocks sent as one request, the first expiring long before
+# the second (fetch_timeout): the second block goes back to the queue on
+# its own instead of staying with a request that can no longer be
+# answered, and its reader gets the image's data; the first's gets EIO.
+t_expired_request_siblings() {
+	fresh
+	create 4 fetch_timeout 6 readahead 0
+	dd if=$DEV of=/tmp/a bs=$BB skip=20 count=1 iflag=direct 2>/dev/null &
+	ra=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 1 ]"
+	sleep 2
+	dd if=$DEV of=/tmp/b bs=$BB skip=21 count=1 iflag=direct 2>/dev/null &
+	rb=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 2 ]"
+	stream-chan --siblings s $IMG 20
+	_ra=0
+	wait $ra || _ra=$?
+	wait $rb
+	expect_eq "block 20 read" failed "$([ $_ra != 0 ] && echo failed || echo read)"
+	expect_eq "block 21" "$(blk_sum $IMG 21)" "$(md5sum </tmp/b | cut -d' ' -f1)"
+	expect_eq "present" 1 "$(present)"
+}
+
 # Kiosk session: writes all over the device, then streamctl revert: the
 # device reads as the image again, written blocks are absent and clean,
 # blocks that were only read stay present (not fetched again).
@@ -717,6 +740,7 @@ run read_before_helper t_read_before_helper
 run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
+run expired_request_siblings t_expired_request_siblings
 run range_readahead t_range_readahead
 run write_over_readahead t_write_over_readahead
 run revert t_revert

@@ -9,6 +9,15 @@
  * the documented errno and without side effects, every malformed attach
  * and reply, then answers the request correctly from <image> and checks
  * that a duplicate answer is refused too.  Exits 0 when every check held.
+ *
+ *   stream-chan --siblings <dm name> <image> <block>
+ *
+ * Expects reads of <block> and <block> + 1 to be parked, queued in that
+ * order, the first to expire (fetch_timeout) well before the second, and
+ * no helper attached.  Takes the request for both, waits for the kernel
+ * to send <block> + 1 again on its own once <block> has expired (its
+ * request cannot be answered any more), checks that the old request is
+ * refused, and answers the new one from <image>.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -64,6 +73,87 @@ static long send_reply(int fd, const struct dm_stream_reply *h,
 	return r;
 }
 
+/* Wait up to @ms for a request on @fd and read it into @req. */
+static int next_request(int fd, struct dm_stream_request *req, int ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+
+	if (poll(&p, 1, ms) != 1 || !(p.revents & POLLIN))
+		return -1;
+	return read(fd, req, sizeof(*req)) == sizeof(*req) ? 0 : -1;
+}
+
+static int siblings(const char *name, const char *image, uint64_t block)
+{
+	struct dm_stream_request first, again;
+	struct dm_stream_reply h;
+	struct dm_stream_attach a;
+	size_t bs;
+	char *data;
+	int fd, img;
+
+	fd = open("/dev/" DM_STREAM_DEVNAME, O_RDWR);
+	img = open(image, O_RDONLY);
+	if (fd < 0 || img < 0) {
+		perror("open");
+		return 1;
+	}
+	init_attach(&a, name);
+	if (ioctl(fd, DM_STREAM_IOC_ATTACH, &a)) {
+		perror("attach");
+		return 1;
+	}
+	bs = a.block_size;
+	if (next_request(fd, &first, 10000)) {
+		printf("FAIL: no request\n");
+		return 1;
+	}
+	printf("%s: request block %llu+%u\n",
+	       first.block == block && first.nr_blocks == 2 ? "ok" : "FAIL",
+	       (unsigned long long)first.block, first.nr_blocks);
+	if (first.block != block || first.nr_blocks != 2)
+		failures++;
+	/* The first block expires; the second comes back on its own. */
+	if (next_request(fd, &again, 20000)) {
+		printf("FAIL: block %llu was not sent again after block %llu expired\n",
+		       (unsigned long long)block + 1, (unsigned long long)block);
+		return 1;
+	}
+	printf("%s: request again block %llu+%u\n",
+	       again.block == block + 1 && again.nr_blocks == 1 &&
+	       again.tag != first.tag ? "ok" : "FAIL",
+	       (unsigned long long)again.block, again.nr_blocks);
+	if (again.block != block + 1 || again.nr_blocks != 1 ||
+	    again.tag == first.tag)
+		failures++;
+
+	data = malloc(2 * bs);
+	if (!data || pread(img, data, 2 * bs, block * bs) != (ssize_t)(2 * bs)) {
+		perror("read image");
+		return 1;
+	}
+	memset(&h, 0, sizeof(h));
+	h.magic = DM_STREAM_MAGIC;
+	h.version = DM_STREAM_VERSION;
+	h.size = sizeof(h);
+	h.tag = first.tag;
+	h.block = block;
+	h.nr_blocks = 2;
+	h.len = 2 * bs;
+	expect("answer to the expired request", send_reply(fd, &h, data, 2 * bs),
+	       ENOENT);
+	h.tag = again.tag;
+	h.block = block + 1;
+	h.nr_blocks = 1;
+	h.len = bs;
+	expect("answer to the request sent again",
+	       send_reply(fd, &h, data + bs, bs) < 0 ? -1 : 0, 0);
+	free(data);
+	close(img);
+	close(fd);
+	return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct dm_stream_attach a;
@@ -77,8 +167,10 @@ int main(int argc, char **argv)
 	pid_t pid;
 	int st;
 
+	if (argc == 5 && !strcmp(argv[1], "--siblings"))
+		return siblings(argv[2], argv[3], strtoull(argv[4], NULL, 0));
 	if (argc != 4) {
-		fprintf(stderr, "usage: stream-chan <dm name> <image> <block>\n");
+		fprintf(stderr, "usage: stream-chan [--siblings] <dm name> <image> <block>\n");
 		return 2;
 	}
 
