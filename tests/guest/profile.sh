@@ -80,6 +80,29 @@ for what in $(echo "${PROFILE_WHAT:-rand,nbdrand,fill,nbdcopy}" | tr , " "); do
 			sleep 0.02
 		done
 		echo "PROFILE filltime: all present at $_all us, streamd exited at $(( $(stream-io now) - _t0 )) us" ;;
+	present)
+		# Every block present; one write makes them dirty, then five
+		# sequential 1 MiB writes with an fsync each, on the stream
+		# target and on dm-linear over the same data device.
+		dmsetup create s --table "0 $SZ stream $META $DATA 128"
+		helper_start
+		dd if=$DEV of=/dev/null bs=1M iflag=direct 2>/dev/null
+		helper_stop
+		server_stop
+		_w="dd if=/dev/zero bs=1M count=$((SZ / 2048)) oflag=direct conv=fsync"
+		sh -c "$_w of=$DEV" 2>/dev/null
+		profiled present_seq_write_x5 sh -c \
+			"for i in 1 2 3 4 5; do $_w of=$DEV 2>/dev/null; done"
+		PROFILE_COMMS="stream-io kworker/0:1H-kb" \
+			profiled present_rand_write stream-io rand $DEV w 4096 4000 9
+		dmsetup suspend s
+		dmsetup create lin --table "0 $SZ linear $DATA 0"
+		profiled linear_seq_write_x5 sh -c \
+			"for i in 1 2 3 4 5; do $_w of=/dev/mapper/lin 2>/dev/null; done"
+		PROFILE_COMMS="stream-io" \
+			profiled linear_rand_write stream-io rand /dev/mapper/lin w 4096 4000 9
+		dmsetup remove lin
+		dmsetup resume s ;;
 	nbdcopy)
 		profiled nbdcopy_whole nbdcopy "$URI" null: ;;
 	esac
