@@ -89,6 +89,7 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, bool fill,
 				   struct stream_fetch **fp)
 {
+	bool background = !fill && stream_bio_background(bio);
 	struct stream_fetch *f;
 	int r;
 
@@ -117,12 +118,18 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 			*fp = f;
 			return STREAM_PARK_FILL;
 		}
-		list_move(&f->list, &sc->fq.pending);
+		if (!background)
+			list_move(&f->list, &sc->fq.pending);
 	}
 	if (f) {
 		/* The first waiter: the fetch's age starts now. */
-		if (bio_list_empty(&f->waiters))
+		if (bio_list_empty(&f->waiters)) {
 			f->queued_at = jiffies;
+			f->background = background;
+		} else if (!background) {
+			/* A demand read: not background any more. */
+			f->background = false;
+		}
 		bio_list_add(&f->waiters, bio);
 		mutex_unlock(&sc->fq.lock);
 		return STREAM_PARK_WAITING;
@@ -142,6 +149,7 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		return STREAM_PARK_FILL;
 	}
 	f->state = FETCH_QUEUED;
+	f->background = background;
 	bio_list_add(&f->waiters, bio);
 	list_add_tail(&f->list, &sc->fq.pending);
 	if (sc->fq.helper)
@@ -751,6 +759,7 @@ static void __make_request(struct stream_c *sc, struct stream_file *hf,
 	struct stream_fetch *f = list_first_entry(&sc->fq.pending,
 						  struct stream_fetch, list);
 	u64 tag = ++sc->fq.next_tag, first = f->block;
+	bool background = f->background;
 	u32 n = 1;
 
 	lockdep_assert_held(&sc->fq.lock);
@@ -758,11 +767,13 @@ static void __make_request(struct stream_c *sc, struct stream_file *hf,
 	while (n < hf->max_blocks && first > 0 &&
 	       (f = __queued(sc, first - 1))) {
 		__send_fetch(sc, hf, f, tag);
+		background &= f->background;
 		first--;
 		n++;
 	}
 	while (n < hf->max_blocks && (f = __queued(sc, first + n))) {
 		__send_fetch(sc, hf, f, tag);
+		background &= f->background;
 		n++;
 	}
 	memset(req, 0, sizeof(*req));
@@ -770,6 +781,7 @@ static void __make_request(struct stream_c *sc, struct stream_file *hf,
 	req->version = DM_STREAM_VERSION;
 	req->size = sizeof(*req);
 	req->type = DM_STREAM_REQ_FETCH;
+	req->flags = background ? DM_STREAM_REQ_BACKGROUND : 0;
 	req->tag = tag;
 	req->block = first;
 	req->nr_blocks = n;

@@ -11,6 +11,7 @@
 #define DM_STREAM_CHAN_H
 
 #include <linux/bio.h>
+#include <linux/ioprio.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
 #include <linux/rwsem.h>
@@ -45,6 +46,11 @@ struct stream_fetch {
 	struct list_head list;		/* pending/sent, then completed */
 	struct bio_list waiters;
 	blk_status_t status;
+	/*
+	 * Only background reads (stream_bio_background()) wait for it: its
+	 * request carries DM_STREAM_REQ_BACKGROUND.  Under fq.lock.
+	 */
+	bool background;
 };
 
 /*
@@ -103,6 +109,17 @@ enum stream_park {
 	STREAM_PARK_FILL,	/* a fill was started: *@fill, submit the bio */
 	STREAM_PARK_NOMEM,	/* no memory: retry later */
 };
+
+/*
+ * Any context: @bio is a background read, issued with the idle I/O
+ * priority class (streamd's fill).  Its fetch is a background one, and it
+ * starts no readahead.
+ */
+static inline bool stream_bio_background(struct bio *bio)
+{
+	return bio_op(bio) == REQ_OP_READ &&
+		IOPRIO_PRIO_CLASS(bio_prio(bio)) == IOPRIO_CLASS_IDLE;
+}
 
 /*
  * Worker, or map for a read: park @bio (to absent @block) behind the

@@ -274,6 +274,8 @@ static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
  */
 static int park_read(struct stream_c *sc, struct bio *bio, u64 block)
 {
+	/* Not after parking: the bio may be completed by then. */
+	bool background = stream_bio_background(bio);
 	struct stream_fetch *f;
 
 	switch (stream_fetch_park(sc, bio, block, false, &f)) {
@@ -285,7 +287,9 @@ static int park_read(struct stream_c *sc, struct bio *bio, u64 block)
 		atomic_dec(&sc->parked);
 		return DM_MAPIO_REQUEUE;
 	case STREAM_PARK_WAITING:
-		ra_miss(sc, block);
+		/* The fill reads its own chunks, readahead would race it. */
+		if (!background)
+			ra_miss(sc, block);
 		return DM_MAPIO_SUBMITTED;
 	default:
 		/* STREAM_PARK_NOMEM (a read never starts a fill) */
@@ -338,7 +342,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	 * bio span two blocks.
 	 */
 	off = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	if (bio_op(bio) == REQ_OP_READ && bio_sectors(bio))
+	if (bio_op(bio) == REQ_OP_READ && bio_sectors(bio) &&
+	    !stream_bio_background(bio))
 		ra_check(sc, off, bio_sectors(bio));
 	end = round_down(off, sc->block_sectors) + sc->block_sectors;
 	if (off + bio_sectors(bio) > end) {
@@ -413,7 +418,7 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	u64 block = bio_block(sc, bio);
 	struct stream_fetch *f;
 	unsigned long flags;
-	bool fill, read;
+	bool fill, demand_read;
 
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
 		atomic_dec(&sc->parked);
@@ -424,7 +429,8 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
 	/* Not bio_op() after parking: the bio may be completed by then. */
-	read = bio_op(bio) == REQ_OP_READ;
+	demand_read = bio_op(bio) == REQ_OP_READ &&
+		!stream_bio_background(bio);
 	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
 	case STREAM_PARK_PRESENT:
 		atomic_dec(&sc->parked);
@@ -454,7 +460,7 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		submit_bio_noacct(bio);
 		break;
 	case STREAM_PARK_WAITING:
-		if (read)
+		if (demand_read)
 			ra_miss(sc, block);
 		break;
 	}

@@ -86,6 +86,8 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <linux/ioprio.h>
 
 #include <libdevmapper.h>
 #include <libnbd.h>
@@ -109,6 +111,13 @@
 #define DEFAULT_MAX_REQUEST	(512 << 10)
 #define MAX_RETRIES	3
 #define BATCH		64
+/*
+ * Background requests (DM_STREAM_REQ_BACKGROUND: the fill's) in flight at
+ * most, issued only when no demand request waits: a demand read queues
+ * behind at most this many (1 MiB with the default --max-request) on the
+ * connection, and two keep the server busy between them.
+ */
+#define BG_DEPTH	2
 #define BACKOFF_MIN_MS	100
 #define BACKOFF_MAX_MS	5000
 #define DEFAULT_IO_TIMEOUT	30	/* s without progress: reconnect */
@@ -120,6 +129,7 @@
 
 struct stats {
 	uint64_t requests;
+	uint64_t background;		/* requests with the BACKGROUND flag */
 	uint64_t fetched;		/* blocks read from the server */
 	uint64_t zero;			/* answered as zero, not transferred */
 	uint64_t bytes;			/* payload bytes read from the server */
@@ -175,9 +185,11 @@ struct streamd {
 	bool zmap_done;
 
 	struct su_reqpool pool;		/* depth requests, allocated once */
-	struct su_reqq queue;		/* to issue */
+	struct su_reqq queue;		/* to issue: demand */
+	struct su_reqq bg_queue;	/* to issue after queue: background */
 	struct su_req *inflight;	/* issued on the current connection */
 	unsigned int nr_inflight;
+	unsigned int nr_bg_inflight;	/* of which background */
 	struct su_req *replies;		/* replies to send again */
 
 	struct stats st;
@@ -265,12 +277,14 @@ static void write_stats(struct streamd *sd)
 			return;
 		}
 	}
-	fprintf(f, "requests=%" PRIu64 "\nfetched=%" PRIu64 "\nzero=%" PRIu64
+	fprintf(f, "requests=%" PRIu64 "\nbackground=%" PRIu64
+		"\nfetched=%" PRIu64 "\nzero=%" PRIu64
 		"\nbytes=%" PRIu64 "\nread_errors=%" PRIu64
 		"\nreconnects=%" PRIu64 "\nreattaches=%" PRIu64
 		"\nstalls=%" PRIu64 "\nreply_retries=%" PRIu64
 		"\nfill_failed=%" PRIu64 "\n",
-		sd->st.requests, sd->st.fetched, sd->st.zero, sd->st.bytes,
+		sd->st.requests, sd->st.background, sd->st.fetched,
+		sd->st.zero, sd->st.bytes,
 		sd->st.read_errors, sd->st.reconnects, sd->st.reattaches,
 		sd->st.stalls, sd->st.reply_retries,
 		atomic_load(&sd->fill->failed));
@@ -291,6 +305,8 @@ static void detach(struct streamd *sd)
 	sd->fd = -1;
 	/* The kernel requeues what we held; forget it here. */
 	while ((r = su_reqq_pop(&sd->queue)))
+		su_req_put(&sd->pool, r);
+	while ((r = su_reqq_pop(&sd->bg_queue)))
 		su_req_put(&sd->pool, r);
 	while ((r = sd->replies)) {
 		sd->replies = r->next;
@@ -525,6 +541,12 @@ static bool trim_zero(struct streamd *sd, struct su_req *r)
 	return true;
 }
 
+/* Queue @r to be issued (again): its queue's tail. */
+static void requeue(struct streamd *sd, struct su_req *r)
+{
+	su_reqq_push(r->background ? &sd->bg_queue : &sd->queue, r);
+}
+
 /* Take as many requests as the pool has room for. */
 static int read_requests(struct streamd *sd)
 {
@@ -559,10 +581,13 @@ static int read_requests(struct streamd *sd)
 		r->tag = q->tag;
 		r->block = q->block;
 		r->count = q->nr_blocks;
+		r->background = q->flags & DM_STREAM_REQ_BACKGROUND;
 		sd->st.requests++;
-		dbg(sd, "request block %" PRIu64 "+%u tag %" PRIu64, r->block,
-		    r->count, r->tag);
-		su_reqq_push(&sd->queue, r);
+		sd->st.background += r->background;
+		dbg(sd, "request block %" PRIu64 "+%u tag %" PRIu64 "%s",
+		    r->block, r->count, r->tag,
+		    r->background ? " (background)" : "");
+		requeue(sd, r);
 	}
 	return 0;
 }
@@ -705,13 +730,14 @@ static void disconnect(struct streamd *sd)
 		next = r->next;
 		if (sd->fd >= 0 && r->conn_gen) {
 			r->done = false;
-			su_reqq_push(&sd->queue, r);
+			requeue(sd, r);
 		} else {
 			su_req_put(&sd->pool, r);
 		}
 	}
 	sd->inflight = NULL;
 	sd->nr_inflight = 0;
+	sd->nr_bg_inflight = 0;
 }
 
 /*
@@ -889,15 +915,42 @@ static int pread_done(void *user_data, int *error)
 	return 1;
 }
 
+/*
+ * The next request to issue: a demand one, else a background one if fewer
+ * than BG_DEPTH are in flight; NULL if none may go now.
+ */
+static struct su_req *next_to_issue(struct streamd *sd)
+{
+	struct su_req *r = su_reqq_pop(&sd->queue);
+
+	if (!r && sd->nr_bg_inflight < BG_DEPTH)
+		r = su_reqq_pop(&sd->bg_queue);
+	return r;
+}
+
+/* Put @held back at the head of @q, in their order. */
+static void restore_held(struct su_reqq *q, struct su_reqq *held)
+{
+	struct su_req *r;
+
+	if (!held->head)
+		return;
+	while ((r = su_reqq_pop(q)))
+		su_reqq_push(held, r);
+	while ((r = su_reqq_pop(held)))
+		su_reqq_push(q, r);
+}
+
 static void issue(struct streamd *sd)
 {
-	struct su_reqq held;
+	struct su_reqq held, held_bg;
 	struct su_req *r;
 	int64_t c;
 
 	su_reqq_init(&held);
+	su_reqq_init(&held_bg);
 	while (sd->nbd && sd->nr_inflight < sd->depth &&
-	       (r = su_reqq_pop(&sd->queue))) {
+	       (r = next_to_issue(sd))) {
 		/*
 		 * While the zero map is being built, a block it does not
 		 * cover yet waits for it (block-status answers come in
@@ -907,7 +960,7 @@ static void issue(struct streamd *sd)
 		if (!sd->zmap_done &&
 		    (r->block + r->count) * (uint64_t)sd->block_size >
 		    sd->zmap_off) {
-			su_reqq_push(&held, r);
+			su_reqq_push(r->background ? &held_bg : &held, r);
 			continue;
 		}
 		if (!trim_zero(sd, r))
@@ -927,7 +980,8 @@ static void issue(struct streamd *sd)
 			err("pread block %" PRIu64 "+%u: %s", r->block,
 			    r->count, nbd_get_error());
 			/* Back to the front; the connection is checked next. */
-			su_reqq_push_front(&sd->queue, r);
+			su_reqq_push_front(r->background ? &sd->bg_queue :
+					   &sd->queue, r);
 			sd->conn_lost = true;
 			break;
 		}
@@ -937,14 +991,11 @@ static void issue(struct streamd *sd)
 		r->next = sd->inflight;
 		sd->inflight = r;
 		sd->nr_inflight++;
+		sd->nr_bg_inflight += r->background;
 	}
 	/* The held requests first, in their order, then the rest. */
-	if (held.head) {
-		while ((r = su_reqq_pop(&sd->queue)))
-			su_reqq_push(&held, r);
-		while ((r = su_reqq_pop(&held)))
-			su_reqq_push(&sd->queue, r);
-	}
+	restore_held(&sd->queue, &held);
+	restore_held(&sd->bg_queue, &held_bg);
 }
 
 /* Errors that say the connection, not the block, is at fault. */
@@ -979,6 +1030,7 @@ static void reap(struct streamd *sd)
 		}
 		*pp = r->next;
 		sd->nr_inflight--;
+		sd->nr_bg_inflight -= r->background;
 		now(&sd->last_progress);
 		if (!r->conn_gen) {		/* target went away */
 			su_req_put(&sd->pool, r);
@@ -996,7 +1048,7 @@ static void reap(struct streamd *sd)
 			dbg(sd, "block %" PRIu64 "+%u: %s; will reissue",
 			    r->block, r->count, strerror(r->error));
 			sd->conn_lost = true;
-			su_reqq_push(&sd->queue, r);
+			requeue(sd, r);
 		} else if (++r->retries > MAX_RETRIES) {
 			sd->st.read_errors++;
 			err("read block %" PRIu64 "+%u: %s; reporting EIO",
@@ -1006,7 +1058,7 @@ static void reap(struct streamd *sd)
 		} else {
 			dbg(sd, "retry block %" PRIu64 "+%u", r->block,
 			    r->count);
-			su_reqq_push(&sd->queue, r);
+			requeue(sd, r);
 		}
 	}
 }
@@ -1071,6 +1123,7 @@ static int run(struct streamd *sd)
 	int r;
 
 	su_reqq_init(&sd->queue);
+	su_reqq_init(&sd->bg_queue);
 	sd->fd = -1;
 	for (;;) {
 		struct pollfd pfd[3];
@@ -1400,6 +1453,15 @@ static void *fill_main(void *arg)
 	bool told = false, applied = false;
 	long backoff = 0;
 	uint64_t failed;
+
+	/*
+	 * This thread's reads are background ones: the target sends their
+	 * fetches with DM_STREAM_REQ_BACKGROUND, and run() issues demand
+	 * fetches before them (see BG_DEPTH).
+	 */
+	if (syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0,
+		    IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0)))
+		err("fill: ioprio_set: %m; demand reads may wait behind the fill");
 
 	while (!atomic_load(&fl->stop)) {
 		r = fill_status(fl, &fs);

@@ -51,6 +51,8 @@
  *      attach how many blocks it takes in one request (max_blocks).  The
  *      request and reply structures grew by 8 bytes.  A version 2 helper
  *      is refused at attach (-EPROTO, and a line in the kernel log).
+ *      DM_STREAM_REQ_BACKGROUND was added later without a version change:
+ *      a hint in a field that was always 0, which a helper may ignore.
  */
 #ifndef _UAPI_DM_STREAM_H
 #define _UAPI_DM_STREAM_H
@@ -138,6 +140,20 @@ struct dm_stream_snap_read {
 #define DM_STREAM_REQ_FETCH	1	/* fetch a run of whole blocks */
 
 /*
+ * dm_stream_request.flags
+ *
+ * BACKGROUND: only background reads wait for these blocks: reads issued
+ * with the idle I/O priority class (ionice -c 3), as streamd's fill thread
+ * does.  A helper SHOULD send requests without it first and MAY limit how
+ * many background requests it has in flight, so that a demand read does
+ * not wait behind a background transfer.  A block that a demand read asks
+ * for while its request is still queued in the kernel loses the flag; once
+ * the request is read, it keeps it.  A hint: a helper that ignores it
+ * loses nothing.
+ */
+#define DM_STREAM_REQ_BACKGROUND	(1U << 0)
+
+/*
  * Kernel -> helper.  FETCH: send blocks @block .. @block + @nr_blocks - 1
  * (byte offset block * block_size, nr_blocks * block_size bytes) back
  * with tag @tag.  nr_blocks is at least 1 and at most the max_blocks
@@ -150,7 +166,7 @@ struct dm_stream_request {
 	__u16 version;
 	__u16 size;		/* sizeof(struct dm_stream_request) */
 	__u32 type;
-	__u32 flags;		/* none defined, 0 */
+	__u32 flags;		/* DM_STREAM_REQ_* */
 	__u64 tag;
 	__u64 block;
 	/* version 3 */

@@ -490,6 +490,46 @@ t_channel_validation() {
 	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
 }
 
+# Reads with the idle I/O priority class (ionice -c 3, as streamd's fill
+# thread reads) are sent as background requests; a demand read of a block
+# still queued in the kernel takes the flag away; the fill's requests all
+# carry it.
+t_background_requests() {
+	fresh
+	server_start nbdkit
+	create 2 readahead 0
+	helper_start
+	ionice -c 3 dd if=$DEV of=/dev/null bs=$BB skip=10 count=1 iflag=direct 2>/dev/null
+	expect_eq "requests" 1 "$(helper_stat requests)"
+	expect_eq "background, an idle read" 1 "$(helper_stat background)"
+	dd if=$DEV of=/dev/null bs=$BB skip=11 count=1 iflag=direct 2>/dev/null
+	expect_eq "requests" 2 "$(helper_stat requests)"
+	expect_eq "background, a demand read" 1 "$(helper_stat background)"
+	# an idle read and a demand read of one block, both queued
+	kill -STOP "$(cat /tmp/streamd.pid)"
+	ionice -c 3 dd if=$DEV of=/tmp/a bs=$BB skip=12 count=1 iflag=direct 2>/dev/null &
+	_i=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 1 ]"
+	dd if=$DEV of=/tmp/b bs=$BB skip=12 count=1 iflag=direct 2>/dev/null &
+	_d=$!
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 2 ]"
+	kill -CONT "$(cat /tmp/streamd.pid)"
+	wait $_i
+	wait $_d
+	expect_eq "requests" 3 "$(helper_stat requests)"
+	expect_eq "background, a demand read joined" 1 "$(helper_stat background)"
+	expect_eq "block 12, idle reader" "$(blk_sum $IMG 12)" "$(md5sum </tmp/a | cut -d' ' -f1)"
+	expect_eq "block 12, demand reader" "$(blk_sum $IMG 12)" "$(md5sum </tmp/b | cut -d' ' -f1)"
+	# the fill: a new helper, its own counters
+	helper_stop
+	helper_start --fill
+	wait_for 60 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = $((SZ / BS)) ]"
+	_r=$(helper_stat requests)
+	[ "$_r" -gt 0 ] || { echo "# the fill sent no request"; return 1; }
+	expect_eq "background, the fill" "$_r" "$(helper_stat background)"
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+}
+
 # Two adjacent blocks sent as one request, the first expiring long before
 # the second (fetch_timeout): the second block goes back to the queue on
 # its own instead of staying with a request that can no longer be
@@ -741,6 +781,7 @@ run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
 run expired_request_siblings t_expired_request_siblings
+run background_requests t_background_requests
 run range_readahead t_range_readahead
 run write_over_readahead t_write_over_readahead
 run revert t_revert

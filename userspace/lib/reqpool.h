@@ -22,6 +22,7 @@ struct su_req {
 	int error;
 	int reply_error;		/* a reply to send again */
 	bool reply_zero;
+	bool background;		/* DM_STREAM_REQ_BACKGROUND */
 	unsigned char *buf;		/* buf_size bytes */
 };
 
