@@ -162,6 +162,42 @@ while [ $i -le $RUNS ]; do
 	i=$((i + 1))
 done
 
+# The same where the link is the bottleneck: TCP to nbdkit over the
+# loopback limited to 128 Mbit/s with 1 ms of delay (tc netem), 20 cold
+# reads 64 KiB apart (4 KiB blocks: no readahead), with the fill off and
+# with it on at full speed.  Prints microseconds.
+slow_misses() {	# slow_misses [streamd options]
+	{
+		fresh
+		nbdkit -p 10811 -i 127.0.0.1 -P /tmp/nbd.pid file file=$SRC
+		wait_for 10 tcp_listening 2A3B
+		/opt/bin/tc qdisc add dev lo root netem rate 128mbit delay 1ms
+		dmsetup create s --table "0 $SZ stream $META $DATA 8"
+		HELPER_URI=nbd://127.0.0.1:10811 helper_start "$@"
+		wait_for 10 grep -q "connected to" /tmp/streamd.log
+		if [ $# -gt 0 ]; then
+			wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 64 ]"
+		fi
+	} >&2
+	timed stream-io tail $DEV 65536 20
+	{
+		/opt/bin/tc qdisc del dev lo root
+		teardown
+	} >&2
+}
+i=1
+while [ $i -le $RUNS ]; do
+	if first $i; then
+		busy=$(slow_misses --fill)
+		idle=$(slow_misses)
+	else
+		idle=$(slow_misses)
+		busy=$(slow_misses --fill)
+	fi
+	pair demand_miss_while_filling_128mbit_vs_idle $i "$busy" "$idle"
+	i=$((i + 1))
+done
+
 # Fresh metadata, every block present (read through the helper), then no
 # helper nor server: present, clean blocks.
 all_present_clean() {

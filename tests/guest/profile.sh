@@ -103,6 +103,39 @@ for what in $(echo "${PROFILE_WHAT:-rand,nbdrand,fill,nbdcopy}" | tr , " "); do
 			profiled linear_rand_write stream-io rand /dev/mapper/lin w 4096 4000 9
 		dmsetup remove lin
 		dmsetup resume s ;;
+	slowlink)
+		# Demand misses (20 blocks 64 KiB apart from the end, 4 KiB
+		# blocks) over TCP on a loopback limited to 128 Mbit/s with
+		# 1 ms of delay (tc netem: bytes queue on the link), with
+		# the fill off, and with it on at full speed under streamd
+		# and under $SLOW_OTHER (another streamd, from
+		# PROFILE_EXTRA), in alternating rounds.
+		_u=nbd://127.0.0.1:10811
+		for _round in 1 2 3; do
+			for _h in off streamd ${SLOW_OTHER:-}; do
+				fresh
+				nbdkit -p 10811 -i 127.0.0.1 -P /tmp/nbd.pid \
+					file file=$SRC
+				wait_for 10 tcp_listening 2A3B
+				/opt/bin/tc qdisc add dev lo root netem rate 128mbit delay 1ms
+				dmsetup create s --table "0 $SZ stream $META $DATA 8"
+				_hb=$_h _fl=--fill
+				[ $_h = off ] && _hb=streamd _fl=""
+				: >/tmp/streamd.log
+				$_hb $_fl s "$_u" 2>>/tmp/streamd.log &
+				_hp=$!
+				wait_for 10 grep -q "connected to" /tmp/streamd.log
+				[ -z "$_fl" ] || wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) -gt 64 ]"
+				_t0=$(stream-io now)
+				# 64 KiB apart: no readahead
+				stream-io tail $DEV 65536 20 >/dev/null
+				echo "PROFILE slowlink $_round $_h $(( $(stream-io now) - _t0 )) us, $(dmsetup status s | awk '{print $5}') present"
+				kill $_hp
+				wait $_hp || true
+				/opt/bin/tc qdisc del dev lo root
+				teardown
+			done
+		done ;;
 	nbdcopy)
 		profiled nbdcopy_whole nbdcopy "$URI" null: ;;
 	esac
