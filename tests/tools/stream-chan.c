@@ -59,6 +59,19 @@ static void init_attach(struct dm_stream_attach *a, const char *name)
 	snprintf(a->id, sizeof(a->id), "%s", name);
 }
 
+static void init_reply(struct dm_stream_reply *h, uint64_t tag,
+		       uint64_t block, uint32_t nr_blocks, uint64_t len)
+{
+	memset(h, 0, sizeof(*h));
+	h->magic = DM_STREAM_MAGIC;
+	h->version = DM_STREAM_VERSION;
+	h->size = sizeof(*h);
+	h->tag = tag;
+	h->block = block;
+	h->nr_blocks = nr_blocks;
+	h->len = len;
+}
+
 static long send_reply(int fd, const struct dm_stream_reply *h,
 		       const void *data, size_t len)
 {
@@ -132,20 +145,10 @@ static int siblings(const char *name, const char *image, uint64_t block)
 		perror("read image");
 		return 1;
 	}
-	memset(&h, 0, sizeof(h));
-	h.magic = DM_STREAM_MAGIC;
-	h.version = DM_STREAM_VERSION;
-	h.size = sizeof(h);
-	h.tag = first.tag;
-	h.block = block;
-	h.nr_blocks = 2;
-	h.len = 2 * bs;
+	init_reply(&h, first.tag, block, 2, 2 * bs);
 	expect("answer to the expired request", send_reply(fd, &h, data, 2 * bs),
 	       ENOENT);
-	h.tag = again.tag;
-	h.block = block + 1;
-	h.nr_blocks = 1;
-	h.len = bs;
+	init_reply(&h, again.tag, block + 1, 1, bs);
 	expect("answer to the request sent again",
 	       send_reply(fd, &h, data + bs, bs) < 0 ? -1 : 0, 0);
 	free(data);
@@ -281,14 +284,7 @@ int main(int argc, char **argv)
 		perror(argv[2]);
 		return 1;
 	}
-	memset(&good, 0, sizeof(good));
-	good.magic = DM_STREAM_MAGIC;
-	good.version = DM_STREAM_VERSION;
-	good.size = sizeof(good);
-	good.tag = req.tag;
-	good.block = req.block;
-	good.nr_blocks = 1;
-	good.len = bs;
+	init_reply(&good, req.tag, req.block, 1, bs);
 
 	h = good;
 	h.magic = 0;
