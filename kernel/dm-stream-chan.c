@@ -865,73 +865,21 @@ struct range_write {
 	struct stream_fetch *f[];
 };
 
-/*
- * Payload pages kept between replies: a reply's pages come back here when
- * its data write ends, and the next reply takes them instead of allocating
- * new ones, which with init_on_alloc (Debian's default) zeroes every page
- * only for copy_payload() to overwrite it all: 8% of a whole-image fill's
- * CPU time under TCG (make profile).  Shared by every stream device, at
- * most two full payloads; emptied at module exit.  A cached page is always
- * overwritten whole before anyone reads it (payloads are whole pages).
- */
-#define PAYLOAD_CACHE_PAGES	(2 * (MAX_PAYLOAD >> PAGE_SHIFT))
-static DEFINE_SPINLOCK(payload_cache_lock);	/* guards the two below */
-static LIST_HEAD(payload_cache);		/* of page->lru */
-static unsigned int payload_cache_nr;
-
-static struct page *get_payload_page(void)
+static void free_page_array(struct page **pages, unsigned int nr)
 {
-	struct page *page = NULL;
-	unsigned long flags;
-
-	spin_lock_irqsave(&payload_cache_lock, flags);
-	if (payload_cache_nr) {
-		page = list_first_entry(&payload_cache, struct page, lru);
-		list_del(&page->lru);
-		payload_cache_nr--;
-	}
-	spin_unlock_irqrestore(&payload_cache_lock, flags);
-	return page ? page : alloc_page(GFP_KERNEL);
-}
-
-/* Give back @nr pages (NULL entries skipped) and the array; any context. */
-static void put_payload_pages(struct page **pages, unsigned int nr)
-{
-	unsigned long flags;
 	unsigned int i;
 
 	if (!pages)
 		return;
-	spin_lock_irqsave(&payload_cache_lock, flags);
-	for (i = 0; i < nr && payload_cache_nr < PAYLOAD_CACHE_PAGES; i++) {
-		if (!pages[i])
-			continue;
-		list_add(&pages[i]->lru, &payload_cache);
-		payload_cache_nr++;
-		pages[i] = NULL;
-	}
-	spin_unlock_irqrestore(&payload_cache_lock, flags);
-	for (; i < nr; i++)
+	for (i = 0; i < nr; i++)
 		if (pages[i])
 			__free_page(pages[i]);
 	kfree(pages);
 }
 
-static void drain_payload_cache(void)
-{
-	struct page *page, *tmp;
-
-	/* Module exit: no reply is left to use the cache. */
-	list_for_each_entry_safe(page, tmp, &payload_cache, lru) {
-		list_del(&page->lru);
-		__free_page(page);
-	}
-	payload_cache_nr = 0;
-}
-
 static void free_range_write(struct range_write *w)
 {
-	put_payload_pages(w->pages, w->nr_pages);
+	free_page_array(w->pages, w->nr_pages);
 	kfree(w);
 }
 
@@ -963,14 +911,14 @@ static struct page **copy_payload(const char __user *src, size_t len)
 	if (!pages)
 		return ERR_PTR(-ENOMEM);
 	for (i = 0; i < nr; i++) {
-		pages[i] = get_payload_page();
+		pages[i] = alloc_page(GFP_KERNEL);
 		if (!pages[i]) {
-			put_payload_pages(pages, nr);
+			free_page_array(pages, nr);
 			return ERR_PTR(-ENOMEM);
 		}
 		if (copy_from_user(page_address(pages[i]),
 				   src + i * PAGE_SIZE, PAGE_SIZE)) {
-			put_payload_pages(pages, nr);
+			free_page_array(pages, nr);
 			return ERR_PTR(-EFAULT);
 		}
 	}
@@ -1175,7 +1123,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 out:
 	up_read(&hf->sem);
 	if (payload)
-		put_payload_pages(payload, rep.len >> PAGE_SHIFT);
+		free_page_array(payload, rep.len >> PAGE_SHIFT);
 	if (w)
 		free_range_write(w);
 	return r;
@@ -1231,5 +1179,4 @@ void stream_chan_exit(void)
 {
 	misc_deregister(&chan_misc);
 	kmem_cache_destroy(fetch_cache);
-	drain_payload_cache();
 }
