@@ -159,8 +159,15 @@ t_mempressure() {
 	# shellcheck disable=SC2013 # one number a line
 	for b in $(cat /tmp/mp.ok); do
 		expected_block $b /tmp/exp
+		_got=$(blk_sum $DEV $b)
 		expect_eq "fsync'd write to block $b" \
-			"$(md5sum </tmp/exp | cut -d' ' -f1)" "$(blk_sum $DEV $b)"
+			"$(md5sum </tmp/exp | cut -d' ' -f1)" "$_got"
+		# What a lost write left there instead, for the diagnosis.
+		if [ "$_got" = "$(blk_sum $IMG $b)" ]; then
+			say "block $b holds the image's block $b: the write was lost, or overwritten by a fetch"
+		elif [ "$_got" = "$(head -c $BB /dev/zero | tr '\000' '\377' | md5sum | cut -d' ' -f1)" ]; then
+			say "block $b holds the data device's old 0xff: the write never reached it"
+		fi
 	done
 	# shellcheck disable=SC2013 # one number a line
 	for b in $(cat /tmp/mp.failed); do
