@@ -482,12 +482,6 @@ static bool block_is_zero(struct streamd *sd, uint64_t block)
 }
 
 /*
- * Answer the zero blocks at the ends of @r apart, and leave in @r the
- * blocks to read (first and last not zero).  Returns false when nothing
- * is left to read (all zero, answered; or the request is gone).  A zero
- * answer the kernel does not take now stays in @r, read with the rest.
- */
-/*
  * Answer @n zero blocks from @block of request @r apart.  1: answered;
  * 0: nothing to answer, or not taken now (they are read with the rest);
  * -1: the request is gone (timed out, detached) and @r went back to the
@@ -512,6 +506,12 @@ static int zero_run(struct streamd *sd, struct su_req *r, uint64_t block,
 	return 1;
 }
 
+/*
+ * Answer the zero blocks at the ends of @r apart, and leave in @r the
+ * blocks to read (first and last not zero).  Returns false when nothing
+ * is left to read (all zero, answered; or the request is gone).  A zero
+ * answer the kernel does not take now stays in @r, read with the rest.
+ */
 static bool trim_zero(struct streamd *sd, struct su_req *r)
 {
 	uint32_t lead = 0, tail = 0;
@@ -541,10 +541,16 @@ static bool trim_zero(struct streamd *sd, struct su_req *r)
 	return true;
 }
 
+/* The queue @r waits in to be issued: demand or background. */
+static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
+{
+	return r->background ? &sd->bg_queue : &sd->queue;
+}
+
 /* Queue @r to be issued (again): its queue's tail. */
 static void requeue(struct streamd *sd, struct su_req *r)
 {
-	su_reqq_push(r->background ? &sd->bg_queue : &sd->queue, r);
+	su_reqq_push(queue_of(sd, r), r);
 }
 
 /* Take as many requests as the pool has room for. */
@@ -980,8 +986,7 @@ static void issue(struct streamd *sd)
 			err("pread block %" PRIu64 "+%u: %s", r->block,
 			    r->count, nbd_get_error());
 			/* Back to the front; the connection is checked next. */
-			su_reqq_push_front(r->background ? &sd->bg_queue :
-					   &sd->queue, r);
+			su_reqq_push_front(queue_of(sd, r), r);
 			sd->conn_lost = true;
 			break;
 		}
