@@ -18,6 +18,13 @@
  *   stream-io pread <dev> <offset> <length>
  *       one O_DIRECT read of <length> bytes at byte <offset>: one bio
  *       over several blocks, at any aligned offset.
+ *   stream-io copy <src> <src offset> <dev> <dev offset> <length> <fail>
+ *       read <length> bytes of <src> in full, then (with <fail> 1) set
+ *       this task's make-it-fail (fault injection), then one O_DIRECT
+ *       pwrite of them to <dev> and fsync.  Unlike dd, a short read of
+ *       the source is never written: injected allocation failures hit
+ *       the write alone.  Exit 0: written and fsync'd; 3: the pwrite
+ *       was short (its byte count on stdout); 1: an error.
  *   stream-io now
  *       CLOCK_MONOTONIC in microseconds, for the benchmark's timings
  *       (/proc/uptime counts 10 ms, too coarse for runs of 100 ms).
@@ -210,6 +217,74 @@ static int cmd_pread(char **argv)
 	return 0;
 }
 
+static int read_full(int fd, char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done, off + done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -ENODATA;
+		done += n;
+	}
+	return 0;
+}
+
+static int cmd_copy(char **argv)
+{
+	size_t len = strtoull(argv[4], NULL, 0);
+	off_t soff = strtoull(argv[1], NULL, 0);
+	off_t doff = strtoull(argv[3], NULL, 0);
+	int src, dev, r;
+	ssize_t n;
+	void *buf;
+
+	if (!len || posix_memalign(&buf, 4096, len)) {
+		fprintf(stderr, "copy: bad length %s\n", argv[4]);
+		return 2;
+	}
+	src = open(argv[0], O_RDONLY);
+	dev = open(argv[2], O_WRONLY | O_DIRECT);
+	if (src < 0 || dev < 0) {
+		perror("open");
+		return 2;
+	}
+	r = read_full(src, buf, len, soff);
+	if (r) {
+		fprintf(stderr, "read %s: %s\n", argv[0], strerror(-r));
+		return 2;
+	}
+	if (atoi(argv[5])) {
+		int f = open("/proc/self/make-it-fail", O_WRONLY);
+
+		if (f < 0 || write(f, "1", 1) != 1) {
+			perror("make-it-fail");
+			return 2;
+		}
+		close(f);
+	}
+	n = pwrite(dev, buf, len, doff);
+	if (n < 0) {
+		perror("pwrite");
+		return 1;
+	}
+	if (fsync(dev)) {
+		perror("fsync");
+		return 1;
+	}
+	if ((size_t)n != len) {
+		printf("%zd\n", n);
+		return 3;
+	}
+	free(buf);
+	close(src);
+	close(dev);
+	return 0;
+}
+
 static int cmd_nbdrand(char **argv)
 {
 	struct nbd_handle *h = nbd_create();
@@ -261,6 +336,8 @@ int main(int argc, char **argv)
 		return cmd_rand(argv + 2);
 	if (argc == 5 && !strcmp(argv[1], "tail"))
 		return cmd_tail(argv + 2);
+	if (argc == 8 && !strcmp(argv[1], "copy"))
+		return cmd_copy(argv + 2);
 	if (argc == 5 && !strcmp(argv[1], "pread"))
 		return cmd_pread(argv + 2);
 	fprintf(stderr, "usage: see the comment at the top of stream-io.c\n");
