@@ -68,9 +68,11 @@
  * clears the region in core, smp_mb(), then stages the changed slices.
  * Either the writer sees the region closed and waits, or the commit that
  * closes the region stages the writer's bits -- and the superblock that
- * closes it is staged after them.  A load that finds regions open (an
- * unclean shutdown) makes all their blocks dirty for every consumer and
- * commits that before anything else (__intent_recover()).  SB_F_INTENT is
+ * closes it is staged after them.  The blocks that commit finds dirty
+ * and committed present become durable with it (__intent_take_closed()):
+ * their next write goes without a region.  A load that finds regions
+ * open (an unclean shutdown) makes all their blocks dirty for every
+ * consumer and commits that before anything else (__intent_recover()).  SB_F_INTENT is
  * set exactly when a region is open, so a module that does not know write
  * intent refuses such a superblock rather than ignoring it.
  *
@@ -276,7 +278,11 @@ struct dm_stream_metadata {
 	 */
 	struct mutex commit_lock;
 	unsigned long *present_commit;
-	unsigned long *present_taken;	/* present, as dsm_commit_begin saw it */
+	/*
+	 * present, as dsm_commit_begin() saw it; after dsm_commit_apply(),
+	 * the blocks a commit makes durable (__intent_take_closed())
+	 */
+	unsigned long *present_taken;
 	unsigned long *taken_slices;
 	unsigned long *snap[DSM_MAX_CONSUMERS];	/* allocated on first use */
 	u64 snap_gen[DSM_MAX_CONSUMERS];	/* 0: no snapshot */
@@ -2221,7 +2227,6 @@ static void dsm_intent_begin(struct dm_stream_metadata *md)
 		clear_bit(r, md->intent_used);
 		md->intent_age[r] = 0;
 	}
-	bitmap_zero(md->intent_clear, DSM_INTENT_BITS);
 	/* Pairs with smp_mb() in dsm_write_ready(). */
 	smp_mb();
 	bitmap_zero(md->intent_add, DSM_INTENT_BITS);
@@ -2250,6 +2255,78 @@ static void dsm_intent_end(struct dm_stream_metadata *md, bool ok)
 		bitmap_andnot(md->intent_disk, md->intent_disk,
 			      md->intent_add, DSM_INTENT_BITS);
 	bitmap_zero(md->intent_add, DSM_INTENT_BITS);
+	bitmap_zero(md->intent_clear, DSM_INTENT_BITS);
+}
+
+/* Blocks [*first, *end) of region @r; false if it holds none. */
+static bool region_blocks(struct dm_stream_metadata *md, u32 r,
+			  unsigned long *first, unsigned long *end)
+{
+	u64 f = (u64)r << md->sb.intent_shift;
+
+	if (f >= md->sb.nr_blocks)
+		return false;
+	*first = f;
+	*end = min_t(u64, md->sb.nr_blocks,
+		     f + (1ULL << md->sb.intent_shift));
+	return true;
+}
+
+/*
+ * Durable once closed.  A write in an open region sets its dirty bits in
+ * core and goes down; the commit that closes the region writes those
+ * bits, so the block's next write need not wait for a commit (to open
+ * the region again) -- if the commit says so.
+ *
+ * Commit, after dsm_intent_begin() dropped the regions of intent_clear
+ * (and its smp_mb()), before staging: the blocks of those regions that
+ * are dirty for every consumer, committed present (md->durable implies
+ * both) and not yet durable are taken into present_taken, unused from
+ * dsm_commit_apply() to the next dsm_commit_begin(), and their slices
+ * are marked changed.  The staging that follows reads their bits after
+ * this did, and outside commit_lock bits only go from 0 to 1: every bit
+ * seen here is in the batch.  (Marking the slices is what makes that
+ * true for a bit whose writer has not yet marked its slice itself.)
+ */
+static void __intent_take_closed(struct dm_stream_metadata *md)
+{
+	unsigned long b, first, end;
+	unsigned int c;
+	u32 r;
+
+	lockdep_assert_held(&md->commit_lock);
+	for_each_set_bit(r, md->intent_clear, DSM_INTENT_BITS) {
+		if (!region_blocks(md, r, &first, &end))
+			continue;
+		bitmap_clear(md->present_taken, first, end - first);
+		b = first;
+		for_each_set_bit_from(b, md->dirty[0], end) {
+			if (test_bit(b, md->durable) ||
+			    !test_bit(b, md->present_commit) ||
+			    !dsm_dirty_all(md, b))
+				continue;
+			__set_bit(b, md->present_taken);
+			for (c = 0; c < DSM_MAX_CONSUMERS; c++)
+				set_bit(b / DSM_BITS_PER_BLOCK,
+					md->changed_dirty[c]);
+		}
+	}
+}
+
+/* Commit, once the batch that closed the regions is durable. */
+static void __intent_durable_closed(struct dm_stream_metadata *md)
+{
+	unsigned long b, first, end;
+	u32 r;
+
+	lockdep_assert_held(&md->commit_lock);
+	for_each_set_bit(r, md->intent_clear, DSM_INTENT_BITS) {
+		if (!region_blocks(md, r, &first, &end))
+			continue;
+		b = first;
+		for_each_set_bit_from(b, md->present_taken, end)
+			set_bit(b, md->durable);
+	}
 }
 
 /* KUnit: the intent steps of a commit that succeeds (@ok) or fails. */
@@ -2257,6 +2334,9 @@ void dsm_intent_commit_incore(struct dm_stream_metadata *md, bool ok)
 {
 	mutex_lock(&md->commit_lock);
 	dsm_intent_begin(md);
+	__intent_take_closed(md);
+	if (ok)
+		__intent_durable_closed(md);
 	dsm_intent_end(md, ok);
 	mutex_unlock(&md->commit_lock);
 }
@@ -2443,8 +2523,11 @@ int dsm_commit(struct dm_stream_metadata *md, struct block_device *data,
 	 */
 	dsm_commit_apply(md);
 	dsm_intent_begin(md);
+	__intent_take_closed(md);
 	md->sb.generation++;
 	r = __write_maps_sb(md);
+	if (!r)
+		__intent_durable_closed(md);
 	dsm_intent_end(md, !r);
 out:
 	mutex_unlock(&md->commit_lock);

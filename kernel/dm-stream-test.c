@@ -580,6 +580,7 @@ static void stream_snapshot_test(struct kunit *test)
  *   'h' - n  n regions held
  *   'M' - b  b's commit completed (dsm_mark_durable)
  *   'O' - -  write intent off
+ *   'P' - b  b is present, and a commit recorded it
  */
 struct intent_case {
 	const char *desc;
@@ -614,6 +615,20 @@ static const struct intent_case intent_cases[] = {
 	{ "a block committed dirty goes without a region",
 	  { {'W', 0, 5}, {'C'}, {'M', 0, 5}, {'D'}, {'C'}, {'h', 0, 0},
 	    {'w', 0, 5}, {'W', 0, 6} } },
+	{ "the commit that closes a region makes its written blocks durable",
+	  { {'P', 0, 5}, {'P', 0, 6}, {'P', 0, 7}, {'W', 0, 5}, {'C'},
+	    {'w', 0, 6}, {'D'}, {'C'}, {'h', 0, 0}, {'w', 0, 5},
+	    {'w', 0, 6}, {'W', 0, 7}, {'h', 0, 0} } },
+	{ "an idle region's written blocks are durable once it is dropped",
+	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 5}, {'T', 0, 0},
+	    {'T', 0, 0}, {'T', 0, 0}, {'T', 0, 1}, {'C'}, {'h', 0, 0},
+	    {'w', 0, 5} } },
+	{ "a block not yet committed present is not durable after the close",
+	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'D'}, {'C'},
+	    {'w', 0, 5}, {'W', 0, 6} } },
+	{ "a closing commit that fails makes nothing durable",
+	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 5}, {'D'}, {'F'},
+	    {'h', 0, 0}, {'W', 0, 5} } },
 };
 
 static void intent_case_desc(const struct intent_case *c, char *desc)
@@ -664,6 +679,11 @@ static void stream_intent_test(struct kunit *test)
 			KUNIT_ASSERT_EQ(test,
 					dsm_set_intent(md, NULL, DSM_INTENT_OFF),
 					0);
+			break;
+		case 'P':
+			dsm_set_present(md, s->arg);
+			dsm_commit_begin(md);
+			dsm_commit_apply(md);
 			break;
 		}
 	}
