@@ -37,7 +37,8 @@
  *      device has completed.
  *   2. If there are any, flush the data device: their data is durable.
  *   3. Write intent: close the idle regions, open the requested ones
- *      (dsm_intent_begin()).
+ *      (dsm_intent_begin()); take the blocks of the closed regions whose
+ *      dirty bits this commit writes (__intent_take_closed()).
  *   4. Stage the changed dirty-map blocks, then the changed present-map
  *      blocks (present bits from md->present_commit: step 1's blocks), then
  *      the superblock (generation, write-intent map), and commit: one
@@ -244,8 +245,9 @@ struct dm_stream_metadata {
 	/*
 	 * Blocks whose dirty bits, for every consumer, are on disk: writes
 	 * to them need no commit first.  Atomic bitops, any context; set
-	 * only after a commit (dsm_mark_durable()) or from the bits loaded,
-	 * cleared wholesale while the device is quiesced.
+	 * only after a commit (dsm_mark_durable(), or by the commit itself
+	 * for the regions it closed: __intent_durable_closed()) or from the
+	 * bits loaded, cleared wholesale while the device is quiesced.
 	 */
 	unsigned long *durable;
 
@@ -2286,7 +2288,10 @@ static bool region_blocks(struct dm_stream_metadata *md, u32 r,
  * are marked changed.  The staging that follows reads their bits after
  * this did, and outside commit_lock bits only go from 0 to 1: every bit
  * seen here is in the batch.  (Marking the slices is what makes that
- * true for a bit whose writer has not yet marked its slice itself.)
+ * true for a bit whose writer has not yet marked its slice itself.)  The
+ * cost: the slices of such blocks are staged for every consumer, once;
+ * at a suspend after writes all over a large device that can take more
+ * than one journal batch.
  */
 static void __intent_take_closed(struct dm_stream_metadata *md)
 {
@@ -2295,6 +2300,10 @@ static void __intent_take_closed(struct dm_stream_metadata *md)
 	u32 r;
 
 	lockdep_assert_held(&md->commit_lock);
+	/* present_taken is free: dsm_commit_apply() consumed it. */
+	if (WARN_ON_ONCE(!bitmap_empty(md->taken_slices,
+				       md->sb.bitmap_blocks)))
+		return;
 	for_each_set_bit(r, md->intent_clear, DSM_INTENT_BITS) {
 		if (!region_blocks(md, r, &first, &end))
 			continue;

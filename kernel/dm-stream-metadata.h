@@ -125,7 +125,9 @@ bool dsm_dirty_test(struct dm_stream_metadata *md, unsigned int c, u64 block);
 /*
  * Lockless, any context: are @block's dirty bits on disk for every
  * consumer (a write may go straight down)?  dsm_mark_durable() records
- * that after a commit that began once they were set in core.
+ * that after a commit that began once they were set in core; a commit
+ * that closes a write-intent region records it for the region's blocks
+ * it wrote dirty.
  */
 bool dsm_durable(struct dm_stream_metadata *md, u64 block);
 void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);

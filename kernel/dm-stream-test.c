@@ -581,6 +581,7 @@ static void stream_snapshot_test(struct kunit *test)
  *   'M' - b  b's commit completed (dsm_mark_durable)
  *   'O' - -  write intent off
  *   'P' - b  b is present, and a commit recorded it
+ *   'p' - b  b is present in core only (no commit since)
  */
 struct intent_case {
 	const char *desc;
@@ -624,8 +625,8 @@ static const struct intent_case intent_cases[] = {
 	    {'T', 0, 0}, {'T', 0, 0}, {'T', 0, 1}, {'C'}, {'h', 0, 0},
 	    {'w', 0, 5} } },
 	{ "a block not yet committed present is not durable after the close",
-	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'D'}, {'C'},
-	    {'w', 0, 5}, {'W', 0, 6} } },
+	  { {'P', 0, 5}, {'p', 0, 6}, {'W', 0, 5}, {'C'}, {'w', 0, 6},
+	    {'D'}, {'C'}, {'w', 0, 5}, {'W', 0, 6} } },
 	{ "a closing commit that fails makes nothing durable",
 	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 5}, {'D'}, {'F'},
 	    {'h', 0, 0}, {'W', 0, 5} } },
@@ -684,6 +685,9 @@ static void stream_intent_test(struct kunit *test)
 			dsm_set_present(md, s->arg);
 			dsm_commit_begin(md);
 			dsm_commit_apply(md);
+			break;
+		case 'p':
+			dsm_set_present(md, s->arg);
 			break;
 		}
 	}

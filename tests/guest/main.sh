@@ -239,11 +239,12 @@ t_write_intent_commits() {
 # Blocks written in an open region keep their dirty bits on disk when a
 # commit closes the region (here the suspend's): rewritten, they go down
 # without a commit; a clean block of the closed region still waits for
-# one.  st 10 is the metadata generation, +1 per commit.
+# one.  st 10 is the metadata generation, +1 per commit.  Regions of 16
+# blocks: blocks 0-8 share one.
 t_rewrite_after_close() {
 	fresh
 	server_start nbdkit
-	create
+	create 2 intent_region $((BS * 16))
 	helper_start
 	dd if=$DEV of=/dev/null bs=$BB count=16 iflag=direct 2>/dev/null
 	helper_stop

@@ -343,14 +343,24 @@ t_replay_workload() {
 	rp_fsync
 	mark acked
 
+	# Block 12's write (its bits left the disk with the ack) opens
+	# region 1 (blocks 8-15); block 13's goes under the open region.
+	w 12 0 $RBB
+	w 13 0 $RBB
+	rp_fsync
+	mark region1
+
 	# Table reload.
 	dmsetup reload rs --table "$RTABLE"
 	dmsetup suspend rs
 	dmsetup resume rs
 	rstatus rs 5 | grep -q attached || { rp_helper_stop; rp_helper rs $RP/w.sock; }
-	# Block 15 was written in an open region that the suspend closed:
-	# rewritten now, it goes down with no commit (its bits are on disk).
-	w 15 0 $RBB
+	# Block 13 was written in region 1 while it was open, and the
+	# suspend's commit closed the region with 13's bits: rewritten now,
+	# it goes down with no commit.
+	_g=$(rstatus rs 10)
+	w 13 0 $RBB
+	expect_eq "commits for the rewrite of block 13" "$_g" "$(rstatus rs 10)"
 	w 16 0 $RBB
 	w 3999 0 $RBB
 	rp_fsync
