@@ -27,7 +27,10 @@ truncate -s 64K "$d/tiny.raw"
 truncate -s 64G "$d/big.raw"
 truncate -s 32M "$d/bigmeta.raw"
 log=$WORK/bench.log
-run_vm "$tag" "$initrd" "$log" "stream.suite=bench BENCH_RUNS=${BENCH_RUNS:-5}" -- \
+# STREAM_BENCH_ONLY: sections of tests/guest/bench.sh joined by +, e.g.
+# fill+present (default: all of them).
+only=${STREAM_BENCH_ONLY:+ BENCH_ONLY=$STREAM_BENCH_ONLY}
+run_vm "$tag" "$initrd" "$log" "stream.suite=bench BENCH_RUNS=${BENCH_RUNS:-5}$only" -- \
 	"$d/image.raw" "$d/data.raw" "$d/meta.raw" "$d/tiny.raw" "$d/scratch.raw" \
 	"$d/big.raw" "$d/bigmeta.raw"
 echo "dm-stream benchmark, kernel $tag under QEMU/TCG, $(grep -ac "^BENCHRUN " "$log") timed pairs"

@@ -1,10 +1,10 @@
 #!/bin/bash
 # make profile: the benchmark's miss-path scenarios under perf in one VM
 # run on Debian's 6.12 kernel (tests/guest/profile.sh); PROFILE_WHAT
-# picks scenarios (rand,nbdrand,fill,nbdcopy,filltime,fill_ra0,present,
-# slowlink); PROFILE_ENV adds words (VAR=value) to the kernel command
-# line, which the guest's scripts see as variables.  A developer's tool:
-# nothing is asserted.
+# picks scenarios (rand,nbdrand,seq4k,seq64k,fill,nbdcopy,filltime,
+# fill_ra0,present,slowlink); PROFILE_ENV adds words (VAR=value) to the
+# kernel command line, which the guest's scripts see as variables.  A
+# developer's tool: nothing is asserted.
 set -euo pipefail
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"

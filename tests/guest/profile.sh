@@ -57,6 +57,14 @@ for what in $(echo "${PROFILE_WHAT:-rand,nbdrand,fill,nbdcopy}" | tr , " "); do
 			profiled cold_rand4k_bs8 stream-io rand $DEV r 4096 2000 7 ;;
 	nbdrand)
 		profiled libnbd_rand4k stream-io nbdrand "$URI" 4096 2000 7 ;;
+	seq4k|seq64k)
+		# The bench's cold sequential 1 MiB reads of the device.
+		_bs=8
+		[ $what = seq64k ] && _bs=128
+		dmsetup create s --table "0 $SZ stream $META $DATA $_bs"
+		helper_start
+		PROFILE_COMMS="streamd dd" profiled cold_seq1m_bs$_bs \
+			dd if=$DEV of=/dev/null bs=1M iflag=direct ;;
 	fill)
 		dmsetup create s --table "0 $SZ stream $META $DATA 128"
 		PROFILE_SYMS="clear_page_erms __mm_populate" \
