@@ -267,32 +267,45 @@ static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
 }
 
 /*
- * Map: a read of absent @block (counted in sc->parked) parks behind the
+ * Map: a bio to absent @block (counted in sc->parked) parks behind the
  * block's fetch here, without a worker hop (map may sleep: the fetch
- * queue's lock is a mutex, allocations are GFP_NOIO).  Out of memory, it
- * goes to the worker, which parks it on the starved list.
+ * queue's lock is a mutex, allocations are GFP_NOIO).  A write of the
+ * whole block needs nothing from the server: it starts a fill and goes
+ * down now, unless a snapshot still needs the block's old content.  Out
+ * of memory, the bio goes to the worker, which parks it on the starved
+ * list; a block present after all whose write needs a snapshot copy goes
+ * there too (handle_present()).
  */
-static int park_read(struct stream_c *sc, struct bio *bio, u64 block)
+static int park_bio(struct stream_c *sc, struct bio *bio, u64 block)
 {
+	struct per_bio_data *pb = dm_per_bio_data(bio, sizeof(*pb));
 	/* Not after parking: the bio may be completed by then. */
-	bool background = stream_bio_background(bio);
+	bool demand_read = bio_op(bio) == REQ_OP_READ &&
+		!stream_bio_background(bio);
+	bool fill = is_write(bio) && bio_covers_block(sc, bio) &&
+		!stream_snap_needs_preserve(sc, block);
 	struct stream_fetch *f;
 
-	switch (stream_fetch_park(sc, bio, block, false, &f)) {
+	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
 	case STREAM_PARK_PRESENT:
 		atomic_dec(&sc->parked);
-		remap(sc, bio);
-		return DM_MAPIO_REMAPPED;
+		return handle_present(sc, bio, block, false);
 	case STREAM_PARK_REQUEUE:
 		atomic_dec(&sc->parked);
 		return DM_MAPIO_REQUEUE;
+	case STREAM_PARK_FILL:
+		atomic_dec(&sc->parked);
+		dsm_set_dirty(sc->md, block);
+		pb->fill = f;
+		remap(sc, bio);
+		return DM_MAPIO_REMAPPED;
 	case STREAM_PARK_WAITING:
 		/* The fill reads its own chunks, readahead would race it. */
-		if (!background)
+		if (demand_read)
 			ra_miss(sc, block);
 		return DM_MAPIO_SUBMITTED;
 	default:
-		/* STREAM_PARK_NOMEM (a read never starts a fill) */
+		/* STREAM_PARK_NOMEM */
 		defer_bio(sc, &sc->deferred, bio);
 		return DM_MAPIO_SUBMITTED;
 	}
@@ -387,10 +400,7 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	if (READ_ONCE(sc->requeue))
 		return DM_MAPIO_REQUEUE;
 	atomic_inc(&sc->parked);
-	if (bio_op(bio) == REQ_OP_READ)
-		return park_read(sc, bio, block);
-	defer_bio(sc, &sc->deferred, bio);
-	return DM_MAPIO_SUBMITTED;
+	return park_bio(sc, bio, block);
 }
 
 static void submit_mapped(struct stream_c *sc, struct bio *bio, int r)
@@ -408,8 +418,10 @@ static void submit_mapped(struct stream_c *sc, struct bio *bio, int r)
 }
 
 /*
- * Worker: a bio that found its block absent in map.  Park it behind the
- * block's fetch (starting one if needed), or start a fill for a
+ * Worker: a bio to a block that was absent -- released by its fetch's
+ * retirement, refused for want of memory in map (park_bio()), or the data
+ * of a flush.  Map it if the block is present now; else park it behind
+ * the block's fetch (starting one if needed), or start a fill for a
  * whole-block write.
  */
 static void process_parked(struct stream_c *sc, struct bio *bio)
