@@ -57,26 +57,6 @@ static LIST_HEAD(stream_targets);
 /* Fetches of every target; created at module load. */
 static struct kmem_cache *fetch_cache;
 
-/*
- * Reply payloads, a page at a time: page-sized, page-aligned objects of a
- * cache of their own, not pages from the page allocator.  Debian's
- * kernels zero every page they hand out (init_on_alloc), which cost 7% of
- * the CPU of a fill or of cold sequential reads under TCG (make profile),
- * only for copy_payload() to overwrite the page whole.  A cache with a
- * constructor is exempt from init_on_alloc (its objects keep constructed
- * state), and is never merged with another: its objects only ever hold
- * earlier payloads, and every one is overwritten whole from the helper
- * before anything reads it (copy_payload() drops it otherwise).  The
- * whole object may be copied from user space (hardened usercopy).
- * Created at module load.
- */
-static struct kmem_cache *payload_cache;
-
-static void payload_ctor(void *obj)
-{
-	/* Nothing: see payload_cache. */
-}
-
 void stream_fetchq_init(struct stream_fetchq *fq)
 {
 	init_waitqueue_head(&fq->write_wait);
@@ -885,7 +865,6 @@ struct range_write {
 	struct stream_fetch *f[];
 };
 
-/* Free a reply's payload; any context. */
 static void free_page_array(struct page **pages, unsigned int nr)
 {
 	unsigned int i;
@@ -894,8 +873,7 @@ static void free_page_array(struct page **pages, unsigned int nr)
 		return;
 	for (i = 0; i < nr; i++)
 		if (pages[i])
-			kmem_cache_free(payload_cache,
-					page_address(pages[i]));
+			__free_page(pages[i]);
 	kfree(pages);
 }
 
@@ -933,9 +911,7 @@ static struct page **copy_payload(const char __user *src, size_t len)
 	if (!pages)
 		return ERR_PTR(-ENOMEM);
 	for (i = 0; i < nr; i++) {
-		void *obj = kmem_cache_alloc(payload_cache, GFP_KERNEL);
-
-		pages[i] = obj ? virt_to_page(obj) : NULL;
+		pages[i] = alloc_page(GFP_KERNEL);
 		if (!pages[i]) {
 			free_page_array(pages, nr);
 			return ERR_PTR(-ENOMEM);
@@ -1193,28 +1169,14 @@ int stream_chan_init(void)
 	fetch_cache = KMEM_CACHE(stream_fetch, 0);
 	if (!fetch_cache)
 		return -ENOMEM;
-	payload_cache = kmem_cache_create_usercopy("dm_stream_payload",
-						   PAGE_SIZE, PAGE_SIZE, 0, 0,
-						   PAGE_SIZE, payload_ctor);
-	if (!payload_cache) {
-		r = -ENOMEM;
-		goto out_fetch;
-	}
 	r = misc_register(&chan_misc);
 	if (r)
-		goto out_payload;
-	return 0;
-
-out_payload:
-	kmem_cache_destroy(payload_cache);
-out_fetch:
-	kmem_cache_destroy(fetch_cache);
+		kmem_cache_destroy(fetch_cache);
 	return r;
 }
 
 void stream_chan_exit(void)
 {
 	misc_deregister(&chan_misc);
-	kmem_cache_destroy(payload_cache);
 	kmem_cache_destroy(fetch_cache);
 }
