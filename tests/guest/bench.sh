@@ -227,47 +227,43 @@ all_present_clean() {
 	server_stop
 }
 
+# first_writes <metric> <setup...>: sequential 1 MiB writes with a final
+# fsync, the stream device made ready by <setup> before each run, against
+# dm-linear on the same data device.
+first_writes() {
+	_m=$1
+	shift
+	i=1
+	while [ $i -le $RUNS ]; do
+		"$@"
+		if first $i; then
+			a=$(timed seq_write $DEV)
+		fi
+		linear_up
+		b=$(timed seq_write $LIN)
+		linear_down
+		if ! first $i; then
+			a=$(timed seq_write $DEV)
+		fi
+		pair "$_m" $i "$a" "$b"
+		i=$((i + 1))
+	done
+}
+
 # The first write over present, clean blocks waits one metadata commit
 # for its dirty bits (see the commit protocol).
 if bench_want first_write; then
-	i=1
-	while [ $i -le $RUNS ]; do
-		all_present_clean
-		if first $i; then
-			a=$(timed seq_write $DEV)
-		fi
-		linear_up
-		b=$(timed seq_write $LIN)
-		linear_down
-		if ! first $i; then
-			a=$(timed seq_write $DEV)
-		fi
-		pair first_seq_write_present_clean_vs_linear $i "$a" "$b"
-		i=$((i + 1))
-	done
+	first_writes first_seq_write_present_clean_vs_linear all_present_clean
 fi
 
-# The first writes over absent blocks: sequential 1 MiB writes of whole
-# blocks (fills: nothing to fetch, no helper attached) with a final
-# fsync, fresh metadata each run, against dm-linear on the same data
-# device.
+# The first writes over absent blocks: whole blocks (fills: nothing to
+# fetch, no helper attached), fresh metadata each run.
+fresh_table() {
+	fresh
+	create
+}
 if bench_want first_write_absent; then
-	i=1
-	while [ $i -le $RUNS ]; do
-		fresh
-		create
-		if first $i; then
-			a=$(timed seq_write $DEV)
-		fi
-		linear_up
-		b=$(timed seq_write $LIN)
-		linear_down
-		if ! first $i; then
-			a=$(timed seq_write $DEV)
-		fi
-		pair first_seq_write_absent_vs_linear $i "$a" "$b"
-		i=$((i + 1))
-	done
+	first_writes first_seq_write_absent_vs_linear fresh_table
 	teardown
 fi
 
