@@ -73,9 +73,10 @@
  * and committed present become durable with it (__intent_take_closed()):
  * their next write goes without a region.  A load that finds regions
  * open (an unclean shutdown) makes all their blocks dirty for every
- * consumer and commits that before anything else (__intent_recover()).  SB_F_INTENT is
- * set exactly when a region is open, so a module that does not know write
- * intent refuses such a superblock rather than ignoring it.
+ * consumer and commits that before anything else (__intent_recover()).
+ * SB_F_INTENT is set exactly when a region is open, so a module that does
+ * not know write intent refuses such a superblock rather than ignoring
+ * it.
  *
  * Snapshots.  Every write marks its block dirty for every consumer.
  * dsm_snapshot() (I/O quiesced) moves consumer c's live dirty bits into an

@@ -267,16 +267,16 @@ static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
 }
 
 /*
- * Map: a bio to absent @block (counted in sc->parked) parks behind the
- * block's fetch here, without a worker hop (map may sleep: the fetch
- * queue's lock is a mutex, allocations are GFP_NOIO).  A write of the
- * whole block needs nothing from the server: it starts a fill and goes
- * down now, unless a snapshot still needs the block's old content.  Out
- * of memory, the bio goes to the worker, which parks it on the starved
- * list; a block present after all whose write needs a snapshot copy goes
- * there too (handle_present()).
+ * Map or worker: park @bio, to absent @block and counted in sc->parked,
+ * behind the block's fetch (starting one if needed); or, for a write of
+ * the whole block, which needs nothing from the server, start a fill and
+ * remap @bio for the caller to submit -- unless a snapshot still needs
+ * the block's old content, which is fetched first.  sc->parked drops
+ * unless the bio waits (STREAM_PARK_WAITING) or found no memory
+ * (STREAM_PARK_NOMEM); the caller handles the other outcomes.
  */
-static int park_bio(struct stream_c *sc, struct bio *bio, u64 block)
+static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
+				     u64 block)
 {
 	struct per_bio_data *pb = dm_per_bio_data(bio, sizeof(*pb));
 	/* Not after parking: the bio may be completed by then. */
@@ -285,24 +285,47 @@ static int park_bio(struct stream_c *sc, struct bio *bio, u64 block)
 	bool fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
 	struct stream_fetch *f;
+	enum stream_park r;
 
-	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
-	case STREAM_PARK_PRESENT:
-		atomic_dec(&sc->parked);
-		return handle_present(sc, bio, block, false);
-	case STREAM_PARK_REQUEUE:
-		atomic_dec(&sc->parked);
-		return DM_MAPIO_REQUEUE;
+	r = stream_fetch_park(sc, bio, block, fill, &f);
+	switch (r) {
 	case STREAM_PARK_FILL:
-		atomic_dec(&sc->parked);
 		dsm_set_dirty(sc->md, block);
 		pb->fill = f;
 		remap(sc, bio);
-		return DM_MAPIO_REMAPPED;
+		fallthrough;
+	case STREAM_PARK_PRESENT:
+	case STREAM_PARK_REQUEUE:
+		atomic_dec(&sc->parked);
+		break;
 	case STREAM_PARK_WAITING:
 		/* The fill reads its own chunks, readahead would race it. */
 		if (demand_read)
 			ra_miss(sc, block);
+		break;
+	case STREAM_PARK_NOMEM:
+		break;
+	}
+	return r;
+}
+
+/*
+ * Map: a bio to absent @block parks here, without a worker hop (map may
+ * sleep: the fetch queue's lock is a mutex, allocations are GFP_NOIO).
+ * Out of memory, it goes to the worker, which parks it on the starved
+ * list; a block present after all whose write needs a snapshot copy goes
+ * there too (handle_present()).
+ */
+static int park_bio(struct stream_c *sc, struct bio *bio, u64 block)
+{
+	switch (park_or_fill(sc, bio, block)) {
+	case STREAM_PARK_PRESENT:
+		return handle_present(sc, bio, block, false);
+	case STREAM_PARK_REQUEUE:
+		return DM_MAPIO_REQUEUE;
+	case STREAM_PARK_FILL:
+		return DM_MAPIO_REMAPPED;
+	case STREAM_PARK_WAITING:
 		return DM_MAPIO_SUBMITTED;
 	default:
 		/* STREAM_PARK_NOMEM */
@@ -420,37 +443,24 @@ static void submit_mapped(struct stream_c *sc, struct bio *bio, int r)
 /*
  * Worker: a bio to a block that was absent -- released by its fetch's
  * retirement, refused for want of memory in map (park_bio()), or the data
- * of a flush.  Map it if the block is present now; else park it behind
- * the block's fetch (starting one if needed), or start a fill for a
- * whole-block write.
+ * of a flush: park_or_fill(), then submit what can go.
  */
 static void process_parked(struct stream_c *sc, struct bio *bio)
 {
-	struct per_bio_data *pb = dm_per_bio_data(bio, sizeof(*pb));
 	u64 block = bio_block(sc, bio);
-	struct stream_fetch *f;
 	unsigned long flags;
-	bool fill, demand_read;
 
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
 		atomic_dec(&sc->parked);
 		bio_io_error(bio);
 		return;
 	}
-	/* A block a snapshot still needs is fetched before it is written. */
-	fill = is_write(bio) && bio_covers_block(sc, bio) &&
-		!stream_snap_needs_preserve(sc, block);
-	/* Not bio_op() after parking: the bio may be completed by then. */
-	demand_read = bio_op(bio) == REQ_OP_READ &&
-		!stream_bio_background(bio);
-	switch (stream_fetch_park(sc, bio, block, fill, &f)) {
+	switch (park_or_fill(sc, bio, block)) {
 	case STREAM_PARK_PRESENT:
-		atomic_dec(&sc->parked);
 		submit_mapped(sc, bio, handle_present(sc, bio, block, true));
 		break;
 	case STREAM_PARK_REQUEUE:
 		/* noflush suspend: dm core queues it until resume */
-		atomic_dec(&sc->parked);
 		bio->bi_status = BLK_STS_DM_REQUEUE;
 		bio_endio(bio);
 		break;
@@ -465,15 +475,9 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 		spin_unlock_irqrestore(&sc->lock, flags);
 		break;
 	case STREAM_PARK_FILL:
-		atomic_dec(&sc->parked);
-		dsm_set_dirty(sc->md, block);
-		pb->fill = f;
-		remap(sc, bio);
 		submit_bio_noacct(bio);
 		break;
 	case STREAM_PARK_WAITING:
-		if (demand_read)
-			ra_miss(sc, block);
 		break;
 	}
 }
