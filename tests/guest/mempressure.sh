@@ -101,9 +101,10 @@ check_block() {
 	cmp -s "$3" /tmp/got && return 0
 	echo "# $1: block $2 differs from what was written: $(cmp "$3" /tmp/got 2>&1 | head -n 1)"
 	# What a lost write left there instead, for the diagnosis.
-	if [ "$(md5sum </tmp/got)" = "$(dd if=$IMG bs=$BB skip=$2 count=1 2>/dev/null | md5sum)" ]; then
+	_got=$(md5sum </tmp/got | cut -d' ' -f1)
+	if [ "$_got" = "$(blk_sum $IMG $2)" ]; then
 		say "block $2 holds the image's block $2: the write was lost, or overwritten by a fetch"
-	elif [ "$(md5sum </tmp/got)" = "$(head -c $BB /dev/zero | tr '\000' '\377' | md5sum)" ]; then
+	elif [ "$_got" = "$(head -c $BB /dev/zero | tr '\000' '\377' | md5sum | cut -d' ' -f1)" ]; then
 		say "block $2 holds the data device's old 0xff: the write never reached it"
 	fi
 	return 1
