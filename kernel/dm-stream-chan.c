@@ -20,6 +20,12 @@
  * fetch completes on its own.  A miss costs a helper round trip and a
  * data write per range, not per block.
  *
+ * Payloads: a payload that starts on a page boundary (streamd lays its
+ * buffers out so) is written from the helper's own pages, pinned for the
+ * write, and write(2) returns once the data write has completed, as an
+ * O_DIRECT write does: no page is allocated, zeroed or copied.  Any other
+ * payload is copied into pages of ours first and write(2) returns at once.
+ *
  * The ABI is described in uapi/dm-stream.h.  One helper file attaches to one
  * target; requests it has read but not answered go back to the queue when
  * it closes.  Replies are validated against the outstanding request (tag,
@@ -855,12 +861,15 @@ out:
 
 /*
  * The data write of one reply: its fetches (adjacent blocks, in order)
- * and the payload pages, which it owns (NULL pages: zero blocks, written
- * from the zero page).
+ * and the payload pages (NULL pages: zero blocks, written from the zero
+ * page).  Copied pages are ours and the write frees them; pinned pages are
+ * the helper's, and the writer waits on @done, then unpins them.
  */
 struct range_write {
 	struct page **pages;
 	unsigned int nr_pages;
+	bool pinned;
+	struct completion *done;	/* pinned: the writer waits on it */
 	unsigned int nr;
 	struct stream_fetch *f[];
 };
@@ -877,13 +886,27 @@ static void free_page_array(struct page **pages, unsigned int nr)
 	kfree(pages);
 }
 
+static void release_payload(struct page **pages, unsigned int nr, bool pinned)
+{
+	if (!pinned) {
+		free_page_array(pages, nr);
+		return;
+	}
+	unpin_user_pages(pages, nr);
+	kfree(pages);
+}
+
 static void free_range_write(struct range_write *w)
 {
-	free_page_array(w->pages, w->nr_pages);
+	if (w->pages)
+		release_payload(w->pages, w->nr_pages, w->pinned);
 	kfree(w);
 }
 
-/* Each fetch completes on its own; nothing touches w->f[i] after. */
+/*
+ * Each fetch completes on its own; nothing touches w->f[i] after.  A
+ * pinned write's writer frees it once woken: nothing touches @w after.
+ */
 static void range_write_endio(struct bio *bio)
 {
 	struct range_write *w = bio->bi_private;
@@ -895,7 +918,10 @@ static void range_write_endio(struct bio *bio)
 		w->f[i]->status = status;
 		stream_fetch_io_done(w->f[i]);
 	}
-	free_range_write(w);
+	if (w->done)
+		complete(w->done);
+	else
+		free_range_write(w);
 }
 
 /*
@@ -923,6 +949,30 @@ static struct page **copy_payload(const char __user *src, size_t len)
 		}
 	}
 	return pages;
+}
+
+/*
+ * The helper's pages holding a @len byte payload at @src, which starts on
+ * a page boundary, pinned for the data write to read them in place.
+ * Called without hf->sem, like copy_payload (streamd locks its memory, so
+ * this does not fault in practice).
+ */
+static struct page **pin_payload(const char __user *src, size_t len)
+{
+	unsigned int nr = len >> PAGE_SHIFT;
+	struct page **pages;
+	int n;
+
+	pages = kcalloc(nr, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return ERR_PTR(-ENOMEM);
+	n = pin_user_pages_fast((unsigned long)src, nr, 0, pages);
+	if (n == nr)
+		return pages;
+	if (n > 0)
+		unpin_user_pages(pages, n);
+	kfree(pages);
+	return ERR_PTR(n < 0 ? n : -EFAULT);
 }
 
 /* Move the reads among @waiters to @reads. */
@@ -1004,9 +1054,9 @@ static void serve_read(struct stream_c *sc, struct bio *bio,
 		for (done = 0; done < bv.bv_len; done += n, off += n) {
 			n = min_t(unsigned int, bv.bv_len - done,
 				  PAGE_SIZE - offset_in_page(off));
-			memcpy_to_page(bv.bv_page, bv.bv_offset + done,
-				       page_address(pages[off >> PAGE_SHIFT]) +
-				       offset_in_page(off), n);
+			memcpy_page(bv.bv_page, bv.bv_offset + done,
+				    pages[off >> PAGE_SHIFT],
+				    offset_in_page(off), n);
 		}
 	}
 }
@@ -1015,6 +1065,7 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 			  size_t count, loff_t *ppos)
 {
 	struct stream_file *hf = file->private_data;
+	DECLARE_COMPLETION_ONSTACK(done);
 	struct page **payload = NULL;
 	struct bio_list reads = BIO_EMPTY_LIST;
 	struct range_write *w = NULL;
@@ -1022,8 +1073,8 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	struct stream_c *sc;
 	unsigned int i, nr_pages;
 	struct bio *bio, *rbio;
+	bool zero, pinned;
 	size_t bsize;
-	bool zero;
 	ssize_t r;
 
 	if (count < sizeof(rep))
@@ -1051,8 +1102,10 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	up_read(&hf->sem);
 	if (r)
 		return r;
+	pinned = rep.len && PAGE_ALIGNED(buf + sizeof(rep));
 	if (rep.len) {
-		payload = copy_payload(buf + sizeof(rep), rep.len);
+		payload = pinned ? pin_payload(buf + sizeof(rep), rep.len) :
+				   copy_payload(buf + sizeof(rep), rep.len);
 		if (IS_ERR(payload))
 			return PTR_ERR(payload);
 	}
@@ -1100,8 +1153,12 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	nr_pages = (rep.nr_blocks * bsize) >> PAGE_SHIFT;
 	w->pages = payload;
 	w->nr_pages = payload ? nr_pages : 0;
+	w->pinned = pinned;
+	if (pinned)
+		w->done = &done;
 	payload = NULL;
-	bio = bio_alloc(sc->data_dev->bdev, nr_pages, REQ_OP_WRITE, GFP_NOIO);
+	bio = bio_alloc(sc->data_dev->bdev, nr_pages,
+			REQ_OP_WRITE | (pinned ? REQ_SYNC : 0), GFP_NOIO);
 	bio->bi_iter.bi_sector = rep.block << sc->block_shift;
 	for (i = 0; i < nr_pages; i++)
 		__bio_add_page(bio, w->pages ? w->pages[i] : ZERO_PAGE(0),
@@ -1111,19 +1168,30 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	atomic64_add(rep.nr_blocks, &sc->nr_fetched);
 	if (zero)
 		atomic64_add(rep.nr_blocks, &sc->nr_zero);
-	/* Before the write: its end frees the pages. */
+	/* Before the write: its end frees copied pages. */
 	while ((rbio = bio_list_pop(&reads))) {
 		serve_read(sc, rbio, w->pages, rep.block);
 		atomic_dec(&sc->parked);
 		bio_endio(rbio);
 	}
-	w = NULL;
 	submit_bio(bio);
 	r = count;
+	if (pinned) {
+		/*
+		 * The helper may reuse its buffer once we return.  Not under
+		 * hf->sem: a detach need not wait for the disk.  The fetches
+		 * are FETCH_WRITING, out of everyone else's reach.
+		 */
+		up_read(&hf->sem);
+		wait_for_completion_io(&done);
+		free_range_write(w);
+		return r;
+	}
+	w = NULL;
 out:
 	up_read(&hf->sem);
 	if (payload)
-		free_page_array(payload, rep.len >> PAGE_SHIFT);
+		release_payload(payload, rep.len >> PAGE_SHIFT, pinned);
 	if (w)
 		free_range_write(w);
 	return r;

@@ -9,9 +9,11 @@
  * connection.  Requests read from the kernel become libnbd asynchronous
  * preads, up to --queue-depth in flight; each completion writes the blocks
  * back to the kernel in a single write(2) (header then payload, contiguous:
- * the channel takes exactly one reply per write).  A request names a run
- * of adjacent blocks (at most --max-request bytes, agreed at attach), read
- * with one pread.
+ * the channel takes exactly one reply per write; the payload starts a
+ * page, so the kernel writes it to the data device from our pages in
+ * place, and the write(2) returns once that write has completed).  A
+ * request names a run of adjacent blocks (at most --max-request bytes,
+ * agreed at attach), read with one pread.
  *
  * Blocks that the server's base:allocation metadata reports as reading as
  * zero are answered with DM_STREAM_REPLY_ZERO and never transferred.  The
@@ -1097,7 +1099,8 @@ static int try_attach(struct streamd *sd, bool *warned)
 			size_t len = (size_t)sd->max_blocks * sd->block_size;
 
 			r = su_reqpool_init(&sd->pool, sd->depth,
-					    sizeof(struct dm_stream_reply) + len);
+					    sizeof(struct dm_stream_reply),
+					    len);
 			if (r) {
 				err("no memory for %u requests of %zu bytes",
 				    sd->depth, len);

@@ -185,7 +185,11 @@ struct dm_stream_request {
  * reply naming a block that is not outstanding under @tag for this file
  * is refused whole (-ENOENT) and changes nothing.
  * Followed in the same write by @len payload bytes: nr_blocks * block_size
- * bytes when error == 0 and ZERO is clear, otherwise none.  error is 0 or
+ * bytes when error == 0 and ZERO is clear, otherwise none.  A payload that
+ * starts on a page boundary is written to the data device from the
+ * helper's pages in place, and write(2) returns once that write has
+ * completed (the helper may then reuse the buffer); any other payload is
+ * copied first and write(2) returns at once.  error is 0 or
  * a negative errno; an error fails the I/O waiting for these blocks with
  * -EIO (the helper retries transient failures itself and only reports what
  * it cannot recover from).

@@ -22,12 +22,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/capability.h>
@@ -83,6 +85,44 @@ static long send_reply(int fd, const struct dm_stream_reply *h,
 		memcpy(buf + sizeof(*h), data, len);
 	r = write(fd, buf, sizeof(*h) + len);
 	free(buf);
+	return r;
+}
+
+/*
+ * send_reply() from a mapping of our own.  With @aligned the payload
+ * starts a page, as streamd lays it out: the kernel writes it from our
+ * pages in place (pinned) and returns once it is written; otherwise it
+ * starts 8 bytes before a page and the kernel copies it.  With
+ * @unreadable, everything from that page on is PROT_NONE.
+ */
+static long send_reply_mapped(int fd, const struct dm_stream_reply *h,
+			      const void *data, size_t len, bool aligned,
+			      bool unreadable)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t size = 2 * page + (len + page - 1) / page * page;
+	char *map, *payload;
+	long r;
+	int e;
+
+	map = mmap(NULL, size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED) {
+		perror("mmap");
+		exit(1);
+	}
+	payload = map + page - (aligned ? 0 : 8);
+	memcpy(payload - sizeof(*h), h, sizeof(*h));
+	if (len)
+		memcpy(payload, data, len);
+	if (unreadable && mprotect(map + page, size - page, PROT_NONE)) {
+		perror("mprotect");
+		exit(1);
+	}
+	r = write(fd, payload - sizeof(*h), sizeof(*h) + len);
+	e = errno;
+	munmap(map, size);
+	errno = e;
 	return r;
 }
 
@@ -344,8 +384,17 @@ int main(int argc, char **argv)
 	expect("zero reply with payload", send_reply(fd, &h, data, bs), EINVAL);
 	expect("truncated header", write(fd, &good, sizeof(good) - 1), EINVAL);
 
-	expect("correct reply", send_reply(fd, &good, data, bs), 0);
+	expect("payload in unreadable memory",
+	       send_reply_mapped(fd, &good, data, bs, false, true), EFAULT);
+	expect("page-aligned payload in unreadable memory",
+	       send_reply_mapped(fd, &good, data, bs, true, true), EFAULT);
+
+	/* Written from our pages in place; the parked read gets them too. */
+	expect("correct reply",
+	       send_reply_mapped(fd, &good, data, bs, true, false), 0);
 	expect("duplicate reply", send_reply(fd, &good, data, bs), ENOENT);
+	expect("duplicate page-aligned reply",
+	       send_reply_mapped(fd, &good, data, bs, true, false), ENOENT);
 	close(fd);
 	close(img);
 	free(data);

@@ -1,14 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 /* streamd's request pool and queues: see reqpool.h. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "reqpool.h"
 
-int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t buf_size)
+int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t head,
+		    size_t size)
 {
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	unsigned int i;
+	uintptr_t data;
 
 	memset(p, 0, sizeof(*p));
 	p->reqs = calloc(nr, sizeof(*p->reqs));
@@ -16,9 +21,13 @@ int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t buf_size)
 		return -ENOMEM;
 	p->nr = nr;
 	for (i = 0; i < nr; i++) {
-		p->reqs[i].buf = malloc(buf_size);
-		if (!p->reqs[i].buf)
+		/* Room to move buf + head up to the next page boundary. */
+		p->reqs[i].mem = malloc(head + size + page - 1);
+		if (!p->reqs[i].mem)
 			goto out_free;
+		data = (uintptr_t)p->reqs[i].mem + head;
+		data = (data + page - 1) & ~(uintptr_t)(page - 1);
+		p->reqs[i].buf = (unsigned char *)(data - head);
 		su_req_put(p, &p->reqs[i]);
 	}
 	return 0;
@@ -32,7 +41,7 @@ void su_reqpool_destroy(struct su_reqpool *p)
 	unsigned int i;
 
 	for (i = 0; p->reqs && i < p->nr; i++)
-		free(p->reqs[i].buf);
+		free(p->reqs[i].mem);
 	free(p->reqs);
 	memset(p, 0, sizeof(*p));
 }
@@ -41,14 +50,17 @@ struct su_req *su_req_get(struct su_reqpool *p)
 {
 	struct su_req *r = p->free;
 	unsigned char *buf;
+	void *mem;
 
 	if (!r)
 		return NULL;
 	p->free = r->next;
 	p->nr_free--;
 	buf = r->buf;
+	mem = r->mem;
 	memset(r, 0, sizeof(*r));
 	r->buf = buf;
+	r->mem = mem;
 	return r;
 }
 

@@ -23,7 +23,8 @@ struct su_req {
 	int reply_error;		/* a reply to send again */
 	bool reply_zero;
 	bool background;		/* DM_STREAM_REQ_BACKGROUND */
-	unsigned char *buf;		/* buf_size bytes */
+	unsigned char *buf;		/* head + size bytes, see init */
+	void *mem;			/* the allocation holding buf */
 };
 
 struct su_reqpool {
@@ -37,8 +38,14 @@ struct su_reqq {
 	struct su_req *head, **tail;
 };
 
-/* @nr entries with @buf_size bytes each; 0 or -ENOMEM (nothing kept). */
-int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t buf_size);
+/*
+ * @nr entries, each with a buffer of @head + @size bytes laid out so that
+ * buf + @head starts a page: a reply's payload after its @head byte
+ * header, which the kernel then writes from the helper's pages in place.
+ * 0 or -ENOMEM (nothing kept).
+ */
+int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t head,
+		    size_t size);
 void su_reqpool_destroy(struct su_reqpool *p);
 /* An entry, reset, or NULL when all are in use. */
 struct su_req *su_req_get(struct su_reqpool *p);

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "test-alloc-shim.h"
@@ -20,10 +22,11 @@
 static void test_pool_get_put(void **state)
 {
 	struct su_reqpool p;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	struct su_req *a, *b, *c;
 
 	(void)state;
-	assert_int_equal(su_reqpool_init(&p, 2, 4096), 0);
+	assert_int_equal(su_reqpool_init(&p, 2, 48, 8192), 0);
 	assert_int_equal(p.nr_free, 2);
 	a = su_req_get(&p);
 	b = su_req_get(&p);
@@ -31,6 +34,12 @@ static void test_pool_get_put(void **state)
 	assert_non_null(b);
 	assert_non_null(a->buf);
 	assert_ptr_not_equal(a, b);
+	/* the payload after the header starts a page, and all of it is ours */
+	assert_int_equal((uintptr_t)(a->buf + 48) % page, 0);
+	assert_int_equal((uintptr_t)(b->buf + 48) % page, 0);
+	memset(a->buf, 0xa5, 48 + 8192);
+	memset(b->buf, 0x5a, 48 + 8192);
+	assert_int_equal(a->buf[0], 0xa5);
 	assert_null(su_req_get(&p));	/* exhausted, not allocated */
 	a->tag = 7;
 	a->retries = 3;
@@ -38,6 +47,7 @@ static void test_pool_get_put(void **state)
 	c = su_req_get(&p);
 	assert_ptr_equal(c, a);
 	assert_true(c->tag == 0 && c->retries == 0 && c->buf);	/* reset */
+	assert_int_equal((uintptr_t)(c->buf + 48) % page, 0);	/* kept */
 	su_req_put(&p, b);
 	su_req_put(&p, c);
 	assert_int_equal(p.nr_free, 2);
@@ -54,13 +64,13 @@ static void test_pool_enomem(void **state)
 	for (n = 1; n <= 5; n++) {
 		fail_at = n;
 		calls = 0;
-		assert_int_equal(su_reqpool_init(&p, 4, 512), -ENOMEM);
+		assert_int_equal(su_reqpool_init(&p, 4, 48, 512), -ENOMEM);
 		assert_null(p.reqs);
 		assert_int_equal(p.nr_free, 0);
 	}
 	fail_at = 6;		/* 1 calloc + 4 mallocs: all succeed */
 	calls = 0;
-	assert_int_equal(su_reqpool_init(&p, 4, 512), 0);
+	assert_int_equal(su_reqpool_init(&p, 4, 48, 512), 0);
 	fail_at = 0;
 	su_reqpool_destroy(&p);
 }
