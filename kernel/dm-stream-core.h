@@ -126,6 +126,8 @@ struct stream_c {
 	u64 ra_last, ra_start, ra_end;
 	atomic64_t ra_mark;
 	bool ra_hit;			/* map -> worker: READ_ONCE */
+	/* map -> worker: commit, a write-intent region is wanted ahead */
+	bool commit_soon;
 
 	atomic_t parked;		/* bios waiting for a block */
 	atomic64_t nr_fetched;

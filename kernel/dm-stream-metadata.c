@@ -71,7 +71,9 @@
  * closes the region stages the writer's bits -- and the superblock that
  * closes it is staged after them.  The blocks that commit finds dirty
  * and committed present become durable with it (__intent_take_closed()):
- * their next write goes without a region.  A load that finds regions
+ * their next write goes without a region.  A sequential writer near the
+ * end of an open region asks for the next one ahead (intent_ahead()), so
+ * it does not wait at every region boundary.  A load that finds regions
  * open (an unclean shutdown) makes all their blocks dirty for every
  * consumer and commits that before anything else (__intent_recover()).
  * SB_F_INTENT is set exactly when a region is open, so a module that does
@@ -272,6 +274,8 @@ struct dm_stream_metadata {
 	unsigned long *intent_clear;
 	u8 *intent_age;
 	bool intent_drop_all;
+	/* a region was asked for ahead (intent_ahead()): commit soon */
+	bool intent_ahead;
 
 	/*
 	 * Serialises dsm_commit() and every other metadata write; protects
@@ -2103,6 +2107,34 @@ static u32 nr_regions(struct dm_stream_metadata *md)
 					md->sb.intent_shift));
 }
 
+/*
+ * Write-intent lookahead: a write into the last quarter of an open region
+ * whose previous block is dirty (a sequential writer, most likely) asks
+ * for the next region too, so that the writer finds it open rather than
+ * waiting for the commit that opens it.  The price: one more region
+ * open, whose blocks count as dirty after a crash.  Lockless, like
+ * dsm_write_ready().
+ */
+static void intent_ahead(struct dm_stream_metadata *md, u64 block,
+			 unsigned long region, u32 shift)
+{
+	unsigned long next = region + 1;
+	u64 in = block & ((1ULL << shift) - 1);
+
+	if ((in << 2) < (3ULL << shift) || !in ||
+	    !dsm_dirty_all(md, block - 1) || next >= nr_regions(md) ||
+	    test_bit(next, md->intent) || test_bit(next, md->intent_want))
+		return;
+	set_bit(next, md->intent_want);
+	WRITE_ONCE(md->intent_ahead, true);
+}
+
+bool dsm_intent_ahead(struct dm_stream_metadata *md)
+{
+	return READ_ONCE(md->intent_ahead) && xchg(&md->intent_ahead, false);
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_intent_ahead);
+
 bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
 {
 	u32 shift = READ_ONCE(md->sb.intent_shift);
@@ -2134,6 +2166,7 @@ bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
 	if (test_bit(region, md->intent)) {
 		if (!test_bit(region, md->intent_used))
 			set_bit(region, md->intent_used);
+		intent_ahead(md, block, region, shift);
 		return true;
 	}
 	set_bit(region, md->intent_want);

@@ -146,6 +146,14 @@ void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);
 bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua);
 
 /*
+ * True once after dsm_write_ready() asked for a region ahead of a
+ * sequential writer (in an open region, the write went on): the caller
+ * should have a commit made soon, so the region is open when the writer
+ * gets there.  Any context, never sleeps.
+ */
+bool dsm_intent_ahead(struct dm_stream_metadata *md);
+
+/*
  * Write-intent upkeep.  dsm_intent_tick() (once a commit period, process
  * context) ages the regions held and returns true when idle ones should
  * be dropped by a commit.  dsm_intent_drop() makes the next commit drop

@@ -92,6 +92,21 @@ static void stream_wake_worker(struct stream_c *sc)
 	queue_work(sc->wq, &sc->worker);
 }
 
+/*
+ * dsm_write_ready(), and a commit soon when it asked for a write-intent
+ * region ahead of a sequential writer.  Map or worker context.
+ */
+static bool write_ready(struct stream_c *sc, u64 block, bool fua)
+{
+	bool ready = dsm_write_ready(sc->md, block, fua);
+
+	if (dsm_intent_ahead(sc->md)) {
+		WRITE_ONCE(sc->commit_soon, true);
+		stream_wake_worker(sc);
+	}
+	return ready;
+}
+
 static u64 bio_block(struct stream_c *sc, struct bio *bio)
 {
 	return dm_target_offset(sc->ti, bio->bi_iter.bi_sector) >>
@@ -153,7 +168,7 @@ static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
 	 * Rule 2: its dirty bits (or its region's write intent) reach the
 	 * disk before its data does.
 	 */
-	if (dsm_write_ready(sc->md, block, bio->bi_opf & REQ_FUA))
+	if (write_ready(sc, block, bio->bi_opf & REQ_FUA))
 		goto remap;
 	defer_bio(sc, &sc->deferred_dirty, bio);
 	return DM_MAPIO_SUBMITTED;
@@ -185,8 +200,7 @@ static sector_t present_run(struct stream_c *sc, struct bio *bio,
 			break;
 		/* A write that cannot go now is split off and waits alone. */
 		if (write && (stream_snap_needs_preserve(sc, b) ||
-			      !dsm_write_ready(sc->md, b,
-					       bio->bi_opf & REQ_FUA)))
+			      !write_ready(sc, b, bio->bi_opf & REQ_FUA)))
 			break;
 	}
 	if (b > last)
@@ -596,6 +610,7 @@ static void do_worker(struct work_struct *ws)
 	struct stream_fetch *f, *tmp;
 	LIST_HEAD(done);
 	struct bio *bio;
+	bool soon;
 	int r;
 
 	if (unlikely(READ_ONCE(sc->data_flush_failed)) &&
@@ -637,8 +652,13 @@ static void do_worker(struct work_struct *ws)
 		ra_advance(sc);
 	}
 
+	/*
+	 * A region wanted ahead: taken before the commit, so one wanted
+	 * after its begin queues the worker again.
+	 */
+	soon = READ_ONCE(sc->commit_soon) && xchg(&sc->commit_soon, false);
 	if (bio_list_empty(&flush_bios) && bio_list_empty(&completions) &&
-	    bio_list_empty(&dirty_bios))
+	    bio_list_empty(&dirty_bios) && !soon)
 		return;
 
 	r = stream_commit(sc);

@@ -582,6 +582,7 @@ static void stream_snapshot_test(struct kunit *test)
  *   'O' - -  write intent off
  *   'P' - b  b is present, and a commit recorded it
  *   'p' - b  b is present in core only (no commit since)
+ *   'A' - n  dsm_intent_ahead(): n 1 if a region was asked for ahead
  */
 struct intent_case {
 	const char *desc;
@@ -594,19 +595,19 @@ static const struct intent_case intent_cases[] = {
 	    {'w', 0, 0}, {'w', 0, 7}, {'W', 0, 8}, {'C'}, {'h', 0, 2},
 	    {'w', 0, 15} } },
 	{ "a region idle for three ticks is dropped",
-	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'T', 0, 0}, {'T', 0, 0},
+	  { {'W', 0, 5}, {'C'}, {'w', 0, 4}, {'T', 0, 0}, {'T', 0, 0},
 	    {'T', 0, 0}, {'T', 0, 1}, {'h', 0, 1}, {'C'}, {'h', 0, 0},
-	    {'W', 0, 6} } },
+	    {'W', 0, 4} } },
 	{ "a region in use is kept",
-	  { {'W', 0, 5}, {'C'}, {'T', 0, 0}, {'w', 0, 6}, {'T', 0, 0},
-	    {'w', 0, 6}, {'T', 0, 0}, {'w', 0, 2}, {'T', 0, 0}, {'C'},
+	  { {'W', 0, 5}, {'C'}, {'T', 0, 0}, {'w', 0, 4}, {'T', 0, 0},
+	    {'w', 0, 4}, {'T', 0, 0}, {'w', 0, 2}, {'T', 0, 0}, {'C'},
 	    {'h', 0, 1}, {'w', 0, 3} } },
 	{ "suspend drops every region",
 	  { {'W', 0, 5}, {'W', 0, 100}, {'C'}, {'h', 0, 2}, {'D'}, {'C'},
 	    {'h', 0, 0}, {'W', 0, 5}, {'W', 0, 101} } },
 	{ "a FUA write waits even in an open region, not once durable",
-	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'U', 0, 6}, {'C'},
-	    {'M', 0, 6}, {'w', 0, 6}, {'h', 0, 1} } },
+	  { {'W', 0, 5}, {'C'}, {'w', 0, 4}, {'U', 0, 4}, {'C'},
+	    {'M', 0, 4}, {'w', 0, 4}, {'h', 0, 1} } },
 	{ "a failed commit grants nothing and asks again",
 	  { {'W', 0, 5}, {'F'}, {'h', 0, 0}, {'W', 0, 6}, {'C'},
 	    {'h', 0, 1}, {'w', 0, 7} } },
@@ -630,6 +631,21 @@ static const struct intent_case intent_cases[] = {
 	{ "a closing commit that fails makes nothing durable",
 	  { {'P', 0, 5}, {'W', 0, 5}, {'C'}, {'w', 0, 5}, {'D'}, {'F'},
 	    {'h', 0, 0}, {'W', 0, 5} } },
+	{ "a sequential writer near a region's end opens the next one ahead",
+	  { {'W', 0, 4}, {'A', 0, 0}, {'C'}, {'w', 0, 5}, {'A', 0, 0},
+	    {'w', 0, 6}, {'A', 0, 1}, {'A', 0, 0}, {'w', 0, 7},
+	    {'A', 0, 0}, {'h', 0, 1}, {'C'}, {'h', 0, 2}, {'w', 0, 8},
+	    {'w', 0, 14}, {'A', 0, 0}, {'w', 0, 15}, {'A', 0, 1} } },
+	{ "a write near a region's end after a clean block opens nothing",
+	  { {'W', 0, 4}, {'C'}, {'w', 0, 7}, {'A', 0, 0}, {'C'},
+	    {'h', 0, 1}, {'W', 0, 8} } },
+	{ "a region asked for ahead is dropped by a suspend",
+	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'A', 0, 1}, {'D'}, {'C'},
+	    {'h', 0, 0}, {'W', 0, 8} } },
+	{ "the last region asks for nothing ahead",
+	  { {'W', 0, 3 * BPB - 3}, {'C'}, {'w', 0, 3 * BPB - 2},
+	    {'A', 0, 0}, {'w', 0, 3 * BPB - 1}, {'A', 0, 0},
+	    {'h', 0, 1} } },
 };
 
 static void intent_case_desc(const struct intent_case *c, char *desc)
@@ -688,6 +704,9 @@ static void stream_intent_test(struct kunit *test)
 			break;
 		case 'p':
 			dsm_set_present(md, s->arg);
+			break;
+		case 'A':
+			KUNIT_EXPECT_EQ(test, dsm_intent_ahead(md), !!s->arg);
 			break;
 		}
 	}

@@ -270,6 +270,55 @@ t_rewrite_after_close() {
 	teardown
 }
 
+# Write-intent lookahead: sequential writes near the end of an open region
+# open the next one ahead, so a write there goes down without a commit.
+# The metadata device is suspended to tell: a write that needs a commit
+# waits until it is resumed.
+t_intent_ahead() {
+	fresh
+	server_start nbdkit
+	dmsetup create m --table "0 $(blockdev --getsz $META) linear $META 0"
+	dmsetup create s --table "0 $SZ stream /dev/mapper/m $DATA $BS 4 intent_region $((BS * 8)) readahead 0"
+	helper_start
+	dd if=$DEV of=/dev/null bs=$BB count=32 iflag=direct 2>/dev/null
+	helper_stop
+	_g0=$(st 10)
+	# region 0, blocks 0-7, in order: the first waits to open it, and
+	# blocks 6 and 7 (its last quarter) follow a dirty block
+	dd if=$IMG of=$DEV bs=$BB skip=40 count=8 oflag=direct \
+		conv=notrunc 2>/dev/null
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$13}') -ge $((_g0 + 2)) ]"
+	dmsetup suspend m
+	dd if=$IMG of=$DEV bs=$BB skip=50 seek=8 count=4 oflag=direct \
+		conv=notrunc 2>/dev/null &
+	_p=$!
+	# the control: region 2 was not asked for, a write there waits
+	dd if=$IMG of=$DEV bs=$BB skip=60 seek=16 count=1 oflag=direct \
+		conv=notrunc 2>/dev/null &
+	_c=$!
+	if ! wait_for 10 sh -c "! kill -0 $_p 2>/dev/null"; then
+		dmsetup resume m
+		wait $_p $_c
+		echo "# a write in region 1 waited for a commit"
+		return 1
+	fi
+	wait $_p
+	sleep 1
+	if ! kill -0 $_c 2>/dev/null; then
+		dmsetup resume m
+		echo "# a write in region 2 went down without a commit"
+		return 1
+	fi
+	dmsetup resume m
+	wait $_c
+	expect_eq "blocks 8-11" \
+		"$(dd if=$IMG bs=$BB skip=50 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=8 count=4 iflag=direct 2>/dev/null | md5sum)"
+	expect_eq "block 16" "$(blk_sum $IMG 60)" "$(blk_sum $DEV 16)"
+	expect_eq "dirty" 13 "$(st 3)"
+	teardown
+}
+
 # A region open at an unclean shutdown (the metadata device fails before
 # the suspend that would drop it): the next load makes all of its blocks
 # dirty, says so, and a revert then brings them all back to the image.
@@ -839,6 +888,7 @@ run fill_switch t_fill_switch
 run status_table t_status_table
 run write_intent_commits t_write_intent_commits
 run rewrite_after_close t_rewrite_after_close
+run intent_ahead t_intent_ahead
 run write_intent_recovery t_write_intent_recovery
 run mode_ro_on_metadata_error t_mode_ro
 run mode_fail_on_data_flush_error t_mode_fail
