@@ -24,7 +24,8 @@
  * buffers out so) is written from the helper's own pages, pinned for the
  * write, and write(2) returns once the data write has completed, as an
  * O_DIRECT write does: no page is allocated, zeroed or copied.  Any other
- * payload is copied into pages of ours first and write(2) returns at once.
+ * payload (or one in memory that cannot be pinned) is copied into pages of
+ * ours first and write(2) returns at once.
  *
  * The ABI is described in uapi/dm-stream.h.  One helper file attaches to one
  * target; requests it has read but not answered go back to the queue when
@@ -869,7 +870,13 @@ struct range_write {
 	struct page **pages;
 	unsigned int nr_pages;
 	bool pinned;
-	struct completion *done;	/* pinned: the writer waits on it */
+	/*
+	 * Pinned: the writer waits on @done; the writer and the end hold a
+	 * reference each, and the last one unpins and frees (a writer that
+	 * was killed while waiting leaves it to the end).
+	 */
+	refcount_t refs;
+	struct completion done;
 	unsigned int nr;
 	struct stream_fetch *f[];
 };
@@ -904,8 +911,7 @@ static void free_range_write(struct range_write *w)
 }
 
 /*
- * Each fetch completes on its own; nothing touches w->f[i] after.  A
- * pinned write's writer frees it once woken: nothing touches @w after.
+ * Each fetch completes on its own; nothing touches w->f[i] after.
  */
 static void range_write_endio(struct bio *bio)
 {
@@ -918,10 +924,12 @@ static void range_write_endio(struct bio *bio)
 		w->f[i]->status = status;
 		stream_fetch_io_done(w->f[i]);
 	}
-	if (w->done)
-		complete(w->done);
-	else
-		free_range_write(w);
+	if (w->pinned) {
+		complete(&w->done);
+		if (!refcount_dec_and_test(&w->refs))
+			return;
+	}
+	free_range_write(w);
 }
 
 /*
@@ -1065,7 +1073,6 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 			  size_t count, loff_t *ppos)
 {
 	struct stream_file *hf = file->private_data;
-	DECLARE_COMPLETION_ONSTACK(done);
 	struct page **payload = NULL;
 	struct bio_list reads = BIO_EMPTY_LIST;
 	struct range_write *w = NULL;
@@ -1103,12 +1110,16 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	if (r)
 		return r;
 	pinned = rep.len && PAGE_ALIGNED(buf + sizeof(rep));
-	if (rep.len) {
-		payload = pinned ? pin_payload(buf + sizeof(rep), rep.len) :
-				   copy_payload(buf + sizeof(rep), rep.len);
-		if (IS_ERR(payload))
-			return PTR_ERR(payload);
+	if (pinned) {
+		payload = pin_payload(buf + sizeof(rep), rep.len);
+		/* Memory we may read but not pin (secretmem, PFNMAP): copied. */
+		if (PTR_ERR_OR_ZERO(payload) == -EFAULT)
+			pinned = false;
 	}
+	if (rep.len && !pinned)
+		payload = copy_payload(buf + sizeof(rep), rep.len);
+	if (IS_ERR(payload))
+		return PTR_ERR(payload);
 
 	down_read(&hf->sem);
 	sc = hf->sc;
@@ -1154,8 +1165,10 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 	w->pages = payload;
 	w->nr_pages = payload ? nr_pages : 0;
 	w->pinned = pinned;
-	if (pinned)
-		w->done = &done;
+	if (pinned) {
+		refcount_set(&w->refs, 2);
+		init_completion(&w->done);
+	}
 	payload = NULL;
 	bio = bio_alloc(sc->data_dev->bdev, nr_pages,
 			REQ_OP_WRITE | (pinned ? REQ_SYNC : 0), GFP_NOIO);
@@ -1183,8 +1196,10 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		 * are FETCH_WRITING, out of everyone else's reach.
 		 */
 		up_read(&hf->sem);
-		wait_for_completion_io(&done);
-		free_range_write(w);
+		/* Killable: a dying helper never reuses its buffer. */
+		wait_for_completion_killable(&w->done);
+		if (refcount_dec_and_test(&w->refs))
+			free_range_write(w);
 		return r;
 	}
 	w = NULL;

@@ -124,6 +124,8 @@ build_tools() {
 		"$TOP/tests/tools/stream-meta.c" || die "stream-meta"
 	gcc -O2 -Wall -I"$TOP/kernel" -o "$WORK/tools/stream-chan" \
 		"$TOP/tests/tools/stream-chan.c" || die "stream-chan"
+	gcc -O2 -Wall -I"$TOP/kernel" -o "$WORK/tools/stream-pin" \
+		"$TOP/tests/tools/stream-pin.c" -lpthread || die "stream-pin"
 	gcc -O2 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
 		-o "$WORK/tools/stream-replay" \
 		"$TOP/tests/tools/stream-replay.c" || die "stream-replay"
@@ -230,6 +232,7 @@ build_initramfs() {
 	copy_bin "$root" "$WORK/tools/stream-io"
 	copy_bin "$root" "$WORK/tools/stream-meta"
 	copy_bin "$root" "$WORK/tools/stream-chan"
+	copy_bin "$root" "$WORK/tools/stream-pin"
 	copy_bin "$root" "$WORK/tools/stream-replay"
 	copy_bin "$root" "$(command -v nbdkit)"
 	copy_bin "$root" "$(command -v qemu-nbd)"

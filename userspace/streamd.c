@@ -405,6 +405,11 @@ static int attach(struct streamd *sd)
 	return 0;
 }
 
+static void now(struct timespec *t)
+{
+	clock_gettime(CLOCK_MONOTONIC, t);
+}
+
 /*
  * Send one reply for @count blocks from @block of request @tag; the
  * payload (if any) follows the header in @buf.
@@ -450,6 +455,12 @@ static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
 {
 	int e = reply(sd, r, error, zero);
 
+	/*
+	 * The write(2) waits for the data device (a payload written in
+	 * place); time spent there is not the server's: restart the clock.
+	 */
+	if (!e)
+		now(&sd->last_progress);
 	if (!e || e == -ENOENT || e == -ENODEV) {
 		if (e == -ENOENT)
 			info("block %" PRIu64 "+%u: the kernel gave up on it (fetch_timeout)",
@@ -601,11 +612,6 @@ static int read_requests(struct streamd *sd)
 }
 
 /* --- NBD side ------------------------------------------------------------ */
-
-static void now(struct timespec *t)
-{
-	clock_gettime(CLOCK_MONOTONIC, t);
-}
 
 static long ms_until(const struct timespec *t)
 {

@@ -188,8 +188,9 @@ struct dm_stream_request {
  * bytes when error == 0 and ZERO is clear, otherwise none.  A payload that
  * starts on a page boundary is written to the data device from the
  * helper's pages in place, and write(2) returns once that write has
- * completed (the helper may then reuse the buffer); any other payload is
- * copied first and write(2) returns at once.  error is 0 or
+ * completed (the helper may then reuse the buffer; a fatal signal ends
+ * the wait, not the write); any other payload, or one in memory that
+ * cannot be pinned, is copied first and write(2) returns at once.  error is 0 or
  * a negative errno; an error fails the I/O waiting for these blocks with
  * -EIO (the helper retries transient failures itself and only reports what
  * it cannot recover from).

@@ -844,6 +844,30 @@ t_upgrade_format1() {
 	expect_eq "dirty" 2 "$(st 3)"
 }
 
+# Hostile helper for the in-place (pinned) reply path: the data device's
+# writes are delayed 500 ms (dm-delay) so that "write(2) waits for the
+# data write" and races against it are observable (tests/tools/stream-pin.c).
+t_pinned_reply() {
+	fresh
+	_rc=0
+	dmsetup create d --table "0 $(blockdev --getsz $DATA) delay $DATA 0 0 $DATA 0 500"
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
+	stream-pin s $IMG 20 500 || _rc=1
+	dmsetup remove s
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
+	stream-pin s $IMG 40 1000 remove || _rc=1
+	dmsetup info s >/dev/null 2>&1 && { echo "# s not removed"; _rc=1; }
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
+	stream-pin s $IMG 45 500 suspend d || _rc=1
+	dmsetup remove s
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 4 readahead 0 fetch_timeout 3"
+	stream-pin s $IMG 50 500 self || _rc=1
+	dmsetup message s 0 fail_parked >/dev/null 2>&1 || true
+	dmsetup remove s
+	dmsetup remove d
+	return $_rc
+}
+
 # shellcheck source=lifecycle.sh
 . /tests/lifecycle.sh
 
@@ -863,6 +887,7 @@ run read_before_helper t_read_before_helper
 run server_restart t_server_restart
 run fetch_timeout t_fetch_timeout
 run channel_validation t_channel_validation
+run pinned_reply t_pinned_reply
 run expired_request_siblings t_expired_request_siblings
 run background_requests t_background_requests
 run range_readahead t_range_readahead
