@@ -202,6 +202,58 @@ out:
 	return n;
 }
 
+unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
+				   unsigned int max, struct stream_fetch **fp)
+{
+	const unsigned long *present = dsm_present_map(sc->md);
+	struct stream_fetch *f, *head = NULL;
+	unsigned int n = 0;
+
+	mutex_lock(&sc->fq.lock);
+	/* Under the lock, as in stream_fetch_park(). */
+	if (READ_ONCE(sc->requeue))
+		goto out;
+	for (; n < max; n++) {
+		if (dsm_test(present, first + n) ||
+		    xa_load(&sc->fq.fetches, first + n))
+			break;
+		f = alloc_fetch(sc, first + n);
+		if (!f)
+			break;
+		if (xa_insert(&sc->fq.fetches, first + n, f, GFP_NOIO)) {
+			stream_fetch_free(f);
+			break;
+		}
+		f->state = FETCH_FILLING;
+		if (head)
+			list_add_tail(&f->list, &head->list);
+		else
+			head = f;
+	}
+out:
+	mutex_unlock(&sc->fq.lock);
+	*fp = head;
+	return n;
+}
+
+void stream_fetch_fill_done(struct stream_fetch *f, blk_status_t status)
+{
+	struct stream_fetch *g, *tmp;
+	LIST_HEAD(run);
+
+	/*
+	 * A head for the circle of fills; each leaves it before it
+	 * completes, and nothing touches it after (the worker may retire
+	 * and free it at once).
+	 */
+	list_add_tail(&run, &f->list);
+	list_for_each_entry_safe(g, tmp, &run, list) {
+		list_del_init(&g->list);
+		g->status = status;
+		stream_fetch_io_done(g);
+	}
+}
+
 void stream_fetch_io_done(struct stream_fetch *f)
 {
 	struct stream_c *sc = f->sc;

@@ -43,7 +43,11 @@ struct stream_fetch {
 	enum stream_fetch_state state;
 	struct stream_file *owner;	/* FETCH_SENT only */
 	unsigned long queued_at;	/* jiffies */
-	struct list_head list;		/* pending/sent, then completed */
+	/*
+	 * pending/sent, then completed; FETCH_FILLING: the other fills of
+	 * the same write (a circle, see stream_fetch_fill_run())
+	 */
+	struct list_head list;
 	struct bio_list waiters;
 	blk_status_t status;
 	/*
@@ -138,8 +142,22 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
  */
 unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 				    u64 count);
+/*
+ * Map: fills for one write of whole blocks from @first: a FETCH_FILLING
+ * fetch for each of up to @max blocks, stopping at the first that is
+ * present or being made present (or at no memory), all linked through
+ * their @list.  Returns how many (0 when suspending), *@f the first.
+ */
+unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
+				   unsigned int max, struct stream_fetch **f);
 /* Any context: the data write of a fetch or fill has ended. */
 void stream_fetch_io_done(struct stream_fetch *f);
+/*
+ * Any context: the write of fill @f (from stream_fetch_park() or
+ * stream_fetch_fill_run()) has ended with @status: every fill it carried
+ * completes.
+ */
+void stream_fetch_fill_done(struct stream_fetch *f, blk_status_t status);
 /*
  * Worker: a completed fetch leaves the queue; its block is present if its
  * write succeeded.  Its waiters go to @waiters.  Returns true if that made

@@ -324,6 +324,36 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 }
 
 /*
+ * Map: a write over more than one block, from sector @off.  If it begins
+ * with whole absent blocks (that no snapshot needs), they are filled by
+ * the write itself, whole: one fill a block, one bio.  Returns the
+ * sectors those fills cover (the caller splits the rest off), 0 when the
+ * first block cannot be filled so (the per-block path takes it).
+ */
+static sector_t fill_run(struct stream_c *sc, struct bio *bio, sector_t off)
+{
+	struct per_bio_data *pb = dm_per_bio_data(bio, sizeof(*pb));
+	u64 first = off >> sc->block_shift, b;
+	struct stream_fetch *f;
+	unsigned int max, n;
+
+	if (bio_op(bio) != REQ_OP_WRITE || (off & (sc->block_sectors - 1)) ||
+	    READ_ONCE(sc->mode) != STREAM_MODE_RW)
+		return 0;
+	max = bio_sectors(bio) >> sc->block_shift;
+	for (n = 0; n < max; n++)
+		if (stream_snap_needs_preserve(sc, first + n))
+			break;
+	n = n ? stream_fetch_fill_run(sc, first, n, &f) : 0;
+	if (!n)
+		return 0;
+	for (b = first; b < first + n; b++)
+		dsm_set_dirty(sc->md, b);
+	pb->fill = f;
+	return (sector_t)n << sc->block_shift;
+}
+
+/*
  * Map: a bio to absent @block parks here, without a worker hop (map may
  * sleep: the fetch queue's lock is a mutex, allocations are GFP_NOIO).
  * Out of memory, it goes to the worker, which parks it on the starved
@@ -388,8 +418,9 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	}
 
 	/*
-	 * A run of present blocks goes down whole; otherwise never let a
-	 * bio span two blocks.
+	 * A run of present blocks goes down whole, and so does a write
+	 * over a run of whole absent blocks (fill_run()); otherwise never
+	 * let a bio span two blocks.
 	 */
 	off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	if (bio_op(bio) == REQ_OP_READ && bio_sectors(bio) &&
@@ -399,6 +430,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	if (off + bio_sectors(bio) > end) {
 		sector_t len = present_run(sc, bio, off);
 
+		if (!len)
+			len = fill_run(sc, bio, off);
 		if (len) {
 			if (len < bio_sectors(bio))
 				dm_accept_partial_bio(bio, len);
@@ -741,12 +774,11 @@ static int stream_end_io(struct dm_target *ti, struct bio *bio,
 	if (!f)
 		return DM_ENDIO_DONE;
 	pb->fill = NULL;
-	f->status = *error;
-	stream_fetch_io_done(f);
+	stream_fetch_fill_done(f, *error);
 	if (*error || !(bio->bi_opf & REQ_FUA))
 		return DM_ENDIO_DONE;
 
-	/* The fill's present bit must be durable before a FUA completes. */
+	/* The fills' present bits must be durable before a FUA completes. */
 	spin_lock_irqsave(&sc->lock, flags);
 	bio_list_add(&sc->flush_completions, bio);
 	spin_unlock_irqrestore(&sc->lock, flags);

@@ -64,6 +64,46 @@ t_whole_block_write_no_fetch() {
 	expect_eq "dirty" 1 "$(st 3)"
 }
 
+# Bios the data disk has been sent to write: writes plus merged writes,
+# less flushes (an empty flush, a commit's, counts as a write too).
+data_writes() {
+	awk '{print $5 + $6 - $16}' "/sys/class/block/$(basename "$(readlink -f $DATA)")/stat"
+}
+
+# A write over a run of whole absent blocks goes down as one bio (one fill
+# a block), not one a block; a present block ends the run, and the blocks
+# after it make another.  Nothing is fetched.
+t_fill_run() {
+	stream_up
+	_w0=$(data_writes)
+	dd if=$IMG of=$DEV bs=$((BB * 4)) skip=10 seek=1 count=1 oflag=direct \
+		2>/dev/null
+	_w1=$(data_writes)
+	say "4 absent blocks in one write: $((_w1 - _w0)) bios to the data disk"
+	expect_eq "bios for blocks 4-7" 1 $((_w1 - _w0))
+	dd if=$IMG of=$DEV bs=$BB skip=50 seek=10 count=1 oflag=direct \
+		2>/dev/null
+	# its bits on disk: the rewrite below goes straight down
+	blockdev --flushbufs $DEV
+	_w0=$(data_writes)
+	dd if=$IMG of=$DEV bs=$((BB * 4)) skip=15 seek=2 count=1 oflag=direct \
+		2>/dev/null
+	_w1=$(data_writes)
+	# blocks 8-9 filled, block 10 (present) written, block 11 filled
+	expect_eq "bios for blocks 8-11 around present block 10" 3 \
+		$((_w1 - _w0))
+	expect_eq "blocks 4-7" \
+		"$(dd if=$IMG bs=$BB skip=40 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=4 count=4 iflag=direct 2>/dev/null | md5sum)"
+	expect_eq "blocks 8-11" \
+		"$(dd if=$IMG bs=$BB skip=60 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=8 count=4 iflag=direct 2>/dev/null | md5sum)"
+	expect_eq "present" 8 "$(present)"
+	expect_eq "dirty" 8 "$(st 3)"
+	expect_eq "kernel fetched" 0 "$(st 7)"
+	expect_eq "block 12 (the image's)" "$(blk_sum $IMG 12)" "$(blk_sum $DEV 12)"
+}
+
 t_partial_write_merge() {
 	stream_up
 	expected_image
@@ -878,6 +918,7 @@ run tcp_uri t_tcp_uri
 run zero_blocks_not_transferred t_zero_blocks
 run concurrent_random_reads t_concurrent_random
 run whole_block_write_no_fetch t_whole_block_write_no_fetch
+run fill_run t_fill_run
 run partial_write_merge t_partial_write_merge
 run discard_whole_block t_discard_whole_block
 run table_reload t_table_reload

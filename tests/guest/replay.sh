@@ -145,7 +145,8 @@ mark() {	# mark <name>: log a mark naming the current state
 }
 
 # w <block> <offset in block> <length> [dsync]: a write of new content
-# through the stream device, applied to the model too; dirty for 0 and 1.
+# through the stream device (one bio, maybe over several blocks), applied
+# to the model too; every block it touches dirty for 0 and 1.
 w() {
 	_src=$((SRCOFF + (($1 * 7 + STATE) % 2048) * 4096))
 	stream-replay write /dev/mapper/rs --at $(($1 * RBB + $2)) --len $3 \
@@ -153,8 +154,12 @@ w() {
 	dd if=$IMG of=$RP/model.raw bs=512 skip=$((_src / 512)) \
 		seek=$((($1 * RBB + $2) / 512)) count=$(($3 / 512)) \
 		conv=notrunc 2>/dev/null
-	D0=$(setc "$D0" $1 1)
-	D1=$(setc "$D1" $1 ${D1MARK:-1})
+	_b=$1
+	while [ $_b -le $((($1 * RBB + $2 + $3 - 1) / RBB)) ]; do
+		D0=$(setc "$D0" $_b 1)
+		D1=$(setc "$D1" $_b ${D1MARK:-1})
+		_b=$((_b + 1))
+	done
 	record_state
 }
 
@@ -269,6 +274,8 @@ t_replay_workload() {
 	w 3950 0 $RBB
 	w 4095 512 1024
 	w 3910 2048 1024
+	# one write over three whole absent blocks: three fills, one bio
+	w 24 0 $((RBB * 3))
 	rp_fsync
 	mark writes1
 
@@ -297,6 +304,7 @@ t_replay_workload() {
 	# FUA writes (O_DSYNC), durable when they complete: no fsync.
 	w 13 0 $RBB dsync
 	w 3990 0 $RBB dsync
+	w 28 0 $((RBB * 2)) dsync
 	mark fua
 
 	# A FUA write to a block a fill made present a moment ago, in a
