@@ -2109,11 +2109,11 @@ static u32 nr_regions(struct dm_stream_metadata *md)
 
 /*
  * Write-intent lookahead: a write into the last quarter of an open region
- * whose previous block is dirty (a sequential writer, most likely) asks
- * for the next region too, so that the writer finds it open rather than
- * waiting for the commit that opens it.  The price: one more region
- * open, whose blocks count as dirty after a crash.  Lockless, like
- * dsm_write_ready().
+ * whose previous block was written there too (dirty, and not durable: a
+ * sequential writer, most likely) asks for the next region, so that the
+ * writer finds it open rather than waiting for the commit that opens it.
+ * The price: each open region may open the next one, whose blocks count
+ * as dirty after a crash.  Lockless, like dsm_write_ready().
  */
 static void intent_ahead(struct dm_stream_metadata *md, u64 block,
 			 unsigned long region, u32 shift)
@@ -2122,7 +2122,8 @@ static void intent_ahead(struct dm_stream_metadata *md, u64 block,
 	u64 in = block & ((1ULL << shift) - 1);
 
 	if ((in << 2) < (3ULL << shift) || !in ||
-	    !dsm_dirty_all(md, block - 1) || next >= nr_regions(md) ||
+	    !dsm_dirty_all(md, block - 1) || test_bit(block - 1, md->durable) ||
+	    next >= nr_regions(md) ||
 	    test_bit(next, md->intent) || test_bit(next, md->intent_want))
 		return;
 	set_bit(next, md->intent_want);

@@ -534,6 +534,11 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 {
 	struct bio_list waiters = BIO_EMPTY_LIST;
 	bool ok = !f->status, last;
+	/*
+	 * A failed fill leaves its block absent, and may have failed for
+	 * another block of its write (fill_run()): its waiters fetch it.
+	 */
+	bool again = !ok && f->state == FETCH_FILLING;
 	struct bio *bio;
 
 	last = stream_fetch_retire(sc, f, &waiters);
@@ -543,11 +548,11 @@ static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
 		dm_table_event(sc->ti->table);
 	}
 	while ((bio = bio_list_pop(&waiters))) {
-		if (!ok) {
+		if (!ok && !again) {
 			atomic_dec(&sc->parked);
 			bio_io_error(bio);
 		} else {
-			/* Back through the parked path: present now. */
+			/* Back through the parked path: present or absent. */
 			process_parked(sc, bio);
 		}
 	}
@@ -643,7 +648,7 @@ static void do_worker(struct work_struct *ws)
 	struct stream_fetch *f, *tmp;
 	LIST_HEAD(done);
 	struct bio *bio;
-	bool soon;
+	bool soon, retired;
 	int r;
 
 	if (unlikely(READ_ONCE(sc->data_flush_failed)) &&
@@ -670,11 +675,13 @@ static void do_worker(struct work_struct *ws)
 	bio_list_init(&sc->deferred);
 	spin_unlock_irq(&sc->lock);
 
+	retired = !list_empty(&done);
 	list_for_each_entry_safe(f, tmp, &done, list) {
 		list_del_init(&f->list);
 		retire_fetch(sc, f);
 	}
-	if (!list_empty(&done))
+	/* Fetches were freed: the bios that found no memory try again. */
+	if (retired)
 		retry_starved(sc);
 
 	while ((bio = bio_list_pop(&bios)))

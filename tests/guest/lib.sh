@@ -210,7 +210,7 @@ teardown() {
 	# first: a server may export one of the devices below
 	server_stop
 	# Devices some tests stack or add; gone unless a test failed.
-	for _d in big m d c bad; do
+	for _d in big m d c bad e; do
 		if dmsetup info $_d >/dev/null 2>&1; then
 			dmsetup remove $_d
 		fi

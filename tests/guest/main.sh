@@ -104,6 +104,77 @@ t_fill_run() {
 	expect_eq "block 12 (the image's)" "$(blk_sum $IMG 12)" "$(blk_sum $DEV 12)"
 }
 
+# A fill run whose write fails (the data disk fails block 6 of 4-7):
+# no block of it becomes present, and once the disk is healthy they read
+# as the image; then a run that succeeds, with O_DSYNC (FUA: durable on
+# completion).
+t_fill_run_error() {
+	fresh
+	server_start nbdkit
+	_e=$((6 * BS))
+	dmsetup create d --table "0 $_e linear $DATA 0
+$_e $BS error
+$((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
+	helper_start
+	if dd if=$IMG of=$DEV bs=$((BB * 4)) skip=10 seek=1 count=1 \
+		oflag=direct 2>/dev/null; then
+		echo "# a write over a failing block succeeded"
+		return 1
+	fi
+	say "after failed run: status $(dmsetup status s)"
+	expect_eq "present after a failed run" 0 "$(present)" || return 1
+	dmsetup suspend d
+	dmsetup load d --table "0 $SZ linear $DATA 0"
+	dmsetup resume d
+	expect_eq "blocks 4-7 read as the image" \
+		"$(dd if=$IMG bs=$BB skip=4 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=4 count=4 iflag=direct 2>/dev/null | md5sum)" || return 1
+	# now a run that succeeds, then one that is FUA
+	stream-replay write $DEV --at $((12 * BB)) --len $((4 * BB)) \
+		--src $IMG --src-at $((40 * BB)) --dsync 1 ||
+		{ echo "# FUA run failed"; return 1; }
+	expect_eq "blocks 12-15" \
+		"$(dd if=$IMG bs=$BB skip=40 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=12 count=4 iflag=direct 2>/dev/null | md5sum)" || return 1
+	expect_eq "present" 8 "$(present)"
+	helper_stop
+	dmsetup remove s
+	dmsetup remove d
+}
+
+# A read parked on a block of a fill run whose write fails for another
+# block of the run (the data disk fails block 6, delays writes 2 s, the
+# read of block 4 comes during the write) is served by a fetch: block 4
+# is absent, not lost.
+t_fill_run_error_refetch() {
+	fresh
+	server_start nbdkit
+	_e=$((6 * BS))
+	dmsetup create e --table "0 $_e linear $DATA 0
+$_e $BS error
+$((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
+	dmsetup create d --table "0 $SZ delay /dev/mapper/e 0 0 /dev/mapper/e 0 2000"
+	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
+	helper_start
+	dd if=$IMG of=$DEV bs=$((BB * 4)) skip=10 seek=1 count=1 oflag=direct \
+		2>/dev/null &
+	_w=$!
+	sleep 0.7
+	_rc=0
+	dd if=$DEV of=/tmp/rv.blk bs=$BB skip=4 count=1 iflag=direct \
+		2>/tmp/rv.err || _rc=$?
+	_wrc=0
+	wait $_w || _wrc=$?
+	say "write rc $_wrc; read of block 4 rc $_rc: $(tr '\n' ' ' </tmp/rv.err)"
+	helper_stop
+	dmsetup remove s
+	dmsetup remove d
+	dmsetup remove e
+	expect_eq "read of block 4 (its own disk healthy)" 0 $_rc
+	expect_eq "block 4" "$(blk_sum $IMG 4)" "$(md5sum </tmp/rv.blk | cut -d' ' -f1)"
+}
+
 t_partial_write_merge() {
 	stream_up
 	expected_image
@@ -919,6 +990,8 @@ run zero_blocks_not_transferred t_zero_blocks
 run concurrent_random_reads t_concurrent_random
 run whole_block_write_no_fetch t_whole_block_write_no_fetch
 run fill_run t_fill_run
+run fill_run_error t_fill_run_error
+run fill_run_error_refetch t_fill_run_error_refetch
 run partial_write_merge t_partial_write_merge
 run discard_whole_block t_discard_whole_block
 run table_reload t_table_reload

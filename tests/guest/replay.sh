@@ -640,11 +640,14 @@ check_point() {
 		if (abs == "x" || d0 == "x" || d1 == "x") exit
 		addr(d0); addr(d1)
 		# write intent: a region may be dirty where one of its
-		# blocks may be
+		# blocks may be, and so may the next one where that block
+		# is in the last quarter (opened ahead: intent_ahead())
 		for (i in cand) {
 			i += 0
-			if (nd[0, i] > 0) rmay0[int(i / rir)] = 1
-			if (nd[1, i] > 0) rmay1[int(i / rir)] = 1
+			reg = int(i / rir)
+			ahead = (i % rir) * 4 >= 3 * rir
+			if (nd[0, i] > 0) { rmay0[reg] = 1; if (ahead) rmay0[reg + 1] = 1 }
+			if (nd[1, i] > 0) { rmay1[reg] = 1; if (ahead) rmay1[reg + 1] = 1 }
 		}
 		for (i in cand) {
 			i += 0
