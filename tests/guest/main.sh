@@ -104,6 +104,15 @@ t_fill_run() {
 	expect_eq "block 12 (the image's)" "$(blk_sum $IMG 12)" "$(blk_sum $DEV 12)"
 }
 
+# failing_block_disk <name> <block>: the data disk, but I/O to <block>
+# fails.
+failing_block_disk() {
+	_e=$(($2 * BS))
+	dmsetup create "$1" --table "0 $_e linear $DATA 0
+$_e $BS error
+$((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
+}
+
 # A fill run whose write fails (the data disk fails block 6 of 4-7):
 # no block of it becomes present, and once the disk is healthy they read
 # as the image; then a run that succeeds, with O_DSYNC (FUA: durable on
@@ -111,10 +120,7 @@ t_fill_run() {
 t_fill_run_error() {
 	fresh
 	server_start nbdkit
-	_e=$((6 * BS))
-	dmsetup create d --table "0 $_e linear $DATA 0
-$_e $BS error
-$((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
+	failing_block_disk d 6
 	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
 	helper_start
 	if dd if=$IMG of=$DEV bs=$((BB * 4)) skip=10 seek=1 count=1 \
@@ -150,10 +156,7 @@ $((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
 t_fill_run_error_refetch() {
 	fresh
 	server_start nbdkit
-	_e=$((6 * BS))
-	dmsetup create e --table "0 $_e linear $DATA 0
-$_e $BS error
-$((_e + BS)) $((SZ - _e - BS)) linear $DATA $((_e + BS))"
+	failing_block_disk e 6
 	dmsetup create d --table "0 $SZ delay /dev/mapper/e 0 0 /dev/mapper/e 0 2000"
 	dmsetup create s --table "0 $SZ stream $META /dev/mapper/d $BS 2 readahead 0"
 	helper_start
