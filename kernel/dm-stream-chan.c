@@ -92,13 +92,26 @@ void stream_fetch_free(struct stream_fetch *f)
 	kmem_cache_free(fetch_cache, f);
 }
 
+/* A new fetch of @block, in sc->fetches; NULL without memory. */
+static struct stream_fetch *__insert_fetch(struct stream_c *sc, u64 block)
+{
+	struct stream_fetch *f;
+
+	lockdep_assert_held(&sc->fq.lock);
+	f = alloc_fetch(sc, block);
+	if (f && xa_insert(&sc->fq.fetches, block, f, GFP_NOIO)) {
+		stream_fetch_free(f);
+		f = NULL;
+	}
+	return f;
+}
+
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, bool fill,
 				   struct stream_fetch **fp)
 {
 	bool background = !fill && stream_bio_background(bio);
 	struct stream_fetch *f;
-	int r;
 
 	mutex_lock(&sc->fq.lock);
 	/* Under the lock: stream_fetch_retire() sets present under it. */
@@ -141,12 +154,9 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		mutex_unlock(&sc->fq.lock);
 		return STREAM_PARK_WAITING;
 	}
-	f = alloc_fetch(sc, block);
-	r = f ? xa_insert(&sc->fq.fetches, block, f, GFP_NOIO) : -ENOMEM;
-	if (r) {
+	f = __insert_fetch(sc, block);
+	if (!f) {
 		mutex_unlock(&sc->fq.lock);
-		if (f)
-			stream_fetch_free(f);
 		return STREAM_PARK_NOMEM;
 	}
 	if (fill) {
@@ -184,13 +194,9 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 	for (b = first; b < end; b++) {
 		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
 			continue;
-		f = alloc_fetch(sc, b);
+		f = __insert_fetch(sc, b);
 		if (!f)
 			break;
-		if (xa_insert(&sc->fq.fetches, b, f, GFP_NOIO)) {
-			stream_fetch_free(f);
-			break;
-		}
 		f->state = FETCH_QUEUED;
 		list_add_tail(&f->list, &sc->fq.pending);
 		n++;
@@ -217,13 +223,9 @@ unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
 		if (dsm_test(present, first + n) ||
 		    xa_load(&sc->fq.fetches, first + n))
 			break;
-		f = alloc_fetch(sc, first + n);
+		f = __insert_fetch(sc, first + n);
 		if (!f)
 			break;
-		if (xa_insert(&sc->fq.fetches, first + n, f, GFP_NOIO)) {
-			stream_fetch_free(f);
-			break;
-		}
 		f->state = FETCH_FILLING;
 		if (head)
 			list_add_tail(&f->list, &head->list);
@@ -962,9 +964,7 @@ static void free_range_write(struct range_write *w)
 	kfree(w);
 }
 
-/*
- * Each fetch completes on its own; nothing touches w->f[i] after.
- */
+/* Each fetch completes on its own; nothing touches w->f[i] after. */
 static void range_write_endio(struct bio *bio)
 {
 	struct range_write *w = bio->bi_private;
