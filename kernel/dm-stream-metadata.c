@@ -2040,6 +2040,16 @@ void dsm_close(struct dm_stream_metadata *md)
 	destroy(md);
 }
 
+bool dsm_shared(struct dm_stream_metadata *md)
+{
+	bool shared;
+
+	mutex_lock(&dsm_registry_lock);
+	shared = md->refs > 1;
+	mutex_unlock(&dsm_registry_lock);
+	return shared;
+}
+
 const unsigned long *dsm_present_map(struct dm_stream_metadata *md)
 {
 	return md->present;

@@ -95,6 +95,11 @@ struct dm_stream_metadata *dsm_open(struct block_device *bdev,
 				    const void *owner, u32 block_sectors,
 				    u64 nr_blocks, const char **error);
 void dsm_close(struct dm_stream_metadata *md);
+/*
+ * Another table (a reload's, live or not yet resumed) holds @md too.
+ * Process context.
+ */
+bool dsm_shared(struct dm_stream_metadata *md);
 
 /* Lockless, any context. */
 static inline bool dsm_test(const unsigned long *map, u64 block)

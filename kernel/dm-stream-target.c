@@ -1097,7 +1097,15 @@ static void stream_dtr(struct dm_target *ti)
 	stream_fetch_quiesce(sc);
 	cancel_delayed_work_sync(&sc->waker);
 	flush_workqueue(sc->wq);
-	if (dsm_changed(sc->md))
+	/*
+	 * Postsuspend committed what this table did.  What changed since
+	 * (an ack while suspended) is committed here, unless another table
+	 * holds the metadata: after a reload the new table is live before
+	 * this destructor runs, and its blocks are on its data device, which
+	 * only its own commits flush.  A table dropped unresumed (a reload
+	 * cleared or replaced) did nothing to the metadata.
+	 */
+	if (!dsm_shared(sc->md) && dsm_changed(sc->md))
 		stream_commit(sc);
 	destroy_workqueue(sc->wq);
 

@@ -71,6 +71,7 @@ tcp_listening() {	# tcp_listening <port in hex>
 	grep -q "^ *[0-9]*: 0100007F:$1 00000000:0000 0A " /proc/net/tcp
 }
 
+gone() { ! kill -0 "$1" 2>/dev/null; }	# gone <pid>
 is_attached() { [ "$(st 5)" = attached ]; }
 
 server_start() {	# server_start [nbdkit|qemu-nbd] [filter|key=value ...]
