@@ -67,10 +67,22 @@ check_plan() {	# check_plan <kernel> <boot name> <log>
 	[ $missing = 0 ] || echo "[$k] $b: $missing declared tests did not report"
 }
 
+# What a failed test printed (its checks, streamd's log, the kernel's),
+# from its "--- name" line to its verdict: CI keeps only this output.
+failure_output() {	# failure_output <kernel> <name> <log>
+	tr -d '\r' <"$3" | awk -v t="$2" '
+		$0 == "# --- " t { n = 0; grab = 1 }
+		grab { buf[n++] = $0 }
+		grab && $0 == "STREAMTEST " t " FAIL" { grab = 0; done = 1 }
+		END { if (done) for (i = (n > 80 ? n - 80 : 0); i < n; i++) print buf[i] }
+	' | sed "s/^/[$1] | /"
+}
+
 collect() {	# collect <kernel> <boot name> <log>
 	local k=$1 b=$2 log=$3 name res why n=0
 	while read -r _ name res why; do
 		record "$k" "$name" "$res" "$why"
+		[ "$res" = FAIL ] && failure_output "$k" "$name" "$log"
 		n=$((n + 1))
 	done < <(grep -a "^STREAMTEST " "$log" | tr -d '\r')
 	if ! grep -aq "^STREAMTEST-END" "$log"; then
@@ -380,19 +392,16 @@ done
 rm -rf "$WORK"/claim-* "$WORK/deb.done"
 # STREAM_LANES workers (default 2: the cores) take the jobs in turn.
 t_all=$(date +%s)
-pids=()
 if want boot; then
 	prebuild_boot &
-	pids+=($!)
 fi
 for _ in $(seq 2 "$LANES"); do
 	worker &
-	pids+=($!)
 done
 worker
-for p in "${pids[@]}"; do
-	wait "$p"
-done
+# All of them: "wait <pid>" on a job that ended long ago can answer "not
+# a child of this shell" (bash forgets it once its pid is reused).
+wait
 want boot && boot_declared
 PASS=0 FAIL=0 SKIP=0 SUMMARY=""
 lanes="host $KERNELS"

@@ -52,19 +52,22 @@ t_server_sigstop() {
 	qemu-nbd -f raw -r -k $SOCK --persistent -e 8 $SRC \
 		2>/tmp/qemu-nbd.log &
 	echo $! >/tmp/nbd.pid
-	wait_for 10 test -S $SOCK
+	wait_for 10 test -S $SOCK || { echo "# qemu-nbd did not listen"; return 1; }
 	create
 	helper_start --io-timeout 5 --connect-timeout 3
-	wait_for 10 grep -q "connected to" /tmp/streamd.log
+	wait_for 10 grep -q "connected to" /tmp/streamd.log ||
+		{ echo "# streamd did not connect"; return 1; }
 	kill -STOP "$(cat /tmp/nbd.pid)"
 	read_many 20 16
-	wait_for 10 parked_at_least 16
+	wait_for 10 parked_at_least 16 ||
+		{ echo "# $(st 4) reads parked, not 16"; return 1; }
 	sleep 60
 	expect_eq "reads parked after 60 s" 16 "$(st 4)"
 	# the status says how long the oldest miss has waited
 	streamctl status --json s | jq -e '.oldest_parked_ms >= 55000' >/dev/null ||
 		{ echo "# oldest miss: $(streamctl status --json s)"; return 1; }
-	streamctl status s | grep -q "16 parked (oldest [0-9.]* s)"
+	streamctl status s | grep -q "16 parked (oldest [0-9.]* s)" ||
+		{ echo "# status: $(streamctl status s)"; return 1; }
 	kill -CONT "$(cat /tmp/nbd.pid)"
 	sleep 2
 	if ! kill -0 "$(cat /tmp/nbd.pid)"; then
@@ -75,8 +78,10 @@ t_server_sigstop() {
 	check_many 20 16
 	helper_alive
 	no_fetch_errors
-	grep -q "no reply to .* reads for 5 s" /tmp/streamd.log
-	grep -q "no handshake within 3 s" /tmp/streamd.log
+	grep -q "no reply to .* reads for 5 s" /tmp/streamd.log ||
+		{ echo "# streamd did not report the stall"; return 1; }
+	grep -q "no handshake within 3 s" /tmp/streamd.log ||
+		{ echo "# streamd did not time a handshake out"; return 1; }
 }
 
 # The network to the server drops every packet for 60 s (tc netem on the
