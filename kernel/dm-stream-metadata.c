@@ -2134,10 +2134,14 @@ static void intent_ahead(struct dm_stream_metadata *md, u64 block,
 	if ((in << 2) < (3ULL << shift) || !in ||
 	    !dsm_dirty_all(md, block - 1) || test_bit(block - 1, md->durable) ||
 	    next >= nr_regions(md) ||
-	    test_bit(next, md->intent) || test_bit(next, md->intent_want))
+	    test_bit(next, md->intent))
 		return;
-	set_bit(next, md->intent_want);
-	WRITE_ONCE(md->intent_ahead, true);
+	/*
+	 * Ordered (a value-returning atomic): a worker that takes the flag
+	 * below with xchg() and commits stages the bit set here.
+	 */
+	if (!test_and_set_bit(next, md->intent_want))
+		WRITE_ONCE(md->intent_ahead, true);
 }
 
 bool dsm_intent_ahead(struct dm_stream_metadata *md)
@@ -2146,7 +2150,8 @@ bool dsm_intent_ahead(struct dm_stream_metadata *md)
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_intent_ahead);
 
-bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua,
+		     bool ahead)
 {
 	u32 shift = READ_ONCE(md->sb.intent_shift);
 	unsigned long region;
@@ -2177,7 +2182,8 @@ bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua)
 	if (test_bit(region, md->intent)) {
 		if (!test_bit(region, md->intent_used))
 			set_bit(region, md->intent_used);
-		intent_ahead(md, block, region, shift);
+		if (ahead)
+			intent_ahead(md, block, region, shift);
 		return true;
 	}
 	set_bit(region, md->intent_want);

@@ -146,9 +146,13 @@ void dsm_mark_durable(struct dm_stream_metadata *md, u64 block);
  * after this call, then dsm_mark_durable().  A REQ_FUA write (@fua) goes
  * through a region never: the block may have become present a moment
  * ago, and its present bit must be durable when the write completes.
+ * @ahead: the write may ask for the next region ahead (intent_ahead());
+ * false for a block after the first of its bio, whose previous block is
+ * the bio's own and says nothing about a sequential writer.
  * Any context, never sleeps.
  */
-bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua);
+bool dsm_write_ready(struct dm_stream_metadata *md, u64 block, bool fua,
+		     bool ahead);
 
 /*
  * True once after dsm_write_ready() asked for a region ahead of a

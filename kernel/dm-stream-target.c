@@ -96,9 +96,9 @@ static void stream_wake_worker(struct stream_c *sc)
  * dsm_write_ready(), and a commit soon when it asked for a write-intent
  * region ahead of a sequential writer.  Map or worker context.
  */
-static bool write_ready(struct stream_c *sc, u64 block, bool fua)
+static bool write_ready(struct stream_c *sc, u64 block, bool fua, bool ahead)
 {
-	bool ready = dsm_write_ready(sc->md, block, fua);
+	bool ready = dsm_write_ready(sc->md, block, fua, ahead);
 
 	if (dsm_intent_ahead(sc->md)) {
 		WRITE_ONCE(sc->commit_soon, true);
@@ -168,7 +168,7 @@ static int handle_present(struct stream_c *sc, struct bio *bio, u64 block,
 	 * Rule 2: its dirty bits (or its region's write intent) reach the
 	 * disk before its data does.
 	 */
-	if (write_ready(sc, block, bio->bi_opf & REQ_FUA))
+	if (write_ready(sc, block, bio->bi_opf & REQ_FUA, true))
 		goto remap;
 	defer_bio(sc, &sc->deferred_dirty, bio);
 	return DM_MAPIO_SUBMITTED;
@@ -200,7 +200,8 @@ static sector_t present_run(struct stream_c *sc, struct bio *bio,
 			break;
 		/* A write that cannot go now is split off and waits alone. */
 		if (write && (stream_snap_needs_preserve(sc, b) ||
-			      !write_ready(sc, b, bio->bi_opf & REQ_FUA)))
+			      !write_ready(sc, b, bio->bi_opf & REQ_FUA,
+					   b == first)))
 			break;
 	}
 	if (b > last)

@@ -572,6 +572,7 @@ static void stream_snapshot_test(struct kunit *test)
  * The write-intent state machine, in core, regions of 8 blocks.  Steps:
  *   'W' - b  a write to b must wait (dsm_write_ready() false)
  *   'w' - b  a write to b may go
+ *   'r' - b  a write to b may go, b not the first block of its bio
  *   'U' - b  a REQ_FUA write to b must wait
  *   'C' - -  a commit's intent steps (begin, then end: durable)
  *   'F' - -  a commit that fails (begin, then end: not durable)
@@ -642,6 +643,9 @@ static const struct intent_case intent_cases[] = {
 	{ "a write after a block whose bits are on disk opens nothing",
 	  { {'W', 0, 5}, {'C'}, {'M', 0, 5}, {'w', 0, 6}, {'A', 0, 0},
 	    {'C'}, {'h', 0, 1}, {'W', 0, 8} } },
+	{ "a block after the first of a bio does not ask ahead",
+	  { {'W', 0, 5}, {'C'}, {'M', 0, 5}, {'w', 0, 6}, {'r', 0, 7},
+	    {'A', 0, 0}, {'C'}, {'h', 0, 1}, {'W', 0, 8} } },
 	{ "a region asked for ahead is dropped by a suspend",
 	  { {'W', 0, 5}, {'C'}, {'w', 0, 6}, {'A', 0, 1}, {'D'}, {'C'},
 	    {'h', 0, 0}, {'W', 0, 8} } },
@@ -671,13 +675,15 @@ static void stream_intent_test(struct kunit *test)
 		switch (s->op) {
 		case 'W':
 		case 'w':
+		case 'r':
 			KUNIT_EXPECT_EQ_MSG(test,
-					    dsm_write_ready(md, s->arg, false),
-					    s->op == 'w', "block %llu", s->arg);
+					    dsm_write_ready(md, s->arg, false,
+							    s->op != 'r'),
+					    s->op != 'W', "block %llu", s->arg);
 			break;
 		case 'U':
 			KUNIT_EXPECT_FALSE(test, dsm_write_ready(md, s->arg,
-								 true));
+								 true, true));
 			break;
 		case 'C':
 		case 'F':
