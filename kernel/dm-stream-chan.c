@@ -1248,8 +1248,14 @@ static ssize_t chan_write(struct file *file, const char __user *buf,
 		 * are FETCH_WRITING, out of everyone else's reach.
 		 */
 		up_read(&hf->sem);
-		/* Killable: a dying helper never reuses its buffer. */
-		wait_for_completion_killable(&w->done);
+		/*
+		 * Killable: a dying helper never reuses its buffer.
+		 * Freezable: a stalled data device must not fail a system
+		 * suspend (no lock is held here, and the bio needs nothing
+		 * from this task).
+		 */
+		wait_for_completion_state(&w->done,
+					  TASK_KILLABLE | TASK_FREEZABLE);
 		if (refcount_dec_and_test(&w->refs))
 			free_range_write(w);
 		return r;
