@@ -106,16 +106,50 @@ static struct stream_fetch *__insert_fetch(struct stream_c *sc, u64 block)
 	return f;
 }
 
+/*
+ * Queue a fetch for every block of [@first, @end) that is absent and has
+ * none; how many.  Out of memory it stops: that costs a later miss.  For
+ * the blocks of a read after the one it parks on, so that they go to the
+ * helper in the same range, and for readahead.
+ */
+static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
+				   bool background)
+{
+	const unsigned long *present = dsm_present_map(sc->md);
+	struct stream_fetch *f;
+	unsigned int n = 0;
+	u64 b;
+
+	lockdep_assert_held(&sc->fq.lock);
+	for (b = first; b < end; b++) {
+		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
+			continue;
+		f = __insert_fetch(sc, b);
+		if (!f)
+			break;
+		f->state = FETCH_QUEUED;
+		f->background = background;
+		list_add_tail(&f->list, &sc->fq.pending);
+		n++;
+	}
+	return n;
+}
+
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
-				   u64 block, bool fill,
+				   u64 block, unsigned int nr, bool fill,
 				   struct stream_fetch **fp)
 {
 	bool background = !fill && stream_bio_background(bio);
+	u64 end = block + nr;
 	struct stream_fetch *f;
 
+	if (WARN_ON_ONCE(!nr || (fill && nr > 1)))
+		return STREAM_PARK_NOMEM;
 	mutex_lock(&sc->fq.lock);
 	/* Under the lock: stream_fetch_retire() sets present under it. */
-	if (dsm_test(dsm_present_map(sc->md), block)) {
+	while (block < end && dsm_test(dsm_present_map(sc->md), block))
+		block++;
+	if (block == end) {
 		mutex_unlock(&sc->fq.lock);
 		return STREAM_PARK_PRESENT;
 	}
@@ -151,6 +185,9 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 			f->background = false;
 		}
 		bio_list_add(&f->waiters, bio);
+		if (__queue_absent(sc, block + 1, end, background) &&
+		    sc->fq.helper)
+			wake_up_interruptible(&sc->fq.helper->wait);
 		mutex_unlock(&sc->fq.lock);
 		return STREAM_PARK_WAITING;
 	}
@@ -169,6 +206,7 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 	f->background = background;
 	bio_list_add(&f->waiters, bio);
 	list_add_tail(&f->list, &sc->fq.pending);
+	__queue_absent(sc, block + 1, end, background);
 	if (sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 	mutex_unlock(&sc->fq.lock);
@@ -178,10 +216,8 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 				    u64 count)
 {
-	const unsigned long *present = dsm_present_map(sc->md);
 	unsigned int n = 0;
-	struct stream_fetch *f;
-	u64 b, end;
+	u64 end;
 
 	if (first >= sc->nr_blocks)
 		return 0;
@@ -191,16 +227,7 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW || READ_ONCE(sc->requeue) ||
 	    sc->fq.stopped)
 		goto out;
-	for (b = first; b < end; b++) {
-		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
-			continue;
-		f = __insert_fetch(sc, b);
-		if (!f)
-			break;
-		f->state = FETCH_QUEUED;
-		list_add_tail(&f->list, &sc->fq.pending);
-		n++;
-	}
+	n = __queue_absent(sc, first, end, false);
 	if (n && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 out:
@@ -1035,14 +1062,29 @@ static struct page **pin_payload(const char __user *src, size_t len)
 	return ERR_PTR(n < 0 ? n : -EFAULT);
 }
 
-/* Move the reads among @waiters to @reads. */
-static void take_reads(struct bio_list *waiters, struct bio_list *reads)
+/*
+ * Move the reads among @waiters that lie wholly within the reply's
+ * blocks [@first, @first + @nr) to @reads.  A read over several blocks
+ * waits on the fetch of its first absent one; unless this reply has all
+ * of them, it stays, and goes back through the parked path when that
+ * fetch retires.
+ */
+static void take_reads(struct stream_c *sc, struct bio_list *waiters,
+		       struct bio_list *reads, u64 first, u32 nr)
 {
 	struct bio_list keep = BIO_EMPTY_LIST;
 	struct bio *bio;
+	sector_t s;
 
-	while ((bio = bio_list_pop(waiters)))
-		bio_list_add(bio_op(bio) == REQ_OP_READ ? reads : &keep, bio);
+	while ((bio = bio_list_pop(waiters))) {
+		s = dm_target_offset(sc->ti, bio->bi_iter.bi_sector);
+		if (bio_op(bio) == REQ_OP_READ &&
+		    s >> sc->block_shift >= first &&
+		    (s + bio_sectors(bio) - 1) >> sc->block_shift < first + nr)
+			bio_list_add(reads, bio);
+		else
+			bio_list_add(&keep, bio);
+	}
 	*waiters = keep;
 }
 
@@ -1081,7 +1123,8 @@ static int take_range(struct stream_c *sc, struct stream_file *hf,
 		f->owner = NULL;
 		list_del_init(&f->list);
 		if (reads)
-			take_reads(&f->waiters, reads);
+			take_reads(sc, &f->waiters, reads, rep->block,
+				   rep->nr_blocks);
 	}
 	w->nr = rep->nr_blocks;
 	spin_lock_irq(&sc->lock);
@@ -1095,7 +1138,8 @@ static int take_range(struct stream_c *sc, struct stream_file *hf,
  * Complete a read parked on a block of the reply starting at @first from
  * the reply itself (@pages, or zeroes when NULL): its data is the image's,
  * whether or not the data device has it yet, and it saves a read of the
- * data device after the write.  The bio is within one block (stream_map).
+ * data device after the write.  The bio is within the reply's blocks
+ * (take_reads()).
  */
 static void serve_read(struct stream_c *sc, struct bio *bio,
 		       struct page **pages, u64 first)

@@ -242,11 +242,12 @@ static void ra_advance(struct stream_c *sc)
 }
 
 /*
- * Process context (map or worker): a read missed @block.  A miss right
- * after the previous one starts a window after it (unless one runs
- * already).
+ * Process context (map or worker): a read missed blocks [@first, @last].
+ * A miss right after the previous one, or over several blocks, starts a
+ * window after it (unless one runs already).  The same read parked again
+ * on its next block (process_parked()) changes nothing.
  */
-static void ra_miss(struct stream_c *sc, u64 block)
+static void ra_miss(struct stream_c *sc, u64 first, u64 last)
 {
 	u32 count = 0;
 	u64 start;
@@ -254,14 +255,15 @@ static void ra_miss(struct stream_c *sc, u64 block)
 	if (!sc->ra_max)
 		return;
 	spin_lock(&sc->ra_lock);
-	if (block == sc->ra_last + 1 &&
-	    !(block >= sc->ra_start && block < sc->ra_end)) {
+	if (last != sc->ra_last &&
+	    (first == sc->ra_last + 1 || last > first) &&
+	    !(first >= sc->ra_start && first < sc->ra_end)) {
 		sc->ra_size = max(sc->ra_max / 4, 1U);
-		sc->ra_start = block + 1;
-		sc->ra_end = block + 1;
+		sc->ra_start = last + 1;
+		sc->ra_end = last + 1;
 		__ra_next_window(sc, &start, &count);
 	}
-	sc->ra_last = block;
+	sc->ra_last = last;
 	spin_unlock(&sc->ra_lock);
 	if (count)
 		stream_fetch_readahead(sc, start, count);
@@ -282,7 +284,46 @@ static void ra_check(struct stream_c *sc, sector_t off, unsigned int len)
 }
 
 /*
- * Map or worker: park @bio, to absent @block and counted in sc->parked,
+ * The blocks a parked bio waits for, from its first one @block: a read
+ * may span several (miss_run()); anything else is within one block.
+ */
+static unsigned int park_blocks(struct stream_c *sc, struct bio *bio,
+				u64 block)
+{
+	sector_t end;
+
+	if (bio_op(bio) != REQ_OP_READ || !bio_sectors(bio))
+		return 1;
+	end = dm_target_offset(sc->ti, bio_end_sector(bio)) - 1;
+	return (end >> sc->block_shift) - block + 1;
+}
+
+/*
+ * Map: a read over more than one block, from sector @off, whose first
+ * block is absent: the sectors of its blocks up to the first present one
+ * (at most a helper's largest range).  It parks whole (park_blocks()); a
+ * reply with all its blocks completes it, or it goes down once they are
+ * present.
+ */
+static sector_t miss_run(struct stream_c *sc, struct bio *bio, sector_t off)
+{
+	const unsigned long *present = dsm_present_map(sc->md);
+	u64 first = off >> sc->block_shift, b;
+	u64 last = (off + bio_sectors(bio) - 1) >> sc->block_shift;
+
+	if (bio_op(bio) != REQ_OP_READ)
+		return 0;
+	last = min(last, first + (MAX_BLOCK_SECTORS >> sc->block_shift) - 1);
+	for (b = first; b <= last && !dsm_test(present, b); b++)
+		;
+	if (b == first)
+		return 0;
+	return min_t(sector_t, (b << sc->block_shift) - off, bio_sectors(bio));
+}
+
+/*
+ * Map or worker: park @bio, from @block (a read: over its absent blocks, see
+ * park_blocks()) and counted in sc->parked,
  * behind the block's fetch (starting one if needed); or, for a write of
  * the whole block, which needs nothing from the server, start a fill and
  * remap @bio for the caller to submit -- unless a snapshot still needs
@@ -299,10 +340,11 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 		!stream_bio_background(bio);
 	bool fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
+	unsigned int nr = park_blocks(sc, bio, block);
 	struct stream_fetch *f;
 	enum stream_park r;
 
-	r = stream_fetch_park(sc, bio, block, fill, &f);
+	r = stream_fetch_park(sc, bio, block, nr, fill, &f);
 	switch (r) {
 	case STREAM_PARK_FILL:
 		dsm_set_dirty(sc->md, block);
@@ -316,7 +358,7 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 	case STREAM_PARK_WAITING:
 		/* The fill reads its own chunks, readahead would race it. */
 		if (demand_read)
-			ra_miss(sc, block);
+			ra_miss(sc, block, block + nr - 1);
 		break;
 	case STREAM_PARK_NOMEM:
 		break;
@@ -420,8 +462,9 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 
 	/*
 	 * A run of present blocks goes down whole, and so does a write
-	 * over a run of whole absent blocks (fill_run()); otherwise never
-	 * let a bio span two blocks.
+	 * over a run of whole absent blocks (fill_run()); a read over a run
+	 * of absent blocks parks whole (miss_run()); otherwise never let a
+	 * bio span two blocks.
 	 */
 	off = dm_target_offset(ti, bio->bi_iter.bi_sector);
 	if (bio_op(bio) == REQ_OP_READ && bio_sectors(bio) &&
@@ -438,6 +481,14 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 				dm_accept_partial_bio(bio, len);
 			remap(sc, bio);
 			return DM_MAPIO_REMAPPED;
+		}
+		/* Not the present test below: it must hold for every block. */
+		len = miss_run(sc, bio, off);
+		if (len > end - off) {
+			if (len < bio_sectors(bio))
+				dm_accept_partial_bio(bio, len);
+			block = bio_block(sc, bio);
+			goto park;
 		}
 		dm_accept_partial_bio(bio, end - off);
 	}
@@ -466,6 +517,7 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 		return handle_present(sc, bio, block, false);
 	}
 
+park:
 	if (mode != STREAM_MODE_RW)
 		return DM_MAPIO_KILL;
 	if (READ_ONCE(sc->requeue))

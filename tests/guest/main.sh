@@ -647,7 +647,7 @@ t_range_readahead() {
 	helper_start
 	# With the helper stopped, misses queue up; then it takes them.
 	# 8 data blocks, then 8 zero blocks (the zero region starts at 128).
-	parked_read $((120 * BB)) $((16 * BB)) 16
+	parked_read $((120 * BB)) $((16 * BB)) 1
 	expect_eq "present" 16 "$(present)"
 	expect_eq "requests" 2 "$(helper_stat requests)"
 	expect_eq "server reads" 1 "$(server_requests)"
@@ -655,7 +655,7 @@ t_range_readahead() {
 	expect_eq "zero" 8 "$(helper_stat zero)"
 	expect_eq "bytes" $((8 * BB)) "$(helper_stat bytes)"
 	# 4 zero blocks, then 4 data blocks: the data alone is read
-	parked_read $((188 * BB)) $((8 * BB)) 8
+	parked_read $((188 * BB)) $((8 * BB)) 1
 	expect_eq "server read at block 192" 1 "$(server_reads_at $((192 * BB)))"
 	expect_eq "server reads" 2 "$(server_requests)"
 	expect_eq "zero" 12 "$(helper_stat zero)"
@@ -710,16 +710,88 @@ t_write_over_readahead() {
 # Read requests the server saw (server_reads counts their replies too).
 server_requests() { grep -c "Read id=[0-9]* offset=" /tmp/nbd.log || true; }
 
-# parked_read <offset> <length> <blocks>: one read of <blocks> absent
-# blocks, parked whole while streamd is stopped, then served.
-parked_read() {
+# stopped_read <bios> <command...>: the read <command> in the background
+# while streamd is stopped, until <bios> bios are parked (a run of absent
+# blocks parks whole), then streamd serves them; PARKED: how many were.
+stopped_read() {
+	_want=$1
+	shift
 	kill -STOP "$(cat /tmp/streamd.pid)"
-	stream-io pread $DEV "$1" "$2" &
+	"$@" &
 	_pr=$!
-	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge $3 ]" ||
-		echo "# parked: $(st 4), want $3"
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge $_want ]" ||
+		echo "# parked: $(st 4), want $_want"
+	sleep 0.5
+	PARKED=$(st 4)
 	kill -CONT "$(cat /tmp/streamd.pid)"
 	wait $_pr
+}
+
+# parked_read <offset> <length> <bios>: one read over absent blocks.
+parked_read() {
+	stopped_read "$3" stream-io pread $DEV "$1" "$2"
+	expect_eq "bios parked" "$3" "$PARKED"
+}
+
+# blocks <file> <first> <count>: checksum of the blocks (the device with
+# O_DIRECT, a file on tmpfs without).
+blocks() {
+	case $1 in
+	/dev/*) dd if="$1" bs=$BB skip="$2" count="$3" iflag=direct 2>/dev/null ;;
+	*) dd if="$1" bs=$BB skip="$2" count="$3" 2>/dev/null ;;
+	esac | md5sum | cut -d' ' -f1
+}
+
+# read_blocks <first> <count>: one O_DIRECT read of the blocks, to /tmp/rp
+# (<first> a multiple of <count>).
+read_blocks() {
+	dd if=$DEV of=/tmp/rp bs=$(($2 * BB)) skip=$(($1 / $2)) count=1 \
+		iflag=direct 2>/dev/null
+}
+
+# read_parked <first> <count> <bios>: read_blocks as <bios> parked bios;
+# its data must be the image's.
+read_parked() {
+	stopped_read "$3" read_blocks "$1" "$2"
+	expect_eq "bios parked for $1+$2" "$3" "$PARKED"
+	expect_eq "blocks $1+$2 as read" "$(blocks $IMG $1 $2)" \
+		"$(md5sum </tmp/rp | cut -d' ' -f1)"
+}
+
+# A read over a run of absent blocks parks whole, one bio, and the reply
+# that has all its blocks completes it; with one block a request (-m) no
+# reply has them all, and it goes down once they are present.  A read
+# over absent, then present, then absent blocks parks its absent parts
+# (the present block in between is read from the data device: it holds
+# a local write).
+t_miss_run() {
+	fresh
+	server_start nbdkit
+	create 2 readahead 0
+	helper_start
+	read_parked 40 8 1
+	expect_eq "requests, one range" 1 "$(helper_stat requests)"
+	expect_eq "present" 8 "$(present)"
+	expect_eq "blocks 40+8 on the device" "$(blocks $IMG 40 8)" \
+		"$(blocks $DEV 40 8)"
+	helper_stop
+	helper_start -m $BB
+	read_parked 64 16 1
+	expect_eq "requests, one block each" 16 "$(helper_stat requests)"
+	expect_eq "present" 24 "$(present)"
+	dd if=$IMG of=$DEV bs=$BB skip=10 seek=83 count=1 oflag=direct \
+		conv=notrunc 2>/dev/null
+	helper_stop
+	helper_start
+	stopped_read 2 read_blocks 80 8
+	expect_eq "bios parked, around a present block" 2 "$PARKED"
+	{ dd if=$IMG bs=$BB skip=80 count=3 2>/dev/null
+	  dd if=$IMG bs=$BB skip=10 count=1 2>/dev/null
+	  dd if=$IMG bs=$BB skip=84 count=4 2>/dev/null; } >/tmp/want
+	expect_eq "blocks 80+8 as read" "$(md5sum </tmp/want | cut -d' ' -f1)" \
+		"$(md5sum </tmp/rp | cut -d' ' -f1)"
+	expect_eq "errors" 0 "$(st 9)"
+	rm -f /tmp/rp /tmp/want
 }
 
 # A confused or hostile helper (tests/tools/stream-chan.c) gets an error
@@ -1062,6 +1134,7 @@ run pinned_reply t_pinned_reply
 run expired_request_siblings t_expired_request_siblings
 run background_requests t_background_requests
 run range_readahead t_range_readahead
+run miss_run t_miss_run
 run write_over_readahead t_write_over_readahead
 run revert t_revert
 run revert_interrupted t_revert_interrupted
