@@ -107,13 +107,36 @@ static struct stream_fetch *__insert_fetch(struct stream_c *sc, u64 block)
 }
 
 /*
+ * @f is wanted by a read (or a partial write) parked since @since, as its
+ * first waiter or (for the blocks of a read after the one it parks on)
+ * on its behalf: as a waiter of its own would, a demand makes it a demand,
+ * to the head of the queue while queued, and its age starts at @since
+ * unless an earlier waiter started it.
+ */
+static void __claim_fetch(struct stream_c *sc, struct stream_fetch *f,
+			  bool background, unsigned long since)
+{
+	lockdep_assert_held(&sc->fq.lock);
+	if (bio_list_empty(&f->waiters)) {
+		if (!background && f->state == FETCH_QUEUED)
+			list_move(&f->list, &sc->fq.pending);
+		f->queued_at = since;
+		f->background = background;
+	} else if (!background) {
+		f->background = false;
+	}
+}
+
+/*
  * Queue a fetch for every block of [@first, @end) that is absent and has
  * none; how many.  Out of memory it stops: that costs a later miss.  For
- * the blocks of a read after the one it parks on, so that they go to the
- * helper in the same range, and for readahead.
+ * readahead; and with @claim for the blocks of a read after the one it
+ * parks on (parked since @since), so that they go to the helper in the
+ * same range, their fetches claimed for it (__claim_fetch()).
  */
 static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
-				   bool background)
+				   bool claim, bool background,
+				   unsigned long since)
 {
 	const unsigned long *present = dsm_present_map(sc->md);
 	struct stream_fetch *f;
@@ -122,13 +145,22 @@ static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
 
 	lockdep_assert_held(&sc->fq.lock);
 	for (b = first; b < end; b++) {
-		if (dsm_test(present, b) || xa_load(&sc->fq.fetches, b))
+		if (dsm_test(present, b))
 			continue;
+		f = xa_load(&sc->fq.fetches, b);
+		if (f) {
+			/* a fill's block is the write's, not the image's */
+			if (claim && f->state != FETCH_FILLING)
+				__claim_fetch(sc, f, background, since);
+			continue;
+		}
 		f = __insert_fetch(sc, b);
 		if (!f)
 			break;
 		f->state = FETCH_QUEUED;
 		f->background = background;
+		if (claim)
+			f->queued_at = since;
 		list_add_tail(&f->list, &sc->fq.pending);
 		n++;
 	}
@@ -137,11 +169,13 @@ static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
 
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, unsigned int nr, bool fill,
+				   unsigned long since,
 				   struct stream_fetch **fp)
 {
 	bool background = !fill && stream_bio_background(bio);
 	u64 end = block + nr;
 	struct stream_fetch *f;
+	bool queued;
 
 	if (WARN_ON_ONCE(!nr || (fill && nr > 1)))
 		return STREAM_PARK_NOMEM;
@@ -158,56 +192,44 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		return STREAM_PARK_REQUEUE;
 	}
 	f = xa_load(&sc->fq.fetches, block);
-	if (f && bio_list_empty(&f->waiters) && f->state == FETCH_QUEUED) {
+	if (f && fill && bio_list_empty(&f->waiters) &&
+	    f->state == FETCH_QUEUED) {
 		/*
 		 * A readahead fetch nobody waited for: a whole-block write
 		 * takes it over as a fill (it needs nothing from the
-		 * server); anything else makes it a demand, which goes to
-		 * the head of the queue (and, below, whose age starts now).
+		 * server).
 		 */
-		if (fill) {
-			list_del_init(&f->list);
-			f->state = FETCH_FILLING;
-			mutex_unlock(&sc->fq.lock);
-			*fp = f;
-			return STREAM_PARK_FILL;
-		}
-		if (!background)
-			list_move(&f->list, &sc->fq.pending);
-	}
-	if (f) {
-		/* The first waiter: the fetch's age starts now. */
-		if (bio_list_empty(&f->waiters)) {
-			f->queued_at = jiffies;
-			f->background = background;
-		} else if (!background) {
-			/* A demand read: not background any more. */
-			f->background = false;
-		}
-		bio_list_add(&f->waiters, bio);
-		if (__queue_absent(sc, block + 1, end, background) &&
-		    sc->fq.helper)
-			wake_up_interruptible(&sc->fq.helper->wait);
-		mutex_unlock(&sc->fq.lock);
-		return STREAM_PARK_WAITING;
-	}
-	f = __insert_fetch(sc, block);
-	if (!f) {
-		mutex_unlock(&sc->fq.lock);
-		return STREAM_PARK_NOMEM;
-	}
-	if (fill) {
+		list_del_init(&f->list);
 		f->state = FETCH_FILLING;
 		mutex_unlock(&sc->fq.lock);
 		*fp = f;
 		return STREAM_PARK_FILL;
 	}
-	f->state = FETCH_QUEUED;
-	f->background = background;
+	if (f) {
+		__claim_fetch(sc, f, background, since);
+		queued = false;
+	} else {
+		f = __insert_fetch(sc, block);
+		if (!f) {
+			mutex_unlock(&sc->fq.lock);
+			return STREAM_PARK_NOMEM;
+		}
+		if (fill) {
+			f->state = FETCH_FILLING;
+			mutex_unlock(&sc->fq.lock);
+			*fp = f;
+			return STREAM_PARK_FILL;
+		}
+		f->state = FETCH_QUEUED;
+		f->background = background;
+		f->queued_at = since;
+		list_add_tail(&f->list, &sc->fq.pending);
+		queued = true;
+	}
 	bio_list_add(&f->waiters, bio);
-	list_add_tail(&f->list, &sc->fq.pending);
-	__queue_absent(sc, block + 1, end, background);
-	if (sc->fq.helper)
+	if (__queue_absent(sc, block + 1, end, true, background, since))
+		queued = true;
+	if (queued && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 	mutex_unlock(&sc->fq.lock);
 	return STREAM_PARK_WAITING;
@@ -227,7 +249,7 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW || READ_ONCE(sc->requeue) ||
 	    sc->fq.stopped)
 		goto out;
-	n = __queue_absent(sc, first, end, false);
+	n = __queue_absent(sc, first, end, false, false, 0);
 	if (n && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 out:

@@ -130,12 +130,14 @@ static inline bool stream_bio_background(struct bio *bio)
  * of which it waits for the first absent one) behind that block's fetch,
  * queueing one for the helper if there is none, and one for each absent
  * block after it, so that they go in one range; STREAM_PARK_PRESENT when
- * all @nr are present.  With @fill (a whole-block write a snapshot does
- * not need; @nr 1) start a fill instead, taking over a queued readahead
- * fetch if there is one.
+ * all @nr are present.  The fetches' age (fetch_timeout) counts from
+ * @since, when @bio was first parked.  With @fill (a whole-block write a
+ * snapshot does not need; @nr 1) start a fill instead, taking over a
+ * queued readahead fetch if there is one.
  */
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 				   u64 block, unsigned int nr, bool fill,
+				   unsigned long since,
 				   struct stream_fetch **f);
 /*
  * Worker: readahead.  Queue a fetch, with nobody waiting, for every block

@@ -58,6 +58,9 @@
 
 struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
+	unsigned long parked_at;	/* jiffies, first parked (if parked) */
+	bool parked;			/* parked_at is set */
+	bool ra_counted;		/* readahead saw its miss */
 	bool flush;			/* empty flush passed to the data dev */
 };
 
@@ -244,8 +247,7 @@ static void ra_advance(struct stream_c *sc)
 /*
  * Process context (map or worker): a read missed blocks [@first, @last].
  * A miss right after the previous one, or over several blocks, starts a
- * window after it (unless one runs already).  The same read parked again
- * on its next block (process_parked()) changes nothing.
+ * window after it (unless one runs already).  Once a read (park_or_fill()).
  */
 static void ra_miss(struct stream_c *sc, u64 first, u64 last)
 {
@@ -255,8 +257,7 @@ static void ra_miss(struct stream_c *sc, u64 first, u64 last)
 	if (!sc->ra_max)
 		return;
 	spin_lock(&sc->ra_lock);
-	if (last != sc->ra_last &&
-	    (first == sc->ra_last + 1 || last > first) &&
+	if ((first == sc->ra_last + 1 || last > first) &&
 	    !(first >= sc->ra_start && first < sc->ra_end)) {
 		sc->ra_size = max(sc->ra_max / 4, 1U);
 		sc->ra_start = last + 1;
@@ -341,10 +342,20 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 	bool fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
 	unsigned int nr = park_blocks(sc, bio, block);
+	bool count_ra = demand_read && !pb->ra_counted;
 	struct stream_fetch *f;
 	enum stream_park r;
 
-	r = stream_fetch_park(sc, bio, block, nr, fill, &f);
+	/*
+	 * A read parked whole waits for its blocks one after the other: its
+	 * age, for fetch_timeout, counts from its first park.
+	 */
+	if (!pb->parked) {
+		pb->parked = true;
+		pb->parked_at = jiffies;
+	}
+	pb->ra_counted = true;
+	r = stream_fetch_park(sc, bio, block, nr, fill, pb->parked_at, &f);
 	switch (r) {
 	case STREAM_PARK_FILL:
 		dsm_set_dirty(sc->md, block);
@@ -357,7 +368,7 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 		break;
 	case STREAM_PARK_WAITING:
 		/* The fill reads its own chunks, readahead would race it. */
-		if (demand_read)
+		if (count_ra)
 			ra_miss(sc, block, block + nr - 1);
 		break;
 	case STREAM_PARK_NOMEM:
@@ -430,6 +441,8 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 	u64 block;
 
 	pb->fill = NULL;
+	pb->parked = false;
+	pb->ra_counted = false;
 	pb->flush = false;
 	if (mode == STREAM_MODE_FAIL)
 		return DM_MAPIO_KILL;

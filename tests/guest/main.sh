@@ -689,12 +689,13 @@ t_range_readahead() {
 t_write_over_readahead() {
 	stream_up
 	kill -STOP "$(cat /tmp/streamd.pid)"
-	# one read of blocks 0 and 1: a sequential miss, a window queued
-	# after them
+	# one read of blocks 0 and 1, parked whole: a miss over two blocks,
+	# a window queued after them (just after it parks)
 	stream-io pread $DEV 0 $((2 * BB)) &
 	_rd=$!
-	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 2 ]" ||
-		{ kill -CONT "$(cat /tmp/streamd.pid)"; echo "# reads not parked"; return 1; }
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$7}') -ge 1 ]" ||
+		{ kill -CONT "$(cat /tmp/streamd.pid)"; echo "# read not parked"; return 1; }
+	sleep 0.5
 	if ! timeout 10 dd if=$IMG of=$DEV bs=$BB skip=40 seek=5 count=1 \
 		oflag=direct conv=fsync 2>/dev/null; then
 		kill -CONT "$(cat /tmp/streamd.pid)"
@@ -756,6 +757,29 @@ read_parked() {
 	expect_eq "bios parked for $1+$2" "$3" "$PARKED"
 	expect_eq "blocks $1+$2 as read" "$(blocks $IMG $1 $2)" \
 		"$(md5sum </tmp/rp | cut -d' ' -f1)"
+}
+
+# fetch_timeout bounds a read parked whole from its first park, not from
+# the fetch of the block it waits for now: one block a request (-m), a
+# server taking 1 s a read, one at a time, and fetch_timeout 3 fail a read
+# of 8 blocks (about 8 s of fetching); it succeeded, later, when each
+# block's fetch counted from when the read reached it.
+t_miss_run_timeout() {
+	fresh
+	rm -f $SOCK
+	nbdkit -U $SOCK -P /tmp/nbd.pid -t 1 --filter=delay file file=$SRC \
+		rdelay=1
+	wait_for 10 test -S $SOCK
+	create 4 readahead 0 fetch_timeout 3
+	helper_start -m $BB
+	_t0=$(date +%s)
+	if read_blocks 40 8; then
+		echo "# the read succeeded after $(($(date +%s) - _t0)) s"
+		return 1
+	fi
+	_t=$(($(date +%s) - _t0))
+	say "measured: a read of 8 blocks at 1 s each failed after $_t s (fetch_timeout 3)"
+	[ "$(st 9)" -ge 1 ] || { echo "# no fetch error counted"; return 1; }
 }
 
 # A read over a run of absent blocks parks whole, one bio, and the reply
@@ -1135,6 +1159,7 @@ run expired_request_siblings t_expired_request_siblings
 run background_requests t_background_requests
 run range_readahead t_range_readahead
 run miss_run t_miss_run
+run miss_run_timeout t_miss_run_timeout
 run write_over_readahead t_write_over_readahead
 run revert t_revert
 run revert_interrupted t_revert_interrupted
