@@ -311,8 +311,14 @@ RCU_TCG="rcupdate.rcu_cpu_stall_timeout=300"
 # A boot whose kernel never reaches /init (no STREAMTEST-INIT) within
 # STREAM_BOOT_TIMEOUT seconds (400) is killed and booted once more: under
 # TCG the debug kernel has been seen to hang in PCI enumeration, before
-# any dm-stream code ran.  The hung log is kept as <log>.hung and the
-# retry is said on stderr, so it shows in the run's output.
+# any dm-stream code ran.  So is one whose kernel complains before /init
+# (kernel_log_bad): the debug kernel has twice reported a KASAN
+# wild-memory-access in handle_edge_irq during identify_cpu, 1.4 s into
+# start_kernel; a report taints the kernel, which turns lockdep off, and
+# KASAN reports only its first, so the tests would run without either.
+# Nothing has touched the disks before /init.  The log is kept as
+# <log>.hung and the retry is said on stderr, so it shows in the run's
+# output.
 run_vm() {
 	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on="" args=() i=0 d try rc why t0
 	shift 4
@@ -333,6 +339,7 @@ run_vm() {
 		case $rc in
 		200) why="hung before /init" ;;
 		201) why="the kernel panicked before /init, before anything of ours ran" ;;
+		202) why="a kernel complaint before /init, before anything of ours ran: $(kernel_log_bad "$log" | head -n 1 | tr -d '\r')" ;;
 		*)	# host seconds of the boot, next to the tests' own
 			echo "boot $(basename "$log" .log) $(($(date +%s) - t0))" \
 				>>"$(dirname "$log")/times"
@@ -348,7 +355,8 @@ run_vm() {
 # One QEMU run; returns its status, 137 when killed on the marker, 124
 # when the watchdog killed it, 200 when the kernel did not reach /init in
 # time, 201 when it panicked before /init (seen under TCG: an int3 oops
-# while the 6.12 kernel patches its own text at boot).
+# while the 6.12 kernel patches its own text at boot), 202 when it
+# complained before /init (see run_vm).
 run_vm_once() {
 	local tag=$1 initrd=$2 log=$3 extra=$4 kill_on=$5 pid dog t0 begun=0
 	shift 5
@@ -384,6 +392,11 @@ run_vm_once() {
 		if [ $begun = 0 ]; then
 			if grep -aq "^STREAMTEST-INIT" "$log"; then
 				begun=1
+			elif kernel_log_bad "$log" >/dev/null; then
+				kill -9 $pid
+				wait $pid 2>/dev/null
+				stop_watchdog $dog
+				return 202
 			elif [ $(($(date +%s) - t0)) -gt "${STREAM_BOOT_TIMEOUT:-400}" ]; then
 				kill -9 $pid
 				wait $pid 2>/dev/null

@@ -261,7 +261,8 @@ t_mempressure_helper() {
 	echo 1 >/proc/$_sp/make-it-fail
 	echo 5 >$FI/failslab/probability
 	echo 25 >$FI/fail_page_alloc/probability
-	# every other block: each read is a request and a reply of its own
+	# every other block: each read is a request and a reply of its own;
+	# the even blocks from 100, then the odd ones (90 s: 360 reads)
 	_pids="" _b=100 _read=""
 	_t=0 _rt=0
 	while [ $_t -lt 90 ] && [ $_b -lt 500 ]; do
@@ -270,6 +271,7 @@ t_mempressure_helper() {
 			_pids="$_pids $!"
 			_read="$_read $_b"
 			_b=$((_b + 2))
+			if [ $_b = 500 ]; then _b=101; fi
 		done
 		sleep 2
 		_t=$((_t + 2))
