@@ -556,6 +556,7 @@ static void __detach(struct stream_c *sc)
 	}
 	list_splice_init(&sc->fq.sent, &sc->fq.pending);
 	sc->fq.helper = NULL;
+	WRITE_ONCE(sc->fq.max_blocks, 0);
 	sc->fq.dying = false;
 	mutex_unlock(&sc->fq.lock);
 	hf->sc = NULL;
@@ -732,6 +733,7 @@ static long chan_attach(struct stream_file *hf, void __user *argp)
 	down_write(&hf->sem);
 	mutex_lock(&found->fq.lock);
 	found->fq.helper = hf;
+	WRITE_ONCE(found->fq.max_blocks, a.max_blocks);
 	hf->sc = found;
 	hf->max_blocks = a.max_blocks;
 	mutex_unlock(&found->fq.lock);

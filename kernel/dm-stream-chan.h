@@ -69,6 +69,8 @@ struct stream_fetchq {
 	struct list_head sent;		/* FETCH_SENT */
 	u64 next_tag;
 	struct stream_file *helper;
+	/* helper->max_blocks, 0 without one; read locklessly by map */
+	u32 max_blocks;
 	bool dying;			/* helper being detached */
 	bool stopped;			/* suspended: replies are refused */
 	/* Helper replies being written; under the target's sc->lock. */

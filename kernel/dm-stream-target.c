@@ -301,21 +301,25 @@ static unsigned int park_blocks(struct stream_c *sc, struct bio *bio,
 
 /*
  * Map: a read over more than one block, from sector @off, whose first
- * block is absent: the sectors of its blocks up to the first present one
- * (at most a helper's largest range).  It parks whole (park_blocks()); a
- * reply with all its blocks completes it, or it goes down once they are
- * present.
+ * block is absent: the sectors of its blocks up to the first one present
+ * or being fetched already, at most the attached helper's range (none
+ * without a helper).  It parks whole (park_blocks()), and its blocks'
+ * fetches go out as one request, so that one reply completes it.  (It
+ * still goes down once they are all present when they do not: a reply
+ * that skips a zero run, say.)  Lockless: a hint, park rescans.
  */
 static sector_t miss_run(struct stream_c *sc, struct bio *bio, sector_t off)
 {
 	const unsigned long *present = dsm_present_map(sc->md);
 	u64 first = off >> sc->block_shift, b;
 	u64 last = (off + bio_sectors(bio) - 1) >> sc->block_shift;
+	u32 range = READ_ONCE(sc->fq.max_blocks);
 
-	if (bio_op(bio) != REQ_OP_READ)
+	if (bio_op(bio) != REQ_OP_READ || range < 2)
 		return 0;
-	last = min(last, first + (MAX_BLOCK_SECTORS >> sc->block_shift) - 1);
-	for (b = first; b <= last && !dsm_test(present, b); b++)
+	last = min(last, first + range - 1);
+	for (b = first; b <= last && !dsm_test(present, b) &&
+	     !xa_load(&sc->fq.fetches, b); b++)
 		;
 	if (b == first)
 		return 0;

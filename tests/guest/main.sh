@@ -647,7 +647,7 @@ t_range_readahead() {
 	helper_start
 	# With the helper stopped, misses queue up; then it takes them.
 	# 8 data blocks, then 8 zero blocks (the zero region starts at 128).
-	parked_read $((120 * BB)) $((16 * BB)) 1
+	parked_read $((120 * BB)) $((16 * BB)) 2
 	expect_eq "present" 16 "$(present)"
 	expect_eq "requests" 2 "$(helper_stat requests)"
 	expect_eq "server reads" 1 "$(server_requests)"
@@ -759,11 +759,11 @@ read_parked() {
 		"$(md5sum </tmp/rp | cut -d' ' -f1)"
 }
 
-# fetch_timeout bounds a read parked whole from its first park, not from
-# the fetch of the block it waits for now: one block a request (-m), a
-# server taking 1 s a read, one at a time, and fetch_timeout 3 fail a read
-# of 8 blocks (about 8 s of fetching); it succeeded, later, when each
-# block's fetch counted from when the read reached it.
+# fetch_timeout bounds a read from when it parked, whichever block it
+# waits for now: one block a request (-m), a server taking 1 s a read,
+# one at a time, and fetch_timeout 3 fail a read of 8 blocks (about 8 s
+# of fetching).  (A read parked whole, without -m, that counted each
+# block's fetch from when the read reached it succeeded after 8 s.)
 t_miss_run_timeout() {
 	fresh
 	rm -f $SOCK
@@ -782,12 +782,13 @@ t_miss_run_timeout() {
 	[ "$(st 9)" -ge 1 ] || { echo "# no fetch error counted"; return 1; }
 }
 
-# A read over a run of absent blocks parks whole, one bio, and the reply
-# that has all its blocks completes it; with one block a request (-m) no
-# reply has them all, and it goes down once they are present.  A read
-# over absent, then present, then absent blocks parks its absent parts
-# (the present block in between is read from the data device: it holds
-# a local write).
+# A read over a run of absent blocks parks whole, one bio up to the
+# helper's range (8 blocks: streamd's 512 KiB), and the reply of its one
+# request completes it; with one block a request (-m) it parks a bio a
+# block.  A read over data and zero blocks, which streamd replies apart,
+# is not completed by either reply: it goes down once all its blocks are
+# present.  A read over absent, then present, then absent blocks parks its
+# absent parts (the present block in between holds a local write).
 t_miss_run() {
 	fresh
 	server_start nbdkit
@@ -798,11 +799,15 @@ t_miss_run() {
 	expect_eq "present" 8 "$(present)"
 	expect_eq "blocks 40+8 on the device" "$(blocks $IMG 40 8)" \
 		"$(blocks $DEV 40 8)"
+	read_parked 48 16 2
+	expect_eq "requests, two ranges" 3 "$(helper_stat requests)"
+	read_parked 126 3 1
+	expect_eq "zero blocks replied apart" 1 "$(helper_stat zero)"
 	helper_stop
 	helper_start -m $BB
-	read_parked 64 16 1
+	read_parked 64 16 16
 	expect_eq "requests, one block each" 16 "$(helper_stat requests)"
-	expect_eq "present" 24 "$(present)"
+	expect_eq "present" 43 "$(present)"
 	dd if=$IMG of=$DEV bs=$BB skip=10 seek=83 count=1 oflag=direct \
 		conv=notrunc 2>/dev/null
 	helper_stop
