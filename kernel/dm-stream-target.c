@@ -60,7 +60,6 @@ struct per_bio_data {
 	struct stream_fetch *fill;	/* whole-block fill in flight */
 	unsigned long parked_at;	/* jiffies, first parked (if parked) */
 	bool parked;			/* parked_at is set */
-	bool ra_counted;		/* readahead saw its miss */
 	bool flush;			/* empty flush passed to the data dev */
 };
 
@@ -346,7 +345,8 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 	bool fill = is_write(bio) && bio_covers_block(sc, bio) &&
 		!stream_snap_needs_preserve(sc, block);
 	unsigned int nr = park_blocks(sc, bio, block);
-	bool count_ra = demand_read && !pb->ra_counted;
+	/* readahead counts a read's miss once, at its first park */
+	bool count_ra = demand_read && !pb->parked;
 	struct stream_fetch *f;
 	enum stream_park r;
 
@@ -358,7 +358,6 @@ static enum stream_park park_or_fill(struct stream_c *sc, struct bio *bio,
 		pb->parked = true;
 		pb->parked_at = jiffies;
 	}
-	pb->ra_counted = true;
 	r = stream_fetch_park(sc, bio, block, nr, fill, pb->parked_at, &f);
 	switch (r) {
 	case STREAM_PARK_FILL:
@@ -446,7 +445,6 @@ static int stream_map(struct dm_target *ti, struct bio *bio)
 
 	pb->fill = NULL;
 	pb->parked = false;
-	pb->ra_counted = false;
 	pb->flush = false;
 	if (mode == STREAM_MODE_FAIL)
 		return DM_MAPIO_KILL;
