@@ -67,6 +67,7 @@ static struct kmem_cache *fetch_cache;
 void stream_fetchq_init(struct stream_fetchq *fq)
 {
 	init_waitqueue_head(&fq->write_wait);
+	init_waitqueue_head(&fq->range_wait);
 	mutex_init(&fq->lock);
 	xa_init(&fq->fetches);
 	INIT_LIST_HEAD(&fq->pending);
@@ -235,6 +236,66 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 	return STREAM_PARK_WAITING;
 }
 
+/*
+ * A fetch left sc->fetches, or the queue stopped: wake DM_STREAM_IOC_FETCH
+ * callers.  Pairs with the barrier in wait_event's prepare_to_wait().
+ */
+static void wake_range_waiters(struct stream_c *sc)
+{
+	if (wq_has_sleeper(&sc->fq.range_wait))
+		wake_up_all(&sc->fq.range_wait);
+}
+
+/* Lockless (RCU): a block of [@first, @end) is being made present. */
+static bool range_busy(struct stream_c *sc, u64 first, u64 end)
+{
+	unsigned long idx = first;
+
+	return READ_ONCE(sc->fq.stopped) || READ_ONCE(sc->requeue) ?
+		false : !!xa_find(&sc->fq.fetches, &idx, end - 1, XA_PRESENT);
+}
+
+int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
+		       bool nowait, u64 *absent)
+{
+	const unsigned long *present = dsm_present_map(sc->md);
+	u64 end = first + count, b, n = 0;
+	int r = 0;
+
+	mutex_lock(&sc->fq.lock);
+	if (READ_ONCE(sc->requeue) || sc->fq.stopped) {
+		r = -EAGAIN;
+	} else if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
+		r = -EROFS;
+	} else {
+		/* Background: at the tail, and after any demand (chan_read). */
+		n = __queue_absent(sc, first, end, false, true, 0);
+		for (b = first; b < end; b++)
+			if (!dsm_test(present, b) &&
+			    !xa_load(&sc->fq.fetches, b)) {
+				r = -ENOMEM;
+				break;
+			}
+	}
+	if (n && sc->fq.helper)
+		wake_up_interruptible(&sc->fq.helper->wait);
+	mutex_unlock(&sc->fq.lock);
+	if (r)
+		return r;
+	if (!nowait &&
+	    wait_event_killable(sc->fq.range_wait,
+				!range_busy(sc, first, end)))
+		return -EINTR;
+	/* A suspend cut the wait short: what it queued may stay queued. */
+	if (!nowait && (READ_ONCE(sc->requeue) || READ_ONCE(sc->fq.stopped)))
+		return -EAGAIN;
+	for (n = 0, b = first; b < end; b++)
+		if (!dsm_test(present, b))
+			n++;
+	*absent = n;
+	return 0;
+}
+
 unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 				    u64 count)
 {
@@ -324,6 +385,7 @@ void stream_fetch_quiesce(struct stream_c *sc)
 	mutex_lock(&sc->fq.lock);
 	WRITE_ONCE(sc->fq.stopped, true);	/* read locklessly: chan_write */
 	mutex_unlock(&sc->fq.lock);
+	wake_range_waiters(sc);
 	spin_lock_irq(&sc->lock);
 	wait_event_lock_irq(sc->fq.write_wait, !sc->fq.writing, sc->lock);
 	spin_unlock_irq(&sc->lock);
@@ -348,6 +410,7 @@ bool stream_fetch_retire(struct stream_c *sc, struct stream_fetch *f,
 	bio_list_merge(waiters, &f->waiters);
 	bio_list_init(&f->waiters);
 	mutex_unlock(&sc->fq.lock);
+	wake_range_waiters(sc);
 	if (f->status && f->state != FETCH_FILLING)
 		atomic64_inc(&sc->nr_fetch_errors);
 	return last;
@@ -374,6 +437,7 @@ unsigned int stream_fetch_take_waiters(struct stream_c *sc,
 			list_move_tail(&f->list, &dropped);
 		}
 	mutex_unlock(&sc->fq.lock);
+	wake_range_waiters(sc);
 	list_for_each_entry_safe(f, tmp, &dropped, list)
 		stream_fetch_free(f);
 	return n;
@@ -461,6 +525,8 @@ void stream_fetch_expire(struct stream_c *sc, unsigned long limit,
 	if (requeued && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 	mutex_unlock(&sc->fq.lock);
+	if (!list_empty(&expired))
+		wake_range_waiters(sc);
 
 	list_for_each_entry_safe(f, tmp, &expired, list) {
 		if (f->status) {
@@ -490,6 +556,7 @@ bool stream_fetch_cancel_idle(struct stream_c *sc)
 		}
 	busy = !xa_empty(&sc->fq.fetches);
 	mutex_unlock(&sc->fq.lock);
+	wake_range_waiters(sc);
 	list_for_each_entry_safe(f, tmp, &idle, list)
 		stream_fetch_free(f);
 	return busy;
@@ -795,6 +862,58 @@ static long chan_snap_read(void __user *argp)
 	return r;
 }
 
+static long chan_fetch(void __user *argp)
+{
+	struct dm_stream_fetch a;
+	struct stream_c *sc;
+	long r;
+
+	r = copy_ioctl_struct(&a, sizeof(a),
+			      offsetofend(struct dm_stream_fetch, reserved),
+			      argp);
+	if (r)
+		return r;
+	r = check_id(a.flags & ~DM_STREAM_FETCH_NOWAIT, a.id);
+	if (r)
+		return r;
+	if (!all_zero(a.pad, sizeof(a.pad)) ||
+	    !all_zero(a.reserved, sizeof(a.reserved)) || a.nr_absent ||
+	    !a.nr_blocks || a.nr_blocks > DM_STREAM_FETCH_MAX)
+		return -EINVAL;
+
+	/*
+	 * A reference keeps the target alive; the wait ends at the latest
+	 * at postsuspend (stream_fetch_quiesce()), which comes before the
+	 * dtr waits for the reference.
+	 */
+	mutex_lock(&stream_chan_lock);
+	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
+	/* An inactive table gets no helper and no waker: nothing to do. */
+	if (sc && !sc->active) {
+		mutex_unlock(&stream_chan_lock);
+		return -EAGAIN;
+	}
+	if (sc)
+		refcount_inc(&sc->refs);
+	mutex_unlock(&stream_chan_lock);
+	if (!sc)
+		return -ENOENT;
+	if (a.block >= sc->nr_blocks || a.nr_blocks > sc->nr_blocks - a.block)
+		r = -ERANGE;
+	else
+		r = stream_fetch_range(sc, a.block, a.nr_blocks,
+				       a.flags & DM_STREAM_FETCH_NOWAIT,
+				       &a.nr_absent);
+	stream_put(sc);
+	if (r)
+		return r;
+	if (put_user(a.nr_absent,
+		     (__u64 __user *)(argp + offsetof(struct dm_stream_fetch,
+						      nr_absent))))
+		return -EFAULT;
+	return 0;
+}
+
 static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct stream_file *hf = file->private_data;
@@ -807,6 +926,8 @@ static long chan_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return chan_attach(hf, (void __user *)arg);
 	case _IOC_NR(DM_STREAM_IOC_SNAP_READ):
 		return chan_snap_read((void __user *)arg);
+	case _IOC_NR(DM_STREAM_IOC_FETCH):
+		return chan_fetch((void __user *)arg);
 	default:
 		return -ENOTTY;
 	}

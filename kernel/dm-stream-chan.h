@@ -76,6 +76,11 @@ struct stream_fetchq {
 	/* Helper replies being written; under the target's sc->lock. */
 	unsigned int writing;
 	wait_queue_head_t write_wait;
+	/*
+	 * DM_STREAM_IOC_FETCH callers waiting for a range; woken when a
+	 * fetch leaves @fetches and when the queue stops.
+	 */
+	wait_queue_head_t range_wait;
 };
 
 /* An open /dev/dm-stream. */
@@ -157,6 +162,16 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
  */
 unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
 				   unsigned int max, struct stream_fetch **f);
+/*
+ * Process context, with a reference on @sc (DM_STREAM_IOC_FETCH): queue a
+ * background fetch for every block of [@first, @first + @count) that is
+ * absent and not being made present; unless @nowait, wait (killable)
+ * until none of them is being made present.  *@absent: the blocks of the
+ * range still absent then.  -EAGAIN when suspending or suspended, -EROFS
+ * when blocks cannot become present, -ENOMEM, -EINTR.
+ */
+int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
+		       bool nowait, u64 *absent);
 /* Any context: the data write of a fetch or fill has ended. */
 void stream_fetch_io_done(struct stream_fetch *f);
 /*

@@ -9,6 +9,7 @@
  *   streamctl invalidate <device> --image-id ID [--keep|--discard]
  *             [--force] <file|->
  *   streamctl fill <device> on|off|--rate R
+ *   streamctl fetch [--no-wait] <device> <first block> <count>
  *   streamctl upgrade-metadata <metadata device>
  *
  * Every device-mapper operation is a libdevmapper task (create, set name,
@@ -83,6 +84,7 @@ static void usage(FILE *f)
 "       streamctl invalidate <device> --image-id ID [--keep|--discard]\n"
 "                 [--force] <ranges file|->\n"
 "       streamctl fill <device> on|off|--rate BYTES[K|M|G]\n"
+"       streamctl fetch [--no-wait] <device> <first block> <count>\n"
 "       streamctl upgrade-metadata <metadata device>\n"
 "\n"
 "status      presence, dirty blocks per consumer, fill progress\n"
@@ -93,6 +95,8 @@ static void usage(FILE *f)
 "            refused while the device is mounted or held (--force)\n"
 "invalidate  make the blocks changed by a new image version absent\n"
 "fill        switch the helper's background fill, or set its rate\n"
+"fetch       make blocks present now (the helper fetches them in the\n"
+"            background); prints how many are still absent\n"
 "upgrade-metadata  convert format 1 metadata to format 2, offline\n");
 }
 
@@ -691,6 +695,75 @@ static int cmd_end(const char *dev, const char *what, int consumer,
 	return 0;
 }
 
+/*
+ * Make blocks [@first_s, + @count_s) present now (DM_STREAM_IOC_FETCH, in
+ * chunks of DM_STREAM_FETCH_MAX): the attached helper fetches them as
+ * background requests.  Exit 1 if some are still absent afterwards.
+ */
+static int cmd_fetch(const char *dev, const char *first_s,
+		     const char *count_s, bool wait)
+{
+	struct dm_stream_fetch a = {
+		.magic = DM_STREAM_MAGIC,
+		.version = DM_STREAM_VERSION,
+		.size = sizeof(a),
+		.flags = wait ? 0 : DM_STREAM_FETCH_NOWAIT,
+	};
+	uint64_t first, count, b, n, absent = 0;
+	int chan, ret = 0;
+
+	if (su_parse_u64(first_s, &first) || su_parse_u64(count_s, &count) ||
+	    !count) {
+		fprintf(stderr, "streamctl: fetch: a first block and a count of at least 1, not '%s %s'\n",
+			first_s, count_s);
+		return EXIT_USAGE;
+	}
+	if (strlen(dev) >= sizeof(a.id)) {
+		fprintf(stderr, "streamctl: %s: name too long\n", dev);
+		return EXIT_USAGE;
+	}
+	snprintf(a.id, sizeof(a.id), "%s", dev);
+	chan = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_CLOEXEC);
+	if (chan < 0) {
+		fprintf(stderr, "streamctl: open /dev/%s: %m\n",
+			DM_STREAM_DEVNAME);
+		return 1;
+	}
+	for (b = first; b - first < count; b += n) {
+		n = count - (b - first);
+		if (n > DM_STREAM_FETCH_MAX)
+			n = DM_STREAM_FETCH_MAX;
+		a.block = b;
+		a.nr_blocks = n;
+		a.nr_absent = 0;
+		if (ioctl(chan, DM_STREAM_IOC_FETCH, &a) < 0) {
+			int e = errno;
+
+			fprintf(stderr, "streamctl: fetch %s blocks %" PRIu64 "+%" PRIu64 ": %s%s\n",
+				dev, b, n, strerror(e),
+				e == ENOENT ? " (no such stream device)" :
+				e == ERANGE ? " (beyond the device)" :
+				e == EAGAIN ? " (the device is suspended)" :
+				e == ENOTTY ? " (the dm-stream module is too old)" :
+				"");
+			ret = e == ENOENT ? EXIT_NOT_STREAM : 1;
+			goto out;
+		}
+		absent += a.nr_absent;
+	}
+	if (wait) {
+		printf("absent %" PRIu64 "\n", absent);
+		if (absent) {
+			fprintf(stderr, "streamctl: %s: %" PRIu64 " of the %" PRIu64 " blocks are still absent (is a helper attached?)\n",
+				dev, absent, count);
+			ret = 1;
+		}
+	}
+out:
+	close(chan);
+	return ret;
+}
+
 static int cmd_fill(const char *dev, const char *arg, const char *rate)
 {
 	struct su_status st;
@@ -856,11 +929,12 @@ int main(int argc, char **argv)
 		{ "tls-certificates", required_argument, NULL, 'C' },
 		{ "tls-psk-file", required_argument, NULL, 'P' },
 		{ "tls-username", required_argument, NULL, 'U' },
+		{ "no-wait", no_argument, NULL, 'W' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *cmd, *to = NULL, *image_id = NULL, *rate = NULL;
-	bool json = false, ack = true, keep = true, force = false;
+	bool json = false, ack = true, keep = true, force = false, wait = true;
 	struct su_tls tls = { 0 };
 	int c, consumer = -1, nargs;
 	unsigned int v;
@@ -875,7 +949,7 @@ int main(int argc, char **argv)
 	}
 	cmd = argv[1];
 	optind = 2;
-	while ((c = getopt_long(argc, argv, "jc:t:ni:kdr:Fh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "jc:t:ni:kdr:FWh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			json = true;
@@ -908,6 +982,9 @@ int main(int argc, char **argv)
 			break;
 		case 'F':
 			force = true;
+			break;
+		case 'W':
+			wait = false;
 			break;
 		case 'C':
 			tls.certificates = optarg;
@@ -942,6 +1019,9 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "fill") && (nargs == 2 || (nargs == 1 && rate)))
 		return cmd_fill(argv[optind], nargs == 2 ? argv[optind + 1] :
 				NULL, rate);
+	if (!strcmp(cmd, "fetch") && nargs == 3)
+		return cmd_fetch(argv[optind], argv[optind + 1],
+				 argv[optind + 2], wait);
 	if (!strcmp(cmd, "upgrade-metadata") && nargs == 1)
 		return upgrade_metadata(argv[optind]) ? 1 : 0;
 	fprintf(stderr, "streamctl: bad command line for '%s'\n", cmd);

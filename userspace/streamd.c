@@ -56,10 +56,14 @@
  * sets PR_SET_IO_FLUSHER and locks its pages.
  *
  * Background fill: a second thread (struct filler) makes every absent
- * block present by reading it through the dm device with O_DIRECT, 4 MiB
- * at a time, so each of its reads becomes ordinary misses that the main
- * loop serves; a demand miss waits behind at most that read and the
- * target's readahead window after it (the rate limit bounds the rest).
+ * block present, 4 MiB at a time, by asking the kernel to fetch them
+ * (DM_STREAM_IOC_FETCH on its own /dev/dm-stream file): the kernel queues
+ * background fetches that the main loop serves like any other, sending
+ * demand fetches first (BG_DEPTH), and the thread waits for each chunk.
+ * The data goes from the reply to the data device only.  With a module
+ * older than that ioctl (or STREAMD_FILL_READ=1) it reads the blocks
+ * through the dm device with O_DIRECT and the idle I/O priority instead,
+ * which the target turns into the same background fetches.
  * The switch and the rate limit live in the kernel target ("fill on|off",
  * "fill rate", shown in the status line), so streamctl can change them at
  * run time and they survive a helper restart; the thread reads them
@@ -211,6 +215,12 @@ struct filler {
 	uint64_t rate;			/* --fill-rate, 0: leave as is */
 	bool exit_when_complete;
 	int dev_dirfd;			/* main's /dev (see struct streamd) */
+	/*
+	 * Fill by reading through the device (STREAMD_FILL_READ=1, or a
+	 * module without DM_STREAM_IOC_FETCH); else ask the kernel to fetch.
+	 * Set before the thread starts; then the thread's own.
+	 */
+	bool fill_read;
 	pthread_t thread;
 	bool started;
 	atomic_bool complete;		/* thread -> main */
@@ -1349,7 +1359,7 @@ static double now_s(void)
 struct fill_pass {
 	struct filler *fl;
 	struct fill_state *fs;
-	int fd;
+	int fd;			/* the device, or /dev/dm-stream (fetch) */
 	void *buf;
 	uint32_t bs;
 	double t0, checked;
@@ -1380,12 +1390,107 @@ static uint64_t fill_chunk(uint32_t bs, uint64_t rate)
 	return bytes / bs ? bytes / bs : 1;
 }
 
+/*
+ * Ask the kernel to fetch @count blocks from @first (DM_STREAM_IOC_FETCH):
+ * with @wait, until none of them is being fetched; *@absent, those still
+ * absent then.  -ENOTTY: a module without the ioctl.
+ */
+static int fill_fetch(struct fill_pass *p, uint64_t first, uint64_t count,
+		      bool wait, uint64_t *absent)
+{
+	struct dm_stream_fetch a = {
+		.magic = DM_STREAM_MAGIC,
+		.version = DM_STREAM_VERSION,
+		.size = sizeof(a),
+		.flags = wait ? 0 : DM_STREAM_FETCH_NOWAIT,
+		.block = first,
+		.nr_blocks = count,
+	};
+
+	snprintf(a.id, sizeof(a.id), "%s", p->fs->name);
+	if (ioctl(p->fd, DM_STREAM_IOC_FETCH, &a) < 0)
+		return -errno;
+	if (absent)
+		*absent = a.nr_absent;
+	return 0;
+}
+
+/*
+ * The same as fill_range(), without reading: the kernel queues background
+ * fetches for each chunk and the main loop answers them; their data goes
+ * from the reply to the data device and nowhere else.  Without a rate
+ * limit the next chunk is queued before waiting for this one, so that the
+ * server is never idle between chunks.
+ */
+static int fill_range_fetch(struct fill_pass *p, uint64_t first,
+			    uint64_t count)
+{
+	struct filler *fl = p->fl;
+	uint64_t b, n_blocks, next, absent;
+	int r;
+
+	for (b = first; b < first + count && !atomic_load(&fl->stop);
+	     b += n_blocks) {
+		uint64_t chunk = fill_chunk(p->bs, p->fs->rate);
+
+		n_blocks = first + count - b;
+		if (n_blocks > chunk)
+			n_blocks = chunk;
+		if (n_blocks > DM_STREAM_FETCH_MAX)
+			n_blocks = DM_STREAM_FETCH_MAX;
+		next = b + n_blocks;
+		if (!p->fs->rate && next < first + count) {
+			/* Errors show in the wait for it. */
+			fill_fetch(p, next, first + count - next < n_blocks ?
+				   first + count - next : n_blocks, false, NULL);
+		}
+		r = fill_fetch(p, b, n_blocks, true, &absent);
+		if (r == -EAGAIN) {
+			/* Suspended, or a reload: again once resumed. */
+			sleep_ms(fl, 100);
+			n_blocks = 0;
+			continue;
+		}
+		if (r)
+			return r;
+		if (absent) {
+			/* the server could not give them now: later */
+			if (!p->failed)
+				err("fill: blocks %" PRIu64 "+%" PRIu64 ": %" PRIu64 " not fetched; retried later",
+				    b, n_blocks, absent);
+			p->failed += absent;
+			atomic_fetch_add(&fl->failed, absent);
+		}
+		p->done += n_blocks * p->bs;
+		/* The switch and the rate, once a second. */
+		if (now_s() - p->checked >= 1.0) {
+			p->checked = now_s();
+			r = fill_status(fl, p->fs);
+			if (r)
+				return r;
+			if (!p->fs->on)
+				return -ECANCELED;
+		}
+		if (p->fs->rate) {
+			double due = p->t0 + (double)p->done / p->fs->rate;
+			double wait = due - now_s();
+
+			if (wait > 0)
+				sleep_ms(fl, (long)(wait * 1000));
+		}
+	}
+	return atomic_load(&fl->stop) ? -ECANCELED : 0;
+}
+
 static int fill_range(void *ctx, uint64_t first, uint64_t count)
 {
 	struct fill_pass *p = ctx;
 	struct filler *fl = p->fl;
 	uint64_t b, n_blocks;
 	int r;
+
+	if (!fl->fill_read)
+		return fill_range_fetch(p, first, count);
 
 	for (b = first; b < first + count && !atomic_load(&fl->stop);
 	     b += n_blocks) {
@@ -1517,7 +1622,19 @@ static void *fill_main(void *arg)
 			sleep_ms(fl, 1000);
 			continue;
 		}
-		if (fd < 0) {
+		if (fd < 0 && !fl->fill_read) {
+			bs = fs.block_size;
+			/* Needs no buffer, and holds no device open. */
+			fd = openat(fl->dev_dirfd, DM_STREAM_DEVNAME,
+				    O_RDWR | O_CLOEXEC);
+			if (fd < 0) {
+				err("fill: open /dev/%s: %m", DM_STREAM_DEVNAME);
+				sleep_ms(fl, 1000);
+				continue;
+			}
+			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent",
+			     fs.name, fs.total - fs.present, fs.total);
+		} else if (fd < 0) {
 			bs = fs.block_size;
 			free(buf);
 			buf = NULL;
@@ -1536,10 +1653,17 @@ static void *fill_main(void *arg)
 				sleep_ms(fl, 1000);
 				continue;
 			}
-			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent",
+			info("fill: %s: %" PRIu64 " of %" PRIu64 " blocks absent, reading them",
 			     fs.name, fs.total - fs.present, fs.total);
 		}
 		r = fill_pass(fl, &fs, fd, buf, bs, &failed);
+		if (r == -ENOTTY && !fl->fill_read) {
+			info("fill: the dm-stream module predates DM_STREAM_IOC_FETCH: filling by reading through the device");
+			fl->fill_read = true;
+			close(fd);
+			fd = -1;
+			continue;
+		}
 		if (r) {
 			err("fill: %s", strerror(-r));
 			/* The device may have been reloaded: reopen it. */
@@ -1869,6 +1993,9 @@ int main(int argc, char **argv)
 	fl.name = sd.name;
 	fl.by_uuid = sd.by_uuid;
 	fl.dev_dirfd = sd.dev_dirfd;
+	/* A test knob: the fallback for modules older than the fetch ioctl. */
+	fl.fill_read = getenv("STREAMD_FILL_READ") &&
+		       !strcmp(getenv("STREAMD_FILL_READ"), "1");
 	fl.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (fl.wake_fd < 0)
 		err("eventfd: %m; the fill's end is seen within a second");

@@ -53,6 +53,9 @@
  *      is refused at attach (-EPROTO, and a line in the kernel log).
  *      DM_STREAM_REQ_BACKGROUND was added later without a version change:
  *      a hint in a field that was always 0, which a helper may ignore.
+ *      DM_STREAM_IOC_FETCH was added later without a version change: a new
+ *      ioctl number, which an older module answers with -ENOTTY (streamd
+ *      then fills by reading through the device, as before).
  */
 #ifndef _UAPI_DM_STREAM_H
 #define _UAPI_DM_STREAM_H
@@ -135,6 +138,46 @@ struct dm_stream_snap_read {
 };
 
 #define DM_STREAM_IOC_SNAP_READ	_IOW('S', 0x02, struct dm_stream_snap_read)
+
+/* dm_stream_fetch.flags (and DM_STREAM_ATTACH_BY_UUID) */
+#define DM_STREAM_FETCH_NOWAIT		(1U << 1)
+
+/*
+ * DM_STREAM_IOC_FETCH: make a range present without reading it (the
+ * background fill), on any /dev/dm-stream file, attached or not.
+ * in:  magic, version, size, flags (BY_UUID, NOWAIT), id, block,
+ *      nr_blocks (1 to DM_STREAM_FETCH_MAX).
+ * The kernel queues a background fetch (DM_STREAM_REQ_BACKGROUND) for
+ * every block of the range that is absent and not being made present
+ * already; the attached helper answers them like any other request.
+ * Without NOWAIT the call then waits until no block of the range is being
+ * made present (fetched, written, or dropped at fetch_timeout); a fatal
+ * signal ends the wait, not the fetches.
+ * out: nr_absent, the blocks of the range still absent on return (with
+ *      NOWAIT, when the fetches were queued).
+ * Errors: -ENOENT no such device, -ERANGE the range is beyond the device,
+ * -EINVAL bad flags, length or reserved field, -EAGAIN the device is not
+ * resumed or is being suspended (retry after resume; what was queued
+ * stays queued until the suspend drops it), -EROFS the metadata cannot
+ * be written (no block can become present), -ENOMEM (what was queued
+ * stays queued), -EINTR.
+ */
+#define DM_STREAM_FETCH_MAX	8192
+
+struct dm_stream_fetch {
+	__u32 magic;
+	__u32 version;
+	__u32 size;		/* sizeof(struct dm_stream_fetch) */
+	__u32 flags;
+	char id[DM_STREAM_UUID_LEN];
+	__u8 pad[7];
+	__u64 block;
+	__u64 nr_blocks;
+	__u64 nr_absent;	/* out */
+	__u32 reserved[4];
+};
+
+#define DM_STREAM_IOC_FETCH	_IOWR('S', 0x03, struct dm_stream_fetch)
 
 /* dm_stream_request.type */
 #define DM_STREAM_REQ_FETCH	1	/* fetch a run of whole blocks */

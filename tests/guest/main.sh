@@ -873,12 +873,122 @@ t_background_requests() {
 	expect_eq "block 12, demand reader" "$(blk_sum $IMG 12)" "$(md5sum </tmp/b | cut -d' ' -f1)"
 	# the fill: a new helper, its own counters
 	helper_stop
+	_rd=$(dev_reads)
 	helper_start --fill
 	wait_for 60 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = $((SZ / BS)) ]"
 	_r=$(helper_stat requests)
 	[ "$_r" -gt 0 ] || { echo "# the fill sent no request"; return 1; }
 	expect_eq "background, the fill" "$_r" "$(helper_stat background)"
+	# DM_STREAM_IOC_FETCH: the fill read nothing through the device
+	expect_eq "reads of the device by the fill" "$_rd" "$(dev_reads)"
+	grep -q "fill: s: [0-9]* of $NBLOCKS blocks absent$" /tmp/streamd.log ||
+		{ echo "# no 'blocks absent' line in streamd's log"; return 1; }
 	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+}
+
+# Reads completed by the stream device (its block layer counter).
+dev_reads() {
+	awk '{print $1}' \
+		"/sys/block/dm-$(dmsetup info -c --noheadings -o minor s)/stat"
+}
+
+# streamd's fallback for a module without DM_STREAM_IOC_FETCH (forced by
+# STREAMD_FILL_READ=1): the fill reads the blocks through the device with
+# the idle I/O priority, as background requests too.
+t_fill_read_fallback() {
+	fresh
+	server_start nbdkit
+	create 2 readahead 0
+	_rd=$(dev_reads)
+	export STREAMD_FILL_READ=1
+	helper_start --fill
+	unset STREAMD_FILL_READ
+	wait_for 60 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = $NBLOCKS ]"
+	_r=$(helper_stat requests)
+	[ "$_r" -gt 0 ] || { echo "# the fill sent no request"; return 1; }
+	expect_eq "background, the fill" "$_r" "$(helper_stat background)"
+	[ "$(dev_reads)" -gt "$_rd" ] ||
+		{ echo "# the fill did not read through the device"; return 1; }
+	grep -q "blocks absent, reading them" /tmp/streamd.log ||
+		{ echo "# no 'reading them' line in streamd's log"; return 1; }
+	expect_eq "device" "$(dev_sum $IMG)" "$(dev_sum $DEV)"
+}
+
+# streamctl fetch (DM_STREAM_IOC_FETCH): blocks become present without
+# being read, through background requests, and nothing parks; present
+# blocks cost no request; bad arguments and a suspended device get clear
+# errors; a suspend ends a wait; without a helper, --no-wait leaves the
+# fetches queued for the next one.
+t_fetch_ioctl() {
+	fresh
+	server_start nbdkit
+	create 2 readahead 0
+	helper_start
+	_rd=$(dev_reads)
+	expect_eq "fetch 8 blocks" "absent 0" "$(streamctl fetch s 10 8)"
+	expect_eq "present" 8 "$(present)"
+	expect_eq "parked" 0 "$(st 4)"
+	expect_eq "reads of the device" "$_rd" "$(dev_reads)"
+	_r=$(helper_stat requests)
+	[ "$_r" -ge 1 ] || { echo "# no request"; return 1; }
+	expect_eq "background requests" "$_r" "$(helper_stat background)"
+	for _b in 10 13 17; do
+		expect_eq "block $_b" "$(blk_sum $IMG $_b)" "$(blk_sum $DEV $_b)"
+	done
+	expect_eq "fetch present blocks" "absent 0" "$(streamctl fetch s 9 10)"
+	expect_eq "present" 10 "$(present)"
+	expect_eq "fetch 2 more, 8 present" "$((_r + 2))" "$(helper_stat requests)"
+	# a zero block: answered as zeroes
+	expect_eq "fetch a zero block" "absent 0" \
+		"$(streamctl fetch s $ZERO_FIRST 1)"
+	expect_eq "zero block" "$(blk_sum $IMG $ZERO_FIRST)" \
+		"$(blk_sum $DEV $ZERO_FIRST)"
+	# bad arguments
+	_rc=0
+	streamctl fetch s $NBLOCKS 1 2>/tmp/e || _rc=$?
+	expect_eq "beyond the end: status" 1 "$_rc"
+	grep -q "beyond the device" /tmp/e || { cat /tmp/e; return 1; }
+	_rc=0
+	streamctl fetch s $((NBLOCKS - 1)) 2 2>/tmp/e || _rc=$?
+	expect_eq "across the end: status" 1 "$_rc"
+	_rc=0
+	streamctl fetch s 0 0 2>/tmp/e || _rc=$?
+	expect_eq "count 0: status" 2 "$_rc"
+	_rc=0
+	streamctl fetch nosuch 0 1 2>/tmp/e || _rc=$?
+	expect_eq "no such device: status" 3 "$_rc"
+	dmsetup suspend s
+	_rc=0
+	streamctl fetch s 20 1 2>/tmp/e || _rc=$?
+	dmsetup resume s
+	expect_eq "suspended: status" 1 "$_rc"
+	grep -q "suspended" /tmp/e || { cat /tmp/e; return 1; }
+	# a wait cut short by a suspend (the helper stopped meanwhile)
+	kill -STOP "$(cat /tmp/streamd.pid)"
+	streamctl fetch s 30 2 >/tmp/o 2>/tmp/e &
+	_f=$!
+	sleep 1
+	kill -0 $_f || { echo "# the fetch did not wait"; kill -CONT "$(cat /tmp/streamd.pid)"; return 1; }
+	dmsetup suspend --noflush s
+	_rc=0
+	wait $_f || _rc=$?
+	dmsetup resume s
+	kill -CONT "$(cat /tmp/streamd.pid)"
+	expect_eq "wait cut short by a suspend: status" 1 "$_rc"
+	grep -q "suspended" /tmp/e || { cat /tmp/e; return 1; }
+	# no helper: queued, then fetched by the next helper
+	helper_stop
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$8}') = detached ]"
+	_p=$(present)
+	_rd=$(dev_reads)
+	expect_eq "--no-wait without a helper" "" \
+		"$(streamctl fetch --no-wait s 40 4)"
+	expect_eq "present, no helper" "$_p" "$(present)"
+	helper_start
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = $((_p + 4)) ]"
+	expect_eq "reads of the device" "$_rd" "$(dev_reads)"
+	expect_eq "block 43" "$(blk_sum $IMG 43)" "$(blk_sum $DEV 43)"
+	expect_eq "fetch errors" 0 "$(st 9)"
 }
 
 # Two adjacent blocks sent as one request, the first expiring long before
@@ -1162,6 +1272,8 @@ run channel_validation t_channel_validation
 run pinned_reply t_pinned_reply
 run expired_request_siblings t_expired_request_siblings
 run background_requests t_background_requests
+run fill_read_fallback t_fill_read_fallback
+run fetch_ioctl t_fetch_ioctl
 run range_readahead t_range_readahead
 run miss_run t_miss_run
 run miss_run_timeout t_miss_run_timeout
