@@ -330,12 +330,24 @@ unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
 	if (READ_ONCE(sc->requeue))
 		goto out;
 	for (; n < max; n++) {
-		if (dsm_test(present, first + n) ||
-		    xa_load(&sc->fq.fetches, first + n))
+		if (dsm_test(present, first + n))
 			break;
-		f = __insert_fetch(sc, first + n);
-		if (!f)
-			break;
+		f = xa_load(&sc->fq.fetches, first + n);
+		if (f) {
+			/*
+			 * A queued fetch nobody waits for (readahead, the
+			 * background fill, a block a whole read will reach
+			 * later): taken over, as stream_fetch_park() does.
+			 */
+			if (f->state != FETCH_QUEUED ||
+			    !bio_list_empty(&f->waiters))
+				break;
+			list_del_init(&f->list);
+		} else {
+			f = __insert_fetch(sc, first + n);
+			if (!f)
+				break;
+		}
 		f->state = FETCH_FILLING;
 		if (head)
 			list_add_tail(&f->list, &head->list);

@@ -158,7 +158,8 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
  * Map: fills for one write of whole blocks from @first: a FETCH_FILLING
  * fetch for each of up to @max blocks, stopping at the first that is
  * present or being made present (or at no memory), all linked through
- * their @list.  Returns how many (0 when suspending), *@f the first.
+ * their @list; a queued fetch that nobody waits for is taken over.
+ * Returns how many (0 when suspending), *@f the first.
  */
 unsigned int stream_fetch_fill_run(struct stream_c *sc, u64 first,
 				   unsigned int max, struct stream_fetch **f);

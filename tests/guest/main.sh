@@ -104,6 +104,35 @@ t_fill_run() {
 	expect_eq "block 12 (the image's)" "$(blk_sum $IMG 12)" "$(blk_sum $DEV 12)"
 }
 
+# A write over whole blocks whose fetches are queued with nobody waiting
+# (the background fill's, readahead's) takes them over as one fill run:
+# one bio, nothing fetched for them; the rest of the range is fetched.
+t_fill_run_over_queued() {
+	stream_up
+	kill -STOP "$(cat /tmp/streamd.pid)"
+	streamctl fetch --no-wait s 20 8
+	_w0=$(data_writes)
+	if ! timeout 10 dd if=$IMG of=$DEV bs=$((BB * 4)) skip=20 seek=5 \
+		count=1 oflag=direct 2>/dev/null; then
+		kill -CONT "$(cat /tmp/streamd.pid)"
+		echo "# the write waited for the stopped helper"
+		return 1
+	fi
+	_w1=$(data_writes)
+	kill -CONT "$(cat /tmp/streamd.pid)"
+	expect_eq "bios for blocks 20-23" 1 $((_w1 - _w0))
+	wait_for 10 sh -c "[ \$(dmsetup status s | awk '{print \$5}' | cut -d/ -f1) = 8 ]"
+	expect_eq "kernel fetched" 4 "$(st 7)"
+	expect_eq "blocks 20-23 (written)" \
+		"$(dd if=$IMG bs=$BB skip=80 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=20 count=4 iflag=direct 2>/dev/null | md5sum)"
+	expect_eq "blocks 24-27 (the image's)" \
+		"$(dd if=$IMG bs=$BB skip=24 count=4 2>/dev/null | md5sum)" \
+		"$(dd if=$DEV bs=$BB skip=24 count=4 iflag=direct 2>/dev/null | md5sum)"
+	expect_eq "dirty" 4 "$(st 3)"
+	expect_eq "errors" 0 "$(st 9)"
+}
+
 # failing_block_disk <name> <block>: the data disk, but I/O to <block>
 # fails.
 failing_block_disk() {
@@ -1259,6 +1288,7 @@ run whole_block_write_no_fetch t_whole_block_write_no_fetch
 run fill_run t_fill_run
 run fill_run_error t_fill_run_error
 run fill_run_error_refetch t_fill_run_error_refetch
+run fill_run_over_queued t_fill_run_over_queued
 run partial_write_merge t_partial_write_merge
 run discard_whole_block t_discard_whole_block
 run table_reload t_table_reload
