@@ -744,6 +744,7 @@ static int cmd_fetch(const char *dev, const char *first_s,
 				e == ENOENT ? " (no such stream device)" :
 				e == ERANGE ? " (beyond the device)" :
 				e == EAGAIN ? " (the device is suspended)" :
+				e == EROFS ? " (ro mode: the metadata cannot be written)" :
 				e == ENOTTY ? " (the dm-stream module is too old)" :
 				"");
 			ret = e == ENOENT ? EXIT_NOT_STREAM : 1;

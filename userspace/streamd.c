@@ -1569,7 +1569,7 @@ static void *fill_main(void *arg)
 	void *buf = NULL;
 	uint32_t bs = 0;
 	int fd = -1, r;
-	bool told = false, applied = false;
+	bool told = false, applied = false, told_ro = false;
 	long backoff = 0;
 	uint64_t failed;
 
@@ -1664,6 +1664,16 @@ static void *fill_main(void *arg)
 			fd = -1;
 			continue;
 		}
+		if (r == -EROFS) {
+			/* ro mode: nothing can become present until a reload */
+			if (!told_ro)
+				err("fill: %s is read-only (metadata error): no block can become present; the fill waits",
+				    fs.name);
+			told_ro = true;
+			sleep_ms(fl, 10000);
+			continue;
+		}
+		told_ro = false;
 		if (r) {
 			err("fill: %s", strerror(-r));
 			/* The device may have been reloaded: reopen it. */

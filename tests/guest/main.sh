@@ -633,6 +633,10 @@ t_mode_ro() {
 		echo "# write succeeded in ro mode"
 		return 1
 	fi
+	_rc=0
+	streamctl fetch s 50 1 2>/tmp/e || _rc=$?
+	expect_eq "fetch in ro mode: status" 1 "$_rc"
+	grep -q "ro mode" /tmp/e || { cat /tmp/e; return 1; }
 	dmsetup remove s
 	dmsetup remove m
 }
