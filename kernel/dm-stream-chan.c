@@ -255,36 +255,47 @@ static bool range_busy(struct stream_c *sc, u64 first, u64 end)
 		false : !!xa_find(&sc->fq.fetches, &idx, end - 1, XA_PRESENT);
 }
 
+/* Blocks queued under one hold of fq.lock, which misses in map wait for. */
+#define RANGE_SLICE	64
+
 int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
 		       bool nowait, u64 *absent)
 {
 	const unsigned long *present = dsm_present_map(sc->md);
-	u64 end = first + count, b, n = 0;
+	u64 end = first + count, b, s, e, n;
 	int r = 0;
 
-	mutex_lock(&sc->fq.lock);
-	if (READ_ONCE(sc->requeue) || sc->fq.stopped) {
-		r = -EAGAIN;
-	} else if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
-		r = -EROFS;
-	} else {
-		/* Background: at the tail, and after any demand (chan_read). */
-		n = __queue_absent(sc, first, end, false, true, 0);
-		for (b = first; b < end; b++)
-			if (!dsm_test(present, b) &&
-			    !xa_load(&sc->fq.fetches, b)) {
-				r = -ENOMEM;
-				break;
-			}
+	for (s = first; s < end && !r; s = e) {
+		e = min(s + RANGE_SLICE, end);
+		mutex_lock(&sc->fq.lock);
+		if (READ_ONCE(sc->requeue) || sc->fq.stopped) {
+			r = -EAGAIN;
+		} else if (READ_ONCE(sc->mode) != STREAM_MODE_RW) {
+			r = -EROFS;
+		} else {
+			/* Background: behind any demand (chan_read). */
+			n = __queue_absent(sc, s, e, false, true, 0);
+			for (b = s; b < e; b++)
+				if (!dsm_test(present, b) &&
+				    !xa_load(&sc->fq.fetches, b)) {
+					r = -ENOMEM;
+					break;
+				}
+			if (n && sc->fq.helper)
+				wake_up_interruptible(&sc->fq.helper->wait);
+		}
+		mutex_unlock(&sc->fq.lock);
 	}
-	if (n && sc->fq.helper)
-		wake_up_interruptible(&sc->fq.helper->wait);
-	mutex_unlock(&sc->fq.lock);
 	if (r)
 		return r;
+	/*
+	 * Freezable: the helper that serves these fetches is frozen during
+	 * a system suspend, and this wait must not fail the freeze (no lock
+	 * is held; calling again queues only what is still absent).
+	 */
 	if (!nowait &&
-	    wait_event_killable(sc->fq.range_wait,
-				!range_busy(sc, first, end)))
+	    wait_event_state(sc->fq.range_wait, !range_busy(sc, first, end),
+			     (TASK_KILLABLE | TASK_FREEZABLE)))
 		return -EINTR;
 	/* A suspend cut the wait short: what it queued may stay queued. */
 	if (!nowait && (READ_ONCE(sc->requeue) || READ_ONCE(sc->fq.stopped)))
@@ -889,7 +900,7 @@ static long chan_fetch(void __user *argp)
 	if (r)
 		return r;
 	if (!all_zero(a.pad, sizeof(a.pad)) ||
-	    !all_zero(a.reserved, sizeof(a.reserved)) || a.nr_absent ||
+	    !all_zero(a.reserved, sizeof(a.reserved)) ||
 	    !a.nr_blocks || a.nr_blocks > DM_STREAM_FETCH_MAX)
 		return -EINVAL;
 
@@ -982,6 +993,13 @@ static void __send_fetch(struct stream_c *sc, struct stream_file *hf,
 	f->state = FETCH_SENT;
 	f->owner = hf;
 	f->tag = tag;
+	/*
+	 * A background fetch nobody waits for (the fill's) has no reader's
+	 * deadline to keep: fetch_timeout counts from now, not from when
+	 * it was queued behind the rest of its chunk.
+	 */
+	if (f->background && bio_list_empty(&f->waiters))
+		f->queued_at = jiffies;
 	list_move_tail(&f->list, &sc->fq.sent);
 }
 

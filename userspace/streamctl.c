@@ -710,6 +710,7 @@ static int cmd_fetch(const char *dev, const char *first_s,
 		.flags = wait ? 0 : DM_STREAM_FETCH_NOWAIT,
 	};
 	uint64_t first, count, b, n, absent = 0;
+	struct su_status st;
 	int chan, ret = 0;
 
 	if (su_parse_u64(first_s, &first) || su_parse_u64(count_s, &count) ||
@@ -723,6 +724,11 @@ static int cmd_fetch(const char *dev, const char *first_s,
 		return EXIT_USAGE;
 	}
 	snprintf(a.id, sizeof(a.id), "%s", dev);
+	/* Quiet: the ioctl names a missing device itself. */
+	if (wait && !su_dm_status(&(struct su_dev){ .id = dev, .quiet = true },
+				  NULL, 0, &st, NULL) && !st.attached)
+		fprintf(stderr, "streamctl: %s: no helper attached: waiting for one\n",
+			dev);
 	chan = open("/dev/" DM_STREAM_DEVNAME, O_RDWR | O_CLOEXEC);
 	if (chan < 0) {
 		fprintf(stderr, "streamctl: open /dev/%s: %m\n",

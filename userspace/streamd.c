@@ -866,9 +866,9 @@ static int nbd_connect(struct streamd *sd)
 	/*
 	 * No zeroing of every read buffer first (a memset of each byte
 	 * fetched, 8% of the guest's CPU in a whole-image fill): the
-	 * buffers are the request pool's, which only ever hold this image's
-	 * blocks, and a read that fails is never answered with its buffer
-	 * (reap() replies -EIO).  A server that reports success without
+	 * buffers are the request pool's, zeroed once and then only ever
+	 * holding this image's blocks, and a read that fails is never
+	 * answered with its buffer (reap() replies -EIO).  A server that reports success without
 	 * sending every byte can leave a block wrong either way, as one
 	 * that sends wrong bytes can: zeroes would be no more right.
 	 */

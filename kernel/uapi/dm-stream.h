@@ -151,16 +151,18 @@ struct dm_stream_snap_read {
  * every block of the range that is absent and not being made present
  * already; the attached helper answers them like any other request.
  * Without NOWAIT the call then waits until no block of the range is being
- * made present (fetched, written, or dropped at fetch_timeout); a fatal
- * signal ends the wait, not the fetches.
+ * made present (fetched, written, or dropped at fetch_timeout, which
+ * counts from when a fetch is sent); a fatal signal ends the wait, not
+ * the fetches, and the wait does not hold up a system suspend.
  * out: nr_absent, the blocks of the range still absent on return (with
- *      NOWAIT, when the fetches were queued).
+ *      NOWAIT, when the fetches were queued); its value on input is
+ *      ignored.
  * Errors: -ENOENT no such device, -ERANGE the range is beyond the device,
  * -EINVAL bad flags, length or reserved field, -EAGAIN the device is not
  * resumed or is being suspended (retry after resume; what was queued
- * stays queued until the suspend drops it), -EROFS the metadata cannot
- * be written (no block can become present), -ENOMEM (what was queued
- * stays queued), -EINTR.
+ * stays queued for the next resume, unless a noflush suspend dropped
+ * it), -EROFS the metadata cannot be written (no block can become
+ * present), -ENOMEM (what was queued stays queued), -EINTR.
  */
 #define DM_STREAM_FETCH_MAX	8192
 

@@ -21,8 +21,12 @@ int su_reqpool_init(struct su_reqpool *p, unsigned int nr, size_t head,
 		return -ENOMEM;
 	p->nr = nr;
 	for (i = 0; i < nr; i++) {
-		/* Room to move buf + head up to the next page boundary. */
-		p->reqs[i].mem = malloc(head + size + page - 1);
+		/*
+		 * Room to move buf + head up to the next page boundary.
+		 * Zeroed: streamd lets libnbd skip zeroing each read buffer,
+		 * so a buffer holds nothing but what the server sent into it.
+		 */
+		p->reqs[i].mem = calloc(1, head + size + page - 1);
 		if (!p->reqs[i].mem)
 			goto out_free;
 		data = (uintptr_t)p->reqs[i].mem + head;

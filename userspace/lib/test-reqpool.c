@@ -68,7 +68,7 @@ static void test_pool_enomem(void **state)
 		assert_null(p.reqs);
 		assert_int_equal(p.nr_free, 0);
 	}
-	fail_at = 6;		/* 1 calloc + 4 mallocs: all succeed */
+	fail_at = 6;		/* 1 + 4 callocs: all succeed */
 	calls = 0;
 	assert_int_equal(su_reqpool_init(&p, 4, 48, 512), 0);
 	fail_at = 0;
