@@ -1402,6 +1402,33 @@ static uint64_t fill_chunk(uint32_t bs, uint64_t rate)
 }
 
 /*
+ * @n more blocks done: once a second, the switch and the rate (-ECANCELED
+ * when switched off); then wait as long as the rate limit asks.
+ */
+static int fill_paced(struct fill_pass *p, uint64_t n)
+{
+	int r;
+
+	p->done += n * p->bs;
+	if (now_s() - p->checked >= 1.0) {
+		p->checked = now_s();
+		r = fill_status(p->fl, p->fs);
+		if (r)
+			return r;
+		if (!p->fs->on)
+			return -ECANCELED;
+	}
+	if (p->fs->rate) {
+		double due = p->t0 + (double)p->done / p->fs->rate;
+		double wait = due - now_s();
+
+		if (wait > 0)
+			sleep_ms(p->fl, (long)(wait * 1000));
+	}
+	return 0;
+}
+
+/*
  * Ask the kernel to fetch @count blocks from @first (DM_STREAM_IOC_FETCH):
  * with @wait, until none of them is being fetched; *@absent, those still
  * absent then.  -ENOTTY: a module without the ioctl.
@@ -1472,23 +1499,9 @@ static int fill_range_fetch(struct fill_pass *p, uint64_t first,
 			p->failed += absent;
 			atomic_fetch_add(&fl->failed, absent);
 		}
-		p->done += n_blocks * p->bs;
-		/* The switch and the rate, once a second. */
-		if (now_s() - p->checked >= 1.0) {
-			p->checked = now_s();
-			r = fill_status(fl, p->fs);
-			if (r)
-				return r;
-			if (!p->fs->on)
-				return -ECANCELED;
-		}
-		if (p->fs->rate) {
-			double due = p->t0 + (double)p->done / p->fs->rate;
-			double wait = due - now_s();
-
-			if (wait > 0)
-				sleep_ms(fl, (long)(wait * 1000));
-		}
+		r = fill_paced(p, n_blocks);
+		if (r)
+			return r;
 	}
 	return atomic_load(&fl->stop) ? -ECANCELED : 0;
 }
@@ -1531,23 +1544,9 @@ static int fill_range(void *ctx, uint64_t first, uint64_t count)
 			atomic_fetch_add(&fl->failed, 1);
 			continue;
 		}
-		p->done += n_blocks * p->bs;
-		/* The switch and the rate, once a second. */
-		if (now_s() - p->checked >= 1.0) {
-			p->checked = now_s();
-			r = fill_status(fl, p->fs);
-			if (r)
-				return r;
-			if (!p->fs->on)
-				return -ECANCELED;
-		}
-		if (p->fs->rate) {
-			double due = p->t0 + (double)p->done / p->fs->rate;
-			double wait = due - now_s();
-
-			if (wait > 0)
-				sleep_ms(fl, (long)(wait * 1000));
-		}
+		r = fill_paced(p, n_blocks);
+		if (r)
+			return r;
 	}
 	return atomic_load(&fl->stop) ? -ECANCELED : 0;
 }
