@@ -34,6 +34,18 @@ fi_off() {
 	fi_set probability 0
 	fi_set task-filter N
 	fi_set ignore-gfp-wait Y
+	# the stack filter's defaults: every caller
+	[ -e $FI/failslab/require-start ] || return 0
+	fi_set require-start 0
+	fi_set require-end 0xffffffffffffffff
+}
+
+# The address range of dm_stream's function $1 and of the symbol after
+# it, from /proc/kallsyms: "<start> <end>", in hex.
+mod_func_range() {
+	grep '\[dm_stream\]' /proc/kallsyms | sort |
+		awk -v f="$1" 'found { print "0x" s " 0x" $1; exit }
+			       $3 == f { s = $1; found = 1 }'
 }
 
 mark_kthreads() {	# make-it-fail <0|1> on kworkers and the rescuer
@@ -217,17 +229,16 @@ t_mempressure() {
 
 # streamd's own system calls under memory pressure: sleeping allocations
 # the kernel makes in streamd's (main thread's) context fail -- a page
-# one time in four, a slab object one time in twenty (a refused reply:
-# the page array and state of its in-place write; channel reads,
-# sockets, reconnections) -- while reads wait on absent blocks, 8 new
-# ones every 2 s, none adjacent.  A reply written in place allocates
-# little (two slab objects), so most replies get through: the reads go
-# on until one was refused and sent
-# again (reply_retries, read every 2 s), or 90 s.  The connection is
-# made before: with it down the whole window can pass in reconnection
-# attempts, and no reply is ever tried.  Then streamd must have kept
-# every request, stay or come back attached, and every read returns the
-# image's data.
+# one time in four, a slab object one time in twenty (channel reads and
+# replies, sockets, reconnections) -- while reads wait on absent blocks,
+# 8 new ones every 2 s, none adjacent, for 30 s.  The connection is made
+# before: with it down the whole window can pass in reconnection
+# attempts.  Whether a reply meets one of these failures is chance (the
+# last runs saw 0 to 3 in 300 replies), so then, deterministically, the
+# stack filter fails exactly one allocation made under chan_write (the
+# next reply's), and that reply must be refused and sent again
+# (reply_retries).  Then streamd must have kept every request, stay or
+# come back attached, and every read returns the image's data.
 t_mempressure_helper() {
 	grep -q " $FI debugfs " /proc/mounts || mount -t debugfs none $FI
 	trap 'fi_off' EXIT
@@ -261,25 +272,20 @@ t_mempressure_helper() {
 	echo 1 >/proc/$_sp/make-it-fail
 	echo 5 >$FI/failslab/probability
 	echo 25 >$FI/fail_page_alloc/probability
-	# every other block: each read is a request and a reply of its own;
-	# the even blocks from 100, then the odd ones (90 s: 360 reads)
+	# every other block: each read is a request and a reply of its own
 	_pids="" _b=100 _read=""
 	_t=0 _rt=0
-	while [ $_t -lt 90 ] && [ $_b -lt 500 ]; do
+	while [ $_t -lt 30 ]; do
 		for _i in 1 2 3 4 5 6 7 8; do
 			(blk_sum $DEV $_b >/tmp/mh.$_b) &
 			_pids="$_pids $!"
 			_read="$_read $_b"
 			_b=$((_b + 2))
-			if [ $_b = 500 ]; then _b=101; fi
 		done
 		sleep 2
 		_t=$((_t + 2))
-		_rt=$(helper_stat reply_retries 2>/dev/null || true)
-		[ "${_rt:-0}" -ge 1 ] 2>/dev/null && break
 	done
 	fi_off
-	echo 0 >/proc/$_sp/make-it-fail 2>/dev/null || true
 	if [ -e /tmp/server.exit ]; then
 		echo "# the server exited (status $(cat /tmp/server.exit)) under the pressure: $(tail -n 3 /tmp/qemu-nbd.log)"
 		return 1
@@ -287,7 +293,8 @@ t_mempressure_helper() {
 	slab=$((1000000 - $(cat $FI/failslab/times)))
 	page=$((1000000 - $(cat $FI/fail_page_alloc/times)))
 	say "measured: streamd's context: injected $slab slab and $page page allocation failures in $_t s"
-	[ $((slab + page)) -gt 0 ]
+	[ $((slab + page)) -gt 0 ] ||
+		{ echo "# nothing was injected in streamd's context"; return 1; }
 	for _p in $_pids; do
 		wait $_p || true
 	done
@@ -298,10 +305,36 @@ t_mempressure_helper() {
 	done
 	wait_for 30 is_attached
 	helper_alive
-	_rt=$(helper_stat reply_retries || true)
-	say "measured: replies refused and sent again: $_rt"
-	[ "${_rt:-0}" -ge 1 ] ||
-		{ echo "# no reply was refused and sent again in 90 s of injection ($_rt)"; return 1; }
+	_rt0=$(helper_stat reply_retries)
+	say "measured: replies refused and sent again under the pressure: $_rt0"
+
+	# exactly one allocation under chan_write fails: the next reply's
+	_range=$(mod_func_range chan_write)
+	set -- $_range
+	[ $# = 2 ] || { echo "# chan_write not found in /proc/kallsyms"; return 1; }
+	echo "$1" >$FI/failslab/require-start
+	echo "$2" >$FI/failslab/require-end
+	echo 1 >$FI/failslab/times
+	echo 100 >$FI/failslab/probability
+	echo 0 >$FI/fail_page_alloc/probability
+	echo Y >$FI/failslab/task-filter
+	echo N >$FI/failslab/ignore-gfp-wait
+	_sum=$(blk_sum $DEV 99)	# present: no reply
+	blk_sum $DEV 98 >/tmp/mh.98
+	_left=$(cat $FI/failslab/times)
+	fi_off
+	echo 0 >/proc/$_sp/make-it-fail 2>/dev/null || true
+	expect_eq "block 99 (present)" "$(blk_sum $IMG 99)" "$_sum"
+	expect_eq "block 98 (its reply refused once)" "$(blk_sum $IMG 98)" \
+		"$(cat /tmp/mh.98)"
+	expect_eq "failures left to inject under chan_write" 0 "$_left"
+	_rt=$(helper_stat reply_retries)
+	expect_eq "replies refused and sent again" $((_rt0 + 1)) "$_rt"
+	grep -q "reply block 98+1 tag [0-9]*: Cannot allocate memory; will retry" \
+		/tmp/streamd.log ||
+		{ echo "# no 'will retry' line for block 98 in streamd's log"; return 1; }
+	is_attached
+	helper_alive
 	expect_eq "fetch errors" 0 "$(st 9)"
 }
 prepare_image || echo "STREAMTEST prepare_image FAIL"
