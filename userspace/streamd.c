@@ -1476,8 +1476,10 @@ static int fill_range_fetch(struct fill_pass *p, uint64_t first,
 			n_blocks = chunk;
 		if (n_blocks > DM_STREAM_FETCH_MAX)
 			n_blocks = DM_STREAM_FETCH_MAX;
+		if (p->single_until > b)
+			n_blocks = 1;
 		next = b + n_blocks;
-		if (!p->fs->rate && next < first + count) {
+		if (!p->fs->rate && n_blocks > 1 && next < first + count) {
 			/* Errors show in the wait for it. */
 			fill_fetch(p, next, first + count - next < n_blocks ?
 				   first + count - next : n_blocks, false, NULL);
@@ -1491,13 +1493,22 @@ static int fill_range_fetch(struct fill_pass *p, uint64_t first,
 		}
 		if (r)
 			return r;
+		if (absent && n_blocks > 1) {
+			/*
+			 * A request fails whole when the server fails one of
+			 * its blocks: again one by one, to skip only the bad.
+			 */
+			p->single_until = b + n_blocks;
+			n_blocks = 0;
+			continue;
+		}
 		if (absent) {
-			/* the server could not give them now: later */
+			/* the server cannot give it now: later */
 			if (!p->failed)
-				err("fill: blocks %" PRIu64 "+%" PRIu64 ": %" PRIu64 " not fetched; retried later",
-				    b, n_blocks, absent);
-			p->failed += absent;
-			atomic_fetch_add(&fl->failed, absent);
+				err("fill: block %" PRIu64 ": not fetched; skipped, retried later",
+				    b);
+			p->failed++;
+			atomic_fetch_add(&fl->failed, 1);
 		}
 		r = fill_paced(p, n_blocks);
 		if (r)
