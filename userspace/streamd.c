@@ -33,7 +33,9 @@
  * kernel says the request timed out (ENOENT) or we were detached (ENODEV).
  *
  * Failures: a read that fails while the connection is alive is retried a few
- * times and then reported to the kernel as -EIO.  A lost connection is never
+ * times; a request of several blocks is then read again block by block
+ * (split()), and a block that still fails is reported to the kernel as
+ * -EIO, alone.  A lost connection is never
  * reported: every request in flight goes back to the local queue, and the
  * helper reconnects and reissues them.  A connection is lost when libnbd
  * says so, when TCP keepalive gives up, when the handshake does not finish
@@ -457,8 +459,42 @@ static int reply(struct streamd *sd, struct su_req *r, int error, bool zero)
 	return reply_to(sd, r->buf, r->tag, r->block, r->count, error, zero);
 }
 
+/* The queue @r waits in to be issued: demand or background. */
+static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
+{
+	return r->background ? &sd->bg_queue : &sd->queue;
+}
+
 /*
- * Answer @r and give it back to the pool, or keep it for another try:
+ * A request whose read failed whole is read again block by block, so that
+ * one bad block of the server fails only itself, not the neighbours the
+ * kernel sent with it (a demand read among them would get EIO).  Each
+ * block is answered as a sub-range of the request as soon as it is read.
+ * r->split_end is the end of the whole request then, 0 otherwise.
+ */
+static void split(struct streamd *sd, struct su_req *r)
+{
+	r->split_end = r->block + r->count;
+	r->count = 1;
+	r->retries = 0;
+	su_reqq_push_front(queue_of(sd, r), r);
+}
+
+/* @r's block just answered: on to its next one, if @r is split. */
+static bool split_next(struct streamd *sd, struct su_req *r)
+{
+	if (r->block + r->count >= r->split_end)
+		return false;
+	r->block += r->count;
+	r->count = 1;
+	r->retries = 0;
+	su_reqq_push_front(queue_of(sd, r), r);
+	return true;
+}
+
+/*
+ * Answer @r and give it back to the pool (or, split, go on to its next
+ * block), or keep it for another try:
  * only "timed out" (ENOENT) and "detached" (ENODEV) let a reply go.
  */
 static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
@@ -475,6 +511,9 @@ static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
 		if (e == -ENOENT)
 			info("block %" PRIu64 "+%u: the kernel gave up on it (fetch_timeout)",
 			     r->block, r->count);
+		/* a split request's blocks time out one by one */
+		if (e != -ENODEV && split_next(sd, r))
+			return;
 		su_req_put(&sd->pool, r);
 		return;
 	}
@@ -562,12 +601,6 @@ static bool trim_zero(struct streamd *sd, struct su_req *r)
 	if (e)
 		r->count -= tail;
 	return true;
-}
-
-/* The queue @r waits in to be issued: demand or background. */
-static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
-{
-	return r->background ? &sd->bg_queue : &sd->queue;
 }
 
 /* Queue @r to be issued (again): its queue's tail. */
@@ -1083,7 +1116,11 @@ static void reap(struct streamd *sd)
 			    r->block, r->count, strerror(r->error));
 			sd->conn_lost = true;
 			requeue(sd, r);
-		} else if (++r->retries > MAX_RETRIES) {
+		} else if (++r->retries > MAX_RETRIES && r->count > 1) {
+			err("read block %" PRIu64 "+%u: %s; reading it block by block",
+			    r->block, r->count, strerror(r->error));
+			split(sd, r);
+		} else if (r->retries > MAX_RETRIES) {
 			sd->st.read_errors++;
 			err("read block %" PRIu64 "+%u: %s; reporting EIO",
 			    r->block, r->count, strerror(r->error));
@@ -1386,8 +1423,8 @@ struct fill_pass {
  * readahead keeps the next window in flight, so the chunk's fetches go
  * together instead of one round trip after the other.  (1 MiB chunks, and
  * 16 blocks at most, made a 64 MiB fill of 4 KiB blocks 2.5 times as long
- * as nbdcopy.)  A chunk that fails is read again block by block, to skip
- * only the failing ones.
+ * as nbdcopy.)  A chunk whose read fails (one bad block fails the whole
+ * bio) is read again block by block, to skip only the failing ones.
  */
 #define FILL_BYTES	(4u << 20)
 
@@ -1476,8 +1513,6 @@ static int fill_range_fetch(struct fill_pass *p, uint64_t first,
 			n_blocks = chunk;
 		if (n_blocks > DM_STREAM_FETCH_MAX)
 			n_blocks = DM_STREAM_FETCH_MAX;
-		if (p->single_until > b)
-			n_blocks = 1;
 		next = b + n_blocks;
 		if (!p->fs->rate && n_blocks > 1 && next < first + count) {
 			/* Errors show in the wait for it. */
@@ -1493,22 +1528,16 @@ static int fill_range_fetch(struct fill_pass *p, uint64_t first,
 		}
 		if (r)
 			return r;
-		if (absent && n_blocks > 1) {
-			/*
-			 * A request fails whole when the server fails one of
-			 * its blocks: again one by one, to skip only the bad.
-			 */
-			p->single_until = b + n_blocks;
-			n_blocks = 0;
-			continue;
-		}
 		if (absent) {
-			/* the server cannot give it now: later */
+			/*
+			 * The server cannot give them now (main's reap()
+			 * fails only the bad blocks of a request): later.
+			 */
 			if (!p->failed)
-				err("fill: block %" PRIu64 ": not fetched; skipped, retried later",
-				    b);
-			p->failed++;
-			atomic_fetch_add(&fl->failed, 1);
+				err("fill: %" PRIu64 " of blocks %" PRIu64 "+%" PRIu64 " not fetched; skipped, retried later",
+				    absent, b, n_blocks);
+			p->failed += absent;
+			atomic_fetch_add(&fl->failed, absent);
 		}
 		r = fill_paced(p, n_blocks);
 		if (r)

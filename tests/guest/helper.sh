@@ -168,8 +168,7 @@ t_server_wrong_size() {
 # device with an error target at block 50): that block gets EIO after
 # streamd's retries; the background fill skips it and makes every other
 # block present.
-t_server_bad_block() {
-	fresh
+bad_block_server() {
 	dmsetup create bad <<EOB
 0 $((50 * BS)) linear $IMG 0
 $((50 * BS)) $BS error
@@ -178,6 +177,11 @@ EOB
 	rm -f $SOCK
 	nbdkit -U $SOCK -P /tmp/nbd.pid file file=/dev/mapper/bad
 	wait_for 10 test -S $SOCK
+}
+
+t_server_bad_block() {
+	fresh
+	bad_block_server
 	create
 	streamd_allow "read block 50: Input/output error; reporting EIO"
 	streamd_allow "fill: [0-9]+ blocks failed"
@@ -194,7 +198,8 @@ EOB
 	[ "$_e" -ge 1 ] || { echo "# fetch errors $_e"; return 1; }
 	expect_eq "block 49" "$(blk_sum $IMG 49)" "$(blk_sum $DEV 49)"
 	expect_eq "block 51" "$(blk_sum $IMG 51)" "$(blk_sum $DEV 51)"
-	grep -q "fill: block 50: .*skipped, retried later" /tmp/streamd.log
+	grep -qE "fill: 1 of blocks [0-9]+\+[0-9]+ not fetched; skipped, retried later" \
+		/tmp/streamd.log
 	# a later pass tries block 50 again, after a growing pause (each
 	# look costs helper_stat's 0.3 s: 40 looks)
 	_i=0
@@ -210,7 +215,41 @@ EOB
 	wait_for 10 grep -q "blocks failed; next pass in 2 s" /tmp/streamd.log
 	helper_alive
 }
+present_is() { [ "$(st 2 | cut -d/ -f1)" = "$1" ]; }
 fill_failed_at_least() { [ "$(helper_stat fill_failed)" -ge "$1" ]; }
+
+# The same bad block 50, and a demand read of block 49 that goes to the
+# helper in one request with it (both queued before the helper attaches):
+# the read returns the image's data.  streamd reads a request that fails
+# whole again block by block, and fails block 50 alone.
+t_bad_block_neighbours() {
+	fresh
+	bad_block_server
+	create
+	streamctl fetch --no-wait s 46 8 >/tmp/fetch.out 2>&1 || true
+	(blk_sum $DEV 49 >/tmp/rd.49) &
+	_reader=$!
+	wait_for 10 parked_at_least 1
+	helper_start
+	wait $_reader || true
+	expect_eq "block 49, sent with block 50" "$(blk_sum $IMG 49)" \
+		"$(cat /tmp/rd.49)"
+	if ! grep -qE "read block 4[6-9]\+[2-8]: .*reading it block by block" \
+		/tmp/streamd.log; then
+		echo "# streamd did not read a request holding block 50 again"
+		cat /tmp/streamd.log
+		return 1
+	fi
+	grep -q "read block 50+1: .*reporting EIO" /tmp/streamd.log
+	wait_for 10 present_is 7 || true
+	expect_eq "present, all of 46+8 but block 50" 7 "$(present)"
+	if dd if=$DEV of=/dev/null bs=$BB skip=50 count=1 iflag=direct 2>/dev/null; then
+		echo "# block 50 read without error"
+		return 1
+	fi
+	expect_eq "block 53" "$(blk_sum $IMG 53)" "$(blk_sum $DEV 53)"
+	helper_alive
+}
 
 # qemu-nbd without -e serves one client: while another holds it, streamd's
 # handshake times out and is retried; the reads complete once it leaves.
@@ -494,6 +533,7 @@ run network_drop t_network_drop
 run server_wrong_size t_server_wrong_size
 run zero_map_forgotten t_zero_map_forgotten
 run server_bad_block t_server_bad_block
+run bad_block_neighbours t_bad_block_neighbours
 run server_client_limit t_server_client_limit
 run startup_errors_exit t_startup_errors_exit
 run revert_mounted_refused t_revert_mounted_refused

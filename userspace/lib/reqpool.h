@@ -16,6 +16,7 @@ struct su_req {
 	uint64_t tag;
 	uint64_t block;
 	uint32_t count;			/* blocks from @block */
+	uint64_t split_end;		/* read block by block up to here */
 	unsigned int retries;
 	uint64_t conn_gen;		/* connection it was issued on */
 	bool done;			/* completion seen */
