@@ -130,18 +130,21 @@ static void __claim_fetch(struct stream_c *sc, struct stream_fetch *f,
 
 /*
  * Queue a fetch for every block of [@first, @end) that is absent and has
- * none; how many.  Out of memory it stops: that costs a later miss.  For
- * readahead; and with @claim for the blocks of a read after the one it
- * parks on (parked since @since), so that they go to the helper in the
- * same range, their fetches claimed for it (__claim_fetch()).
+ * none; *@queued, how many.  Out of memory it stops and returns -ENOMEM
+ * (for readahead and a read's later blocks that costs a later miss), else
+ * 0.  For readahead and the fill; and with @claim for the blocks of a read
+ * after the one it parks on (parked since @since), so that they go to the
+ * helper in the same range, their fetches claimed for it
+ * (__claim_fetch()).
  */
-static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
-				   bool claim, bool background,
-				   unsigned long since)
+static int __queue_absent(struct stream_c *sc, u64 first, u64 end,
+			  bool claim, bool background, unsigned long since,
+			  unsigned int *queued)
 {
 	const unsigned long *present = dsm_present_map(sc->md);
 	struct stream_fetch *f;
 	unsigned int n = 0;
+	int r = 0;
 	u64 b;
 
 	lockdep_assert_held(&sc->fq.lock);
@@ -156,8 +159,10 @@ static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
 			continue;
 		}
 		f = __insert_fetch(sc, b);
-		if (!f)
+		if (!f) {
+			r = -ENOMEM;
 			break;
+		}
 		f->state = FETCH_QUEUED;
 		f->background = background;
 		if (claim)
@@ -165,7 +170,8 @@ static unsigned int __queue_absent(struct stream_c *sc, u64 first, u64 end,
 		list_add_tail(&f->list, &sc->fq.pending);
 		n++;
 	}
-	return n;
+	*queued = n;
+	return r;
 }
 
 enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
@@ -176,6 +182,7 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 	bool background = !fill && stream_bio_background(bio);
 	u64 end = block + nr;
 	struct stream_fetch *f;
+	unsigned int more;
 	bool queued;
 
 	if (WARN_ON_ONCE(!nr || (fill && nr > 1)))
@@ -228,7 +235,9 @@ enum stream_park stream_fetch_park(struct stream_c *sc, struct bio *bio,
 		queued = true;
 	}
 	bio_list_add(&f->waiters, bio);
-	if (__queue_absent(sc, block + 1, end, true, background, since))
+	/* Out of memory, a later block parks on its own when reached. */
+	__queue_absent(sc, block + 1, end, true, background, since, &more);
+	if (more)
 		queued = true;
 	if (queued && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
@@ -261,8 +270,8 @@ static bool range_busy(struct stream_c *sc, u64 first, u64 end)
 int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
 		       bool nowait, u64 *absent)
 {
-	const unsigned long *present = dsm_present_map(sc->md);
-	u64 end = first + count, b, s, e, n;
+	u64 end = first + count, s, e;
+	unsigned int n;
 	int r = 0;
 
 	for (s = first; s < end && !r; s = e) {
@@ -274,13 +283,7 @@ int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
 			r = -EROFS;
 		} else {
 			/* Background: behind any demand (chan_read). */
-			n = __queue_absent(sc, s, e, false, true, 0);
-			for (b = s; b < e; b++)
-				if (!dsm_test(present, b) &&
-				    !xa_load(&sc->fq.fetches, b)) {
-					r = -ENOMEM;
-					break;
-				}
+			r = __queue_absent(sc, s, e, false, true, 0, &n);
 			if (n && sc->fq.helper)
 				wake_up_interruptible(&sc->fq.helper->wait);
 		}
@@ -300,10 +303,7 @@ int stream_fetch_range(struct stream_c *sc, u64 first, u64 count,
 	/* A suspend cut the wait short: what it queued may stay queued. */
 	if (!nowait && (READ_ONCE(sc->requeue) || READ_ONCE(sc->fq.stopped)))
 		return -EAGAIN;
-	for (n = 0, b = first; b < end; b++)
-		if (!dsm_test(present, b))
-			n++;
-	*absent = n;
+	*absent = dsm_count_clear(dsm_present_map(sc->md), first, end);
 	return 0;
 }
 
@@ -321,7 +321,8 @@ unsigned int stream_fetch_readahead(struct stream_c *sc, u64 first,
 	if (READ_ONCE(sc->mode) != STREAM_MODE_RW || READ_ONCE(sc->requeue) ||
 	    sc->fq.stopped)
 		goto out;
-	n = __queue_absent(sc, first, end, false, false, 0);
+	/* Out of memory, what it did not queue is missed later. */
+	__queue_absent(sc, first, end, false, false, 0, &n);
 	if (n && sc->fq.helper)
 		wake_up_interruptible(&sc->fq.helper->wait);
 out:
@@ -854,6 +855,29 @@ void stream_put(struct stream_c *sc)
 		complete(&sc->gone);
 }
 
+/*
+ * The target named @id (by uuid with @by_uuid), with a reference for the
+ * caller to drop with stream_put(): a reference, not stream_chan_lock,
+ * keeps it alive while an ioctl works on it.  ERR_PTR(-ENOENT) if there
+ * is none; with @active_only, ERR_PTR(-EAGAIN) for an inactive table.
+ */
+static struct stream_c *get_target(const char *id, bool by_uuid,
+				   bool active_only)
+{
+	struct stream_c *sc;
+
+	mutex_lock(&stream_chan_lock);
+	sc = __find_target(id, by_uuid);
+	if (!sc)
+		sc = ERR_PTR(-ENOENT);
+	else if (active_only && !sc->active)
+		sc = ERR_PTR(-EAGAIN);
+	else
+		refcount_inc(&sc->refs);
+	mutex_unlock(&stream_chan_lock);
+	return sc;
+}
+
 static long chan_snap_read(void __user *argp)
 {
 	struct dm_stream_snap_read a;
@@ -871,14 +895,9 @@ static long chan_snap_read(void __user *argp)
 	    !all_zero(a.reserved, sizeof(a.reserved)))
 		return -EINVAL;
 
-	/* A reference, not stream_chan_lock, keeps the target alive. */
-	mutex_lock(&stream_chan_lock);
-	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
-	if (sc)
-		refcount_inc(&sc->refs);
-	mutex_unlock(&stream_chan_lock);
-	if (!sc)
-		return -ENOENT;
+	sc = get_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID, false);
+	if (IS_ERR(sc))
+		return PTR_ERR(sc);
 	r = stream_snap_read(sc, a.consumer, a.gen, a.block,
 			     u64_to_user_ptr(a.buf), a.len);
 	stream_put(sc);
@@ -905,22 +924,14 @@ static long chan_fetch(void __user *argp)
 		return -EINVAL;
 
 	/*
-	 * A reference keeps the target alive; the wait ends at the latest
-	 * at postsuspend (stream_fetch_quiesce()), which comes before the
-	 * dtr waits for the reference.
+	 * The wait ends at the latest at postsuspend
+	 * (stream_fetch_quiesce()), which comes before the dtr waits for
+	 * the reference.  An inactive table gets no helper and no waker:
+	 * nothing to do.
 	 */
-	mutex_lock(&stream_chan_lock);
-	sc = __find_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID);
-	/* An inactive table gets no helper and no waker: nothing to do. */
-	if (sc && !sc->active) {
-		mutex_unlock(&stream_chan_lock);
-		return -EAGAIN;
-	}
-	if (sc)
-		refcount_inc(&sc->refs);
-	mutex_unlock(&stream_chan_lock);
-	if (!sc)
-		return -ENOENT;
+	sc = get_target(a.id, a.flags & DM_STREAM_ATTACH_BY_UUID, true);
+	if (IS_ERR(sc))
+		return PTR_ERR(sc);
 	if (a.block >= sc->nr_blocks || a.nr_blocks > sc->nr_blocks - a.block)
 		r = -ERANGE;
 	else

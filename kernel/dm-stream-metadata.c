@@ -1457,6 +1457,18 @@ bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 }
 EXPORT_SYMBOL_IF_KUNIT(dsm_next_range);
 
+u64 dsm_count_clear(const unsigned long *map, u64 first, u64 end)
+{
+	u64 n = 0, s, len;
+
+	while (dsm_next_range(map, end, first, false, &s, &len)) {
+		n += len;
+		first = s + len;
+	}
+	return n;
+}
+EXPORT_SYMBOL_IF_KUNIT(dsm_count_clear);
+
 /*
  * Answer "<next cursor> <first>+<count>..." with the runs of set (@set) or
  * clear bits of @map from @cursor on, as many as fit in @maxlen; the next

@@ -192,6 +192,9 @@ bool dsm_set_dirty(struct dm_stream_metadata *md, u64 block);
 bool dsm_next_range(const unsigned long *map, u64 nr, u64 from, bool set,
 		    u64 *start, u64 *len);
 
+/* How many bits of [@first, @end) of @map are clear.  Any context. */
+u64 dsm_count_clear(const unsigned long *map, u64 first, u64 end);
+
 /*
  * A message answer "<next cursor> <first>+<count>..." with the runs of set
  * (@set) or clear bits of @map (@nr bits) from @cursor on, as many as fit

@@ -771,10 +771,48 @@ static void stream_range_test(struct kunit *test)
 	}
 }
 
+/* dsm_count_clear over the same map. */
+struct count_case {
+	const char *desc;
+	u64 first, end, clear;
+};
+
+static const struct count_case count_cases[] = {
+	{ "whole map", 0, 100, 92 },
+	{ "empty range", 5, 5, 0 },
+	{ "inside a set run", 3, 6, 0 },
+	{ "one clear bit", 6, 7, 1 },
+	{ "across a word edge", 60, 70, 7 },
+	{ "up to the last bit", 98, 100, 1 },
+};
+
+static void count_case_desc(const struct count_case *c, char *desc)
+{
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);
+}
+
+KUNIT_ARRAY_PARAM(count, count_cases, count_case_desc);
+
+static void stream_count_test(struct kunit *test)
+{
+	const struct count_case *c = test->param_value;
+	unsigned long *map = kunit_kzalloc(test, BITS_TO_LONGS(100) *
+					   sizeof(long), GFP_KERNEL);
+
+	KUNIT_ASSERT_NOT_NULL(test, map);
+	bitmap_set(map, 3, 3);
+	bitmap_set(map, 10, 1);
+	bitmap_set(map, 63, 3);
+	bitmap_set(map, 99, 1);
+	KUNIT_EXPECT_EQ(test, dsm_count_clear(map, c->first, c->end),
+			c->clear);
+}
+
 static struct kunit_case stream_snapshot_cases[] = {
 	KUNIT_CASE_PARAM(stream_snapshot_test, snap_gen_params),
 	KUNIT_CASE_PARAM(stream_intent_test, intent_gen_params),
 	KUNIT_CASE_PARAM(stream_range_test, range_gen_params),
+	KUNIT_CASE_PARAM(stream_count_test, count_gen_params),
 	{}
 };
 
