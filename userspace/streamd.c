@@ -33,7 +33,7 @@
  * kernel says the request timed out (ENOENT) or we were detached (ENODEV).
  *
  * Failures: a read that fails while the connection is alive is retried a few
- * times; a request of several blocks is then read again block by block
+ * times; a request of several blocks is then read again in pieces
  * (split()), and a block that still fails is reported to the kernel as
  * -EIO, alone.  A lost connection is never
  * reported: every request in flight goes back to the local queue, and the
@@ -466,27 +466,62 @@ static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
 }
 
 /*
- * A request whose read failed whole is read again block by block, so that
- * one bad block of the server fails only itself, not the neighbours the
- * kernel sent with it (a demand read among them would get EIO).  Each
- * block is answered as a sub-range of the request as soon as it is read.
- * r->split_end is the end of the whole request then, 0 otherwise.
+ * A request whose read failed whole (after its retries) is read again in
+ * pieces, so that a bad block of the server fails only itself, not the
+ * neighbours the kernel sent with it (a demand read among them would get
+ * EIO).  Each piece is answered as a sub-range of the request as soon as
+ * it is read.  Pieces get one try each (the range had its retries): a
+ * piece that fails is halved, a single block that fails is answered EIO;
+ * the piece after an answered one is twice its size, after a bad block
+ * one block.  So one bad block in a request costs about two reads per
+ * halving, and a run of bad blocks one read each.
+ *
+ * r->split_end is the end of the whole request while it is split, else 0.
+ * A refused reply (ENOENT) does not end a split: the kernel drops the
+ * blocks of a request apart (stream_fetch_cancel_idle() those nobody
+ * waits for), and the rest still want their answer.  After a fetch
+ * timeout it sends the request's unanswered blocks again under a new
+ * tag, and every answer under the old one is refused: two refusals in a
+ * row end the split.
  */
 static void split(struct streamd *sd, struct su_req *r)
 {
 	r->split_end = r->block + r->count;
-	r->count = 1;
+	r->split_len = r->count;
+	r->split_bad = 0;
+	r->split_refused = 0;
+	r->count /= 2;
 	r->retries = 0;
 	su_reqq_push_front(queue_of(sd, r), r);
 }
 
-/* @r's block just answered: on to its next one, if @r is split. */
-static bool split_next(struct streamd *sd, struct su_req *r)
+/*
+ * @r's piece was just answered (@error) or refused (@refused): on to its
+ * next piece, if @r is split and any is left.
+ */
+static bool split_next(struct streamd *sd, struct su_req *r, int error,
+		       bool refused)
 {
-	if (r->block + r->count >= r->split_end)
+	uint64_t left;
+
+	if (!r->split_end)
 		return false;
+	r->split_refused = refused ? r->split_refused + 1 : 0;
+	left = r->split_end - (r->block + r->count);
+	if (!left || r->split_refused >= 2) {
+		if (r->split_bad > 1)
+			err("read block %" PRIu64 "+%u: %u blocks unreadable, reported EIO",
+			    r->split_end - r->split_len, r->split_len,
+			    r->split_bad);
+		return false;
+	}
 	r->block += r->count;
-	r->count = 1;
+	if (error)
+		r->count = 1;
+	else if (r->count <= left / 2)
+		r->count *= 2;
+	if (r->count > left)
+		r->count = left;
 	r->retries = 0;
 	su_reqq_push_front(queue_of(sd, r), r);
 	return true;
@@ -494,7 +529,7 @@ static bool split_next(struct streamd *sd, struct su_req *r)
 
 /*
  * Answer @r and give it back to the pool (or, split, go on to its next
- * block), or keep it for another try:
+ * piece), or keep it for another try:
  * only "timed out" (ENOENT) and "detached" (ENODEV) let a reply go.
  */
 static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
@@ -511,8 +546,7 @@ static void answer(struct streamd *sd, struct su_req *r, int error, bool zero)
 		if (e == -ENOENT)
 			info("block %" PRIu64 "+%u: the kernel gave up on it (fetch_timeout)",
 			     r->block, r->count);
-		/* a split request's blocks time out one by one */
-		if (e != -ENODEV && split_next(sd, r))
+		if (e != -ENODEV && split_next(sd, r, error, e == -ENOENT))
 			return;
 		su_req_put(&sd->pool, r);
 		return;
@@ -1031,7 +1065,8 @@ static void issue(struct streamd *sd)
 			su_reqq_push(r->background ? &held_bg : &held, r);
 			continue;
 		}
-		if (!trim_zero(sd, r))
+		/* A split request's ends were trimmed before (split()). */
+		if (!r->split_end && !trim_zero(sd, r))
 			continue;
 		r->done = false;
 		r->error = 0;
@@ -1116,14 +1151,21 @@ static void reap(struct streamd *sd)
 			    r->block, r->count, strerror(r->error));
 			sd->conn_lost = true;
 			requeue(sd, r);
-		} else if (++r->retries > MAX_RETRIES && r->count > 1) {
-			err("read block %" PRIu64 "+%u: %s; reading it block by block",
-			    r->block, r->count, strerror(r->error));
-			split(sd, r);
-		} else if (r->retries > MAX_RETRIES) {
+		} else if (r->split_end && r->count > 1) {
+			/* a piece: halved at once (see split()) */
+			r->count /= 2;
+			su_reqq_push_front(queue_of(sd, r), r);
+		} else if (r->split_end || ++r->retries > MAX_RETRIES) {
+			if (r->count > 1) {
+				err("read block %" PRIu64 "+%u: %s; reading it again in parts",
+				    r->block, r->count, strerror(r->error));
+				split(sd, r);
+				continue;
+			}
 			sd->st.read_errors++;
-			err("read block %" PRIu64 "+%u: %s; reporting EIO",
-			    r->block, r->count, strerror(r->error));
+			if (!r->split_bad++)
+				err("read block %" PRIu64 "+%u: %s; reporting EIO",
+				    r->block, r->count, strerror(r->error));
 			r->retries = 0;
 			answer(sd, r, -EIO, false);
 		} else {

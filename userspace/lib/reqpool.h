@@ -16,7 +16,10 @@ struct su_req {
 	uint64_t tag;
 	uint64_t block;
 	uint32_t count;			/* blocks from @block */
-	uint64_t split_end;		/* read block by block up to here */
+	uint64_t split_end;		/* split: read in pieces up to here */
+	uint32_t split_len;		/* split: blocks of the whole request */
+	unsigned int split_bad;		/* split: blocks answered EIO */
+	unsigned int split_refused;	/* split: answers refused in a row */
 	unsigned int retries;
 	uint64_t conn_gen;		/* connection it was issued on */
 	bool done;			/* completion seen */
