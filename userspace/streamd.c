@@ -467,17 +467,15 @@ static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
 
 /*
  * A request whose read failed whole (after its retries) is read again in
- * pieces, so that a bad block of the server fails only itself, not the
- * neighbours the kernel sent with it (a demand read among them would get
- * EIO).  Each piece is answered as a sub-range of the request as soon as
- * it is read.  Pieces get one try each (the range had its retries): a
- * piece that fails is halved, a single block that fails is answered EIO;
- * the piece after an answered one is twice its size, after a bad block
- * one block.  So one bad block in a request costs about two reads per
- * halving, and a run of bad blocks one read each.
+ * pieces (su_req_split(), reqpool.h), so that a bad block of the server
+ * fails only itself, not the neighbours the kernel sent with it (a demand
+ * read among them would get EIO).  Each piece is answered as a sub-range
+ * of the request as soon as it is read.  Pieces get one try each (the
+ * range had its retries): a piece that fails is halved, a single block
+ * that fails is answered EIO.  So one bad block in a request costs about
+ * two reads per halving, and a run of bad blocks one read each.
  *
- * r->split_end is the end of the whole request while it is split, else 0.
- * A refused reply (ENOENT) does not end a split: the kernel drops the
+ * A refused answer (ENOENT) does not end a split: the kernel drops the
  * blocks of a request apart (stream_fetch_cancel_idle() those nobody
  * waits for), and the rest still want their answer.  After a fetch
  * timeout it sends the request's unanswered blocks again under a new
@@ -486,45 +484,25 @@ static struct su_reqq *queue_of(struct streamd *sd, struct su_req *r)
  */
 static void split(struct streamd *sd, struct su_req *r)
 {
-	r->split_end = r->block + r->count;
-	r->split_len = r->count;
-	r->split_bad = 0;
-	r->split_refused = 0;
-	r->count /= 2;
-	r->retries = 0;
+	su_req_split(r);
 	su_reqq_push_front(queue_of(sd, r), r);
 }
 
 /*
- * @r's piece was just answered (@error) or refused (@refused): on to its
- * next piece, if @r is split and any is left.
+ * @r's piece was just answered (@error) or its answer refused
+ * (@refused): on to its next piece, if @r is split and any is left.
  */
 static bool split_next(struct streamd *sd, struct su_req *r, int error,
 		       bool refused)
 {
-	uint64_t left;
-
-	if (!r->split_end)
-		return false;
-	r->split_refused = refused ? r->split_refused + 1 : 0;
-	left = r->split_end - (r->block + r->count);
-	if (!left || r->split_refused >= 2) {
-		if (r->split_bad > 1)
-			err("read block %" PRIu64 "+%u: %u blocks unreadable, reported EIO",
-			    r->split_end - r->split_len, r->split_len,
-			    r->split_bad);
-		return false;
+	if (su_req_split_next(r, error, refused)) {
+		su_reqq_push_front(queue_of(sd, r), r);
+		return true;
 	}
-	r->block += r->count;
-	if (error)
-		r->count = 1;
-	else if (r->count <= left / 2)
-		r->count *= 2;
-	if (r->count > left)
-		r->count = left;
-	r->retries = 0;
-	su_reqq_push_front(queue_of(sd, r), r);
-	return true;
+	if (r->split_bad > 1)
+		err("read block %" PRIu64 "+%u: %u blocks unreadable, reported EIO",
+		    r->split_end - r->split_len, r->split_len, r->split_bad);
+	return false;
 }
 
 /*
@@ -1151,9 +1129,8 @@ static void reap(struct streamd *sd)
 			    r->block, r->count, strerror(r->error));
 			sd->conn_lost = true;
 			requeue(sd, r);
-		} else if (r->split_end && r->count > 1) {
+		} else if (r->split_end && su_req_split_halve(r)) {
 			/* a piece: halved at once (see split()) */
-			r->count /= 2;
 			su_reqq_push_front(queue_of(sd, r), r);
 		} else if (r->split_end || ++r->retries > MAX_RETRIES) {
 			if (r->count > 1) {
@@ -1163,7 +1140,7 @@ static void reap(struct streamd *sd)
 				continue;
 			}
 			sd->st.read_errors++;
-			if (!r->split_bad++)
+			if (!r->split_bad)
 				err("read block %" PRIu64 "+%u: %s; reporting EIO",
 				    r->block, r->count, strerror(r->error));
 			r->retries = 0;

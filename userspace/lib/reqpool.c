@@ -75,6 +75,46 @@ void su_req_put(struct su_reqpool *p, struct su_req *r)
 	p->nr_free++;
 }
 
+void su_req_split(struct su_req *r)
+{
+	r->split_end = r->block + r->count;
+	r->split_len = r->count;
+	r->split_bad = 0;
+	r->split_refused = 0;
+	r->count = r->count > 1 ? r->count / 2 : 1;
+	r->retries = 0;
+}
+
+bool su_req_split_halve(struct su_req *r)
+{
+	if (r->count <= 1)
+		return false;
+	r->count /= 2;
+	return true;
+}
+
+bool su_req_split_next(struct su_req *r, bool bad, bool refused)
+{
+	uint64_t left;
+
+	if (!r->split_end)
+		return false;
+	r->split_bad += bad;
+	r->split_refused = refused ? r->split_refused + 1 : 0;
+	left = r->split_end - (r->block + r->count);
+	if (!left || r->split_refused >= 2)
+		return false;
+	r->block += r->count;
+	if (bad)
+		r->count = 1;
+	else if (r->count <= left / 2)
+		r->count *= 2;
+	if (r->count > left)
+		r->count = (uint32_t)left;
+	r->retries = 0;
+	return true;
+}
+
 void su_reqq_init(struct su_reqq *q)
 {
 	q->head = NULL;

@@ -55,6 +55,22 @@ void su_reqpool_destroy(struct su_reqpool *p);
 struct su_req *su_req_get(struct su_reqpool *p);
 void su_req_put(struct su_reqpool *p, struct su_req *r);
 
+/*
+ * Reading a request again in pieces once its read has failed whole
+ * (streamd's split()), so that a bad block of the server fails only
+ * itself.  su_req_split() starts it: @r then names its first piece (the
+ * first half).  A piece that fails is halved by su_req_split_halve(),
+ * which returns false for a single block: that block is bad.  Once a
+ * piece is answered (@bad: as an error) or its answer refused (@refused),
+ * su_req_split_next() moves @r to the next piece and returns true, or
+ * returns false when the split is over: every block answered, or two
+ * answers refused in a row.  The piece after a good one is twice its
+ * size, after a bad block one block.
+ */
+void su_req_split(struct su_req *r);
+bool su_req_split_halve(struct su_req *r);
+bool su_req_split_next(struct su_req *r, bool bad, bool refused);
+
 void su_reqq_init(struct su_reqq *q);
 void su_reqq_push(struct su_reqq *q, struct su_req *r);
 void su_reqq_push_front(struct su_reqq *q, struct su_req *r);
