@@ -1177,24 +1177,34 @@ static void free_range_write(struct range_write *w)
 	kfree(w);
 }
 
-/* Each fetch completes on its own; nothing touches w->f[i] after. */
+/*
+ * Each fetch completes on its own; nothing touches w->f[i] after.  The
+ * last one completes last, after @w is handed back or freed: once every
+ * fetch of a target is done, stream_fetch_quiesce() lets its dtr (and
+ * then rmmod) go on, so nothing of ours may run after that but the
+ * return.
+ */
 static void range_write_endio(struct bio *bio)
 {
 	struct range_write *w = bio->bi_private;
 	blk_status_t status = bio->bi_status;
+	struct stream_fetch *last = w->f[w->nr - 1];
 	unsigned int i;
 
 	bio_put(bio);
-	for (i = 0; i < w->nr; i++) {
+	for (i = 0; i + 1 < w->nr; i++) {
 		w->f[i]->status = status;
 		stream_fetch_io_done(w->f[i]);
 	}
-	if (w->pinned) {
+	last->status = status;
+	if (!w->pinned) {
+		free_range_write(w);
+	} else {
 		complete(&w->done);
-		if (!refcount_dec_and_test(&w->refs))
-			return;
+		if (refcount_dec_and_test(&w->refs))
+			free_range_write(w);
 	}
-	free_range_write(w);
+	stream_fetch_io_done(last);
 }
 
 /*
