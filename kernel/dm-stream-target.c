@@ -597,33 +597,27 @@ static void process_parked(struct stream_c *sc, struct bio *bio)
 	}
 }
 
-/* Worker: retire a fetch/fill whose I/O ended; release its waiters. */
-static void retire_fetch(struct stream_c *sc, struct stream_fetch *f)
+/*
+ * Worker: retire a fetch/fill whose I/O ended.  Its waiters go to @again,
+ * to go back through the parked path (present or absent), or if it failed
+ * to @failed.
+ */
+static void retire_fetch(struct stream_c *sc, struct stream_fetch *f,
+			 struct bio_list *again, struct bio_list *failed)
 {
 	struct bio_list waiters = BIO_EMPTY_LIST;
-	bool ok = !f->status, last;
 	/*
 	 * A failed fill leaves its block absent, and may have failed for
 	 * another block of its write (fill_run()): its waiters fetch it.
 	 */
-	bool again = !ok && f->state == FETCH_FILLING;
-	struct bio *bio;
+	bool retry = !f->status || f->state == FETCH_FILLING;
 
-	last = stream_fetch_retire(sc, f, &waiters);
-	if (last) {
+	if (stream_fetch_retire(sc, f, &waiters)) {
 		DMINFO("%s: all %llu blocks present", stream_name(sc),
 		       sc->nr_blocks);
 		dm_table_event(sc->ti->table);
 	}
-	while ((bio = bio_list_pop(&waiters))) {
-		if (!ok && !again) {
-			atomic_dec(&sc->parked);
-			bio_io_error(bio);
-		} else {
-			/* Back through the parked path: present or absent. */
-			process_parked(sc, bio);
-		}
-	}
+	bio_list_merge(retry ? again : failed, &waiters);
 	stream_fetch_free(f);
 }
 
@@ -713,6 +707,7 @@ static void do_worker(struct work_struct *ws)
 {
 	struct stream_c *sc = container_of(ws, struct stream_c, worker);
 	struct bio_list bios, flush_bios, completions, dirty_bios;
+	struct bio_list again = BIO_EMPTY_LIST, failed = BIO_EMPTY_LIST;
 	struct stream_fetch *f, *tmp;
 	LIST_HEAD(done);
 	struct bio *bio;
@@ -746,8 +741,19 @@ static void do_worker(struct work_struct *ws)
 	retired = !list_empty(&done);
 	list_for_each_entry_safe(f, tmp, &done, list) {
 		list_del_init(&f->list);
-		retire_fetch(sc, f);
+		retire_fetch(sc, f, &again, &failed);
 	}
+	/*
+	 * Their waiters once all are retired: a read over a range answered
+	 * at once looks at it once, instead of parking on each next block
+	 * in turn (a scan per block of the range).
+	 */
+	while ((bio = bio_list_pop(&failed))) {
+		atomic_dec(&sc->parked);
+		bio_io_error(bio);
+	}
+	while ((bio = bio_list_pop(&again)))
+		process_parked(sc, bio);
 	/* Fetches were freed: the bios that found no memory try again. */
 	if (retired)
 		retry_starved(sc);
