@@ -1200,6 +1200,12 @@ static void range_write_endio(struct bio *bio)
 	if (!w->pinned) {
 		free_range_write(w);
 	} else {
+		/*
+		 * Unpinned before the writer is woken: its write(2) returns
+		 * with the helper's pages released, whoever frees @w.
+		 */
+		release_payload(w->pages, w->nr_pages, true);
+		w->pages = NULL;
 		complete(&w->done);
 		if (refcount_dec_and_test(&w->refs))
 			free_range_write(w);

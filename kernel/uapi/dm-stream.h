@@ -238,7 +238,8 @@ struct dm_stream_request {
  * cannot be pinned, is copied first and write(2) returns at once.  error is 0 or
  * a negative errno; an error fails the I/O waiting for these blocks with
  * -EIO (the helper retries transient failures itself and only reports what
- * it cannot recover from).
+ * it cannot recover from); I/O that reaches such a block only after the
+ * error was taken asks for it again.
  */
 struct dm_stream_reply {
 	__u32 magic;
