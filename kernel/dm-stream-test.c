@@ -751,18 +751,26 @@ static void range_case_desc(const struct range_case *c, char *desc)
 
 KUNIT_ARRAY_PARAM(range, range_cases, range_case_desc);
 
-static void stream_range_test(struct kunit *test)
+/* The map of the range and count cases: bits 3-5, 10, 63-65 and 99 of 100. */
+static unsigned long *range_test_map(struct kunit *test)
 {
-	const struct range_case *c = test->param_value;
 	unsigned long *map = kunit_kzalloc(test, BITS_TO_LONGS(100) *
 					   sizeof(long), GFP_KERNEL);
-	u64 start = 0, len = 0;
 
 	KUNIT_ASSERT_NOT_NULL(test, map);
 	bitmap_set(map, 3, 3);
 	bitmap_set(map, 10, 1);
 	bitmap_set(map, 63, 3);
 	bitmap_set(map, 99, 1);
+	return map;
+}
+
+static void stream_range_test(struct kunit *test)
+{
+	const struct range_case *c = test->param_value;
+	unsigned long *map = range_test_map(test);
+	u64 start = 0, len = 0;
+
 	KUNIT_EXPECT_EQ(test, dsm_next_range(map, 100, c->from, c->set,
 					     &start, &len), c->found);
 	if (c->found) {
@@ -796,14 +804,8 @@ KUNIT_ARRAY_PARAM(count, count_cases, count_case_desc);
 static void stream_count_test(struct kunit *test)
 {
 	const struct count_case *c = test->param_value;
-	unsigned long *map = kunit_kzalloc(test, BITS_TO_LONGS(100) *
-					   sizeof(long), GFP_KERNEL);
+	unsigned long *map = range_test_map(test);
 
-	KUNIT_ASSERT_NOT_NULL(test, map);
-	bitmap_set(map, 3, 3);
-	bitmap_set(map, 10, 1);
-	bitmap_set(map, 63, 3);
-	bitmap_set(map, 99, 1);
 	KUNIT_EXPECT_EQ(test, dsm_count_clear(map, c->first, c->end),
 			c->clear);
 }
